@@ -1,0 +1,61 @@
+"""What a task plugs into the CLI: its config class, presets and stages."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from experiments.runs import Run
+
+STAGES = ("collect", "train-model", "train-policy", "evaluate")
+
+# task name -> module defining ``TASK``; imported only when the task is run.
+TASK_MODULES: dict[str, str] = {
+    "truck": "experiments.truck",
+    "highway": "experiments.highway",
+    "mujoco": "experiments.mujoco",
+    "navigation": "experiments.navigation",
+    "filters": "experiments.filters",
+}
+
+Stage = Callable[[Any, Run], None]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task's entry in the CLI.
+
+    ``presets`` build a full config (``default`` is required; ``quick`` is the
+    smoke-sized one). ``stages`` maps stage names to ``fn(config, run)``; ``all``
+    runs them in :data:`STAGES` order. A config has at least ``seed``, ``device`` and
+    ``episodes`` fields, which the common flags set.
+    """
+
+    name: str
+    config_cls: type
+    presets: dict[str, Callable[[], Any]]
+    stages: dict[str, Stage]
+    description: str = ""
+    extra_stages: tuple[str, ...] = field(default=())
+
+    def stage_order(self) -> list[str]:
+        return [s for s in STAGES if s in self.stages]
+
+
+class UnknownNameError(ValueError):
+    pass
+
+
+def available_tasks() -> list[str]:
+    """Tasks whose module is present in this installation."""
+    return [name for name, mod in TASK_MODULES.items() if importlib.util.find_spec(mod)]
+
+
+def load_task(name: str) -> Task:
+    if name not in TASK_MODULES or importlib.util.find_spec(TASK_MODULES[name]) is None:
+        raise UnknownNameError(
+            f"unknown task {name!r}; available: {', '.join(available_tasks()) or 'none'}"
+        )
+    return importlib.import_module(TASK_MODULES[name]).TASK
