@@ -1,0 +1,148 @@
+/* A* / weighted A* / Dijkstra on a 2-D occupancy grid (the native core of
+ * planners/path/grid.py, loaded with ctypes; see planners/path/_native.py).
+ *
+ * Grid: occ[H*W] uint8, nonzero = occupied, row-major. Moves: 4- or 8-connected,
+ * straight step cost 1, diagonal sqrt(2). With corner_cut == 0 a diagonal step needs
+ * both orthogonal neighbours free. Heuristic: octile (8) or Manhattan (4) distance,
+ * times `weight` (0 = Dijkstra). goal < 0 runs Dijkstra to every reachable cell.
+ *
+ * Open list: a binary heap with lazy deletion; ties on f are broken toward larger g
+ * (deeper nodes), which expands far fewer cells on open grids.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+typedef struct {
+    double f;
+    double g;
+    int32_t idx;
+} node_t;
+
+typedef struct {
+    node_t *data;
+    int64_t size;
+    int64_t cap;
+} heap_t;
+
+static int before(const node_t *a, const node_t *b) {
+    if (a->f != b->f) return a->f < b->f;
+    return a->g > b->g;
+}
+
+static int heap_push(heap_t *h, double f, double g, int32_t idx) {
+    if (h->size == h->cap) {
+        int64_t cap = h->cap ? h->cap * 2 : 1024;
+        node_t *d = (node_t *)realloc(h->data, (size_t)cap * sizeof(node_t));
+        if (!d) return -1;
+        h->data = d;
+        h->cap = cap;
+    }
+    int64_t i = h->size++;
+    node_t n = {f, g, idx};
+    while (i > 0) {
+        int64_t p = (i - 1) >> 1;
+        if (!before(&n, &h->data[p])) break;
+        h->data[i] = h->data[p];
+        i = p;
+    }
+    h->data[i] = n;
+    return 0;
+}
+
+static node_t heap_pop(heap_t *h) {
+    node_t top = h->data[0];
+    node_t last = h->data[--h->size];
+    int64_t i = 0, n = h->size;
+    for (;;) {
+        int64_t l = 2 * i + 1;
+        if (l >= n) break;
+        int64_t c = l;
+        if (l + 1 < n && before(&h->data[l + 1], &h->data[l])) c = l + 1;
+        if (!before(&h->data[c], &last)) break;
+        h->data[i] = h->data[c];
+        i = c;
+    }
+    if (n > 0) h->data[i] = last;
+    return top;
+}
+
+static const int DR[8] = {-1, 1, 0, 0, -1, -1, 1, 1};
+static const int DC[8] = {0, 0, -1, 1, -1, 1, -1, 1};
+
+/* Returns 1 when the goal was reached (or goal < 0), 0 when unreachable, -1 on
+ * allocation failure. g[H*W] receives the cost-to-come (INFINITY when unreached),
+ * parent[H*W] the predecessor index (-1 for none), *expanded the number of cells
+ * closed. */
+int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t goal,
+             int32_t conn, double weight, int32_t corner_cut, double *g, int32_t *parent,
+             int64_t *expanded) {
+    const int64_t n = (int64_t)H * (int64_t)W;
+    const double SQRT2 = 1.4142135623730951;
+    const double OCT = SQRT2 - 2.0;
+    uint8_t *closed = (uint8_t *)calloc((size_t)n, 1);
+    if (!closed) return -1;
+    for (int64_t i = 0; i < n; ++i) {
+        g[i] = INFINITY;
+        parent[i] = -1;
+    }
+    const int32_t gr = goal >= 0 ? goal / W : 0, gc = goal >= 0 ? goal % W : 0;
+    const int use_h = goal >= 0 && weight > 0.0;
+    heap_t heap = {NULL, 0, 0};
+    int found = goal < 0 ? 1 : 0;
+    int64_t count = 0;
+    g[start] = 0.0;
+    double h0 = 0.0;
+    if (use_h) {
+        int32_t dr = abs(start / W - gr), dc = abs(start % W - gc);
+        h0 = conn == 8 ? (dr + dc) + OCT * (dr < dc ? dr : dc) : (double)(dr + dc);
+        h0 *= weight;
+    }
+    if (heap_push(&heap, h0, 0.0, start) < 0) {
+        free(closed);
+        return -1;
+    }
+    while (heap.size > 0) {
+        node_t cur = heap_pop(&heap);
+        int32_t u = cur.idx;
+        if (closed[u] || cur.g > g[u]) continue;
+        closed[u] = 1;
+        ++count;
+        if (u == goal) {
+            found = 1;
+            break;
+        }
+        int32_t r = u / W, c = u % W;
+        for (int k = 0; k < conn; ++k) {
+            int32_t rr = r + DR[k], cc = c + DC[k];
+            if (rr < 0 || rr >= H || cc < 0 || cc >= W) continue;
+            int32_t v = rr * W + cc;
+            if (occ[v] || closed[v]) continue;
+            double step = 1.0;
+            if (k >= 4) {
+                if (!corner_cut && (occ[r * W + cc] || occ[rr * W + c])) continue;
+                step = SQRT2;
+            }
+            double ng = cur.g + step;
+            if (ng < g[v]) {
+                g[v] = ng;
+                parent[v] = u;
+                double h = 0.0;
+                if (use_h) {
+                    int32_t dr = abs(rr - gr), dc = abs(cc - gc);
+                    h = conn == 8 ? (dr + dc) + OCT * (dr < dc ? dr : dc) : (double)(dr + dc);
+                    h *= weight;
+                }
+                if (heap_push(&heap, ng + h, ng, v) < 0) {
+                    free(heap.data);
+                    free(closed);
+                    return -1;
+                }
+            }
+        }
+    }
+    free(heap.data);
+    free(closed);
+    *expanded = count;
+    return found;
+}
