@@ -1,0 +1,307 @@
+"""The common interface of the MPC planners: validation, rollouts, receding-horizon warm start.
+
+Conventions (every planner):
+
+* ``dynamics(state [B, S], action [B, A]) -> next_state [B, S]``; with ``latent_dim > 0``
+  the call is ``dynamics(state, action, z [B, Z])`` with ``z`` drawn from N(0, I) per step.
+* ``cost(state [B, S], action [B, A]) -> [B]`` is the running cost of taking ``action`` in
+  ``state``; ``terminal_cost(state [B, S]) -> [B]`` is charged on the last predicted state.
+  The objective of a plan ``a_0..a_{T-1}`` from ``s_0`` is
+  ``J = sum_t gamma^t [c(s_t, a_t) + w_u u(s_t, a_t)] + gamma^T c_T(s_T)`` with
+  ``s_{t+1} = f(s_t, a_t)`` and ``u`` the optional uncertainty penalty.
+* ``plan(state [B, S]) -> actions [B, T, A]`` solves B independent problems at once on the
+  device and dtype of ``state``; ``act(state) -> [B, A]`` plans, returns the first action,
+  and keeps the plan shifted by one step as the warm start of the next call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Dynamics = Callable[..., torch.Tensor]
+Cost = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+TerminalCost = Callable[[torch.Tensor], torch.Tensor]
+Uncertainty = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+BoundLike = float | Sequence[float] | torch.Tensor
+
+__all__ = ["Planner", "as_bounds"]
+
+
+def as_bounds(action_low: BoundLike, action_high: BoundLike,
+              action_dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate action bounds and return them as float32 CPU tensors ``[A]``.
+
+    Scalars are broadcast to ``action_dim`` (1 when not given); anything but a 1-D vector
+    of the same length for both, finite and with ``low < high``, raises ``ValueError``.
+    """
+    tensors = []
+    for name, value in (("action_low", action_low), ("action_high", action_high)):
+        try:
+            t = torch.as_tensor(value, dtype=torch.float32).detach().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a number, a sequence or a tensor, got "
+                            f"{type(value).__name__}") from None
+        if t.ndim == 0:
+            t = t.repeat(action_dim or 1)
+        if t.ndim != 1 or t.numel() == 0:
+            raise ValueError(f"{name} must be a vector [A], got shape {list(t.shape)}")
+        if action_dim is not None and t.shape[0] != action_dim:
+            raise ValueError(f"{name} must have shape [{action_dim}], got {list(t.shape)}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name} must be finite, got {t.tolist()}")
+        tensors.append(t)
+    low, high = tensors
+    if low.shape != high.shape:
+        raise ValueError(f"action_low and action_high must have the same shape, got "
+                         f"{list(low.shape)} and {list(high.shape)}")
+    if not (low < high).all():
+        raise ValueError(f"action_low must be below action_high in every dimension, got "
+                         f"{low.tolist()} and {high.tolist()}")
+    return low, high
+
+
+def _check_int(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _check_positive(name: str, value: float, allow_zero: bool = False) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, "
+                         f"got {value}")
+    return value
+
+
+class Planner:
+    """Base class: a receding-horizon trajectory optimiser over ``[B, T, A]`` action plans.
+
+    Subclasses implement :meth:`_optimize`. Arguments common to all planners:
+
+    Args:
+        dynamics: ``(state [B, S], action [B, A][, z [B, Z]]) -> [B, S]``.
+        cost: running cost ``(state [B, S], action [B, A]) -> [B]``.
+        action_low, action_high: bounds ``[A]`` (scalars broadcast to ``action_dim``).
+        horizon: number of planned steps ``T >= 1``.
+        terminal_cost: ``state [B, S] -> [B]`` on the last predicted state, or None.
+        latent_dim: size of the dynamics' latent ``z`` (0: the dynamics take no ``z``).
+        z_samples: latent samples per plan; the objective is reduced over them by
+            ``z_reduce`` ("mean": expected cost; "min": optimistic, minimised over z).
+        uncertainty: optional ``(state [B, S], action [B, A]) -> [B]`` penalty (e.g. a
+            world model's MC-dropout variance), weighted by ``uncertainty_weight``.
+        discount: per-step discount ``gamma`` in (0, 1].
+        action_dim: needed only when both bounds are scalars and ``A > 1``.
+        seed: seed of the planner's own random generator.
+    """
+
+    def __init__(self, dynamics: Dynamics, cost: Cost, action_low: BoundLike,
+                 action_high: BoundLike, horizon: int,
+                 terminal_cost: TerminalCost | None = None, *, latent_dim: int = 0,
+                 z_samples: int = 1, z_reduce: Literal["mean", "min"] = "mean",
+                 uncertainty: Uncertainty | None = None, uncertainty_weight: float = 0.0,
+                 discount: float = 1.0, action_dim: int | None = None, seed: int = 0) -> None:
+        for name, fn in (("dynamics", dynamics), ("cost", cost)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+        for name, fn in (("terminal_cost", terminal_cost), ("uncertainty", uncertainty)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
+        self.dynamics = dynamics
+        self.cost = cost
+        self.terminal_cost = terminal_cost
+        self.uncertainty = uncertainty
+        self.action_low, self.action_high = as_bounds(action_low, action_high, action_dim)
+        self.action_dim = int(self.action_low.shape[0])
+        self.horizon = _check_int("horizon", horizon, 1)
+        self.latent_dim = _check_int("latent_dim", latent_dim, 0)
+        self.z_samples = _check_int("z_samples", z_samples, 1) if latent_dim > 0 else 1
+        if z_reduce not in ("mean", "min"):
+            raise ValueError(f"z_reduce must be 'mean' or 'min', got {z_reduce!r}")
+        self.z_reduce = z_reduce
+        self.uncertainty_weight = _check_positive("uncertainty_weight", uncertainty_weight, True)
+        if uncertainty_weight > 0 and uncertainty is None:
+            raise ValueError("uncertainty_weight > 0 needs an uncertainty callable")
+        discount = float(discount)
+        if not 0.0 < discount <= 1.0:
+            raise ValueError(f"discount must be in (0, 1], got {discount}")
+        self.discount = discount
+        self.seed = int(seed)
+        self._generator: torch.Generator | None = None
+        self._plan: torch.Tensor | None = None  # warm start [B, T, A]
+        self._validated: tuple | None = None  # (state_dim, device, dtype) already checked
+        self._bounds_cache: dict = {}
+
+    # -- public API -------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> None:
+        """Forget the warm start (a new episode); reseed the generator if ``seed`` is given."""
+        self._plan = None
+        if seed is not None:
+            self.seed = int(seed)
+            self._generator = None
+
+    @property
+    def warm_start(self) -> torch.Tensor | None:
+        """The kept plan ``[B, T, A]`` the next call starts from (None after ``reset``)."""
+        return self._plan
+
+    def plan(self, state: torch.Tensor) -> torch.Tensor:
+        """Optimise B independent plans from ``state [B, S]``; returns ``actions [B, T, A]``
+        inside the bounds. The result is kept as the next warm start."""
+        self._validate(state)
+        low, high = self._bounds(state)
+        init = self._plan
+        if init is not None and (init.shape[0] != state.shape[0] or init.device != state.device
+                                 or init.dtype != state.dtype):
+            init = None
+        if init is None:
+            init = self._initial_plan(state)
+        with torch.enable_grad() if self._needs_grad else torch.no_grad():
+            plan = self._optimize(state.detach(), init.detach())
+        plan = torch.max(torch.min(plan.detach(), high), low)
+        if not torch.isfinite(plan).all():
+            raise ValueError(f"{type(self).__name__} produced a non-finite plan: the dynamics or "
+                             "cost returned NaN/inf along the way")
+        self._plan = plan
+        return plan.clone()
+
+    def act(self, state: torch.Tensor) -> torch.Tensor:
+        """Receding horizon: plan from ``state [B, S]``, return the first action ``[B, A]``
+        and keep the plan shifted by one step (last action repeated) as the warm start."""
+        plan = self.plan(state)
+        self._plan = self._shift(plan)
+        return plan[:, 0]
+
+    def objective(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Cost ``J`` of plans ``actions [B, T, A]`` (or candidates ``[B, N, T, A]``) from
+        ``state [B, S]``; returns ``[B]`` (or ``[B, N]``). Differentiable."""
+        self._validate(state)
+        if actions.ndim == 3:
+            return self._rollout_cost(state, actions[:, None])[:, 0]
+        return self._rollout_cost(state, actions)
+
+    # -- for subclasses -------------------------------------------------------------------
+    _needs_grad = False
+
+    def _optimize(self, state: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
+        """``state [B, S]``, warm start ``init [B, T, A]`` -> plan ``[B, T, A]``."""
+        raise NotImplementedError
+
+    def _initial_plan(self, state: torch.Tensor) -> torch.Tensor:
+        """The plan of a cold start: the middle of the bounds, ``[B, T, A]``."""
+        low, high = self._bounds(state)
+        mid = (low + high) / 2
+        return mid.expand(state.shape[0], self.horizon, self.action_dim).clone()
+
+    def _shift(self, plan: torch.Tensor) -> torch.Tensor:
+        return torch.cat([plan[:, 1:], plan[:, -1:]], dim=1)
+
+    def _bounds(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (like.device, like.dtype)
+        if key not in self._bounds_cache:
+            self._bounds_cache[key] = (self.action_low.to(like.device, like.dtype),
+                                       self.action_high.to(like.device, like.dtype))
+        return self._bounds_cache[key]
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The planner's seeded generator on ``device``."""
+        if self._generator is None or self._generator.device != torch.device(device):
+            g = torch.Generator(device=device)
+            g.manual_seed(self.seed)
+            self._generator = g
+        return self._generator
+
+    def _sample_z(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        """Latents ``[T, n, Z]`` from N(0, I)."""
+        return torch.randn(self.horizon, n, self.latent_dim, device=like.device, dtype=like.dtype,
+                           generator=self.generator(like.device))
+
+    def _step(self, state: torch.Tensor, action: torch.Tensor,
+              z: torch.Tensor | None) -> torch.Tensor:
+        if self.latent_dim > 0:
+            return self.dynamics(state, action, z)
+        return self.dynamics(state, action)
+
+    def _rollout_cost(self, state: torch.Tensor, actions: torch.Tensor,
+                      z: torch.Tensor | None = None) -> torch.Tensor:
+        """Objective ``[B, N]`` of candidate plans ``actions [B, N, T, A]`` from ``state [B, S]``.
+
+        With a latent, each candidate is rolled out under ``z_samples`` draws (``z`` may be
+        given as ``[T, B*N*K, Z]``) and the costs are reduced by ``z_reduce``.
+        """
+        b, n, t, a = actions.shape
+        k = self.z_samples
+        x = state[:, None, None, :].expand(b, n, k, state.shape[-1]).reshape(b * n * k, -1)
+        u_all = actions[:, :, None].expand(b, n, k, t, a).reshape(b * n * k, t, a)
+        if self.latent_dim > 0 and z is None:
+            z = self._sample_z(b * n * k, state)
+        total = torch.zeros(b * n * k, device=state.device, dtype=state.dtype)
+        weight = 1.0
+        for i in range(t):
+            u = u_all[:, i]
+            step_cost = self.cost(x, u)
+            if self.uncertainty is not None and self.uncertainty_weight > 0:
+                step_cost = step_cost + self.uncertainty_weight * self.uncertainty(x, u)
+            total = total + weight * step_cost
+            x = self._step(x, u, z[i] if z is not None else None)
+            weight *= self.discount
+        if self.terminal_cost is not None:
+            total = total + weight * self.terminal_cost(x)
+        total = total.reshape(b, n, k)
+        if k == 1:
+            return total[..., 0]
+        return total.mean(-1) if self.z_reduce == "mean" else total.amin(-1)
+
+    # -- validation -----------------------------------------------------------------------
+    def _validate(self, state: torch.Tensor) -> None:
+        """Check ``state`` and, once per (S, device, dtype), every callable's output."""
+        if not isinstance(state, torch.Tensor):
+            raise TypeError(f"state must be a torch.Tensor [B, S], got {type(state).__name__}")
+        if state.ndim != 2 or state.shape[0] < 1 or state.shape[1] < 1:
+            raise ValueError(f"state must have shape [B, S], got {list(state.shape)}")
+        if not state.is_floating_point():
+            raise TypeError(f"state must be a floating-point tensor, got {state.dtype}")
+        if not torch.isfinite(state).all():
+            raise ValueError("state contains NaN or inf")
+        key = (state.shape[1], state.device, state.dtype)
+        if self._validated == key:
+            return
+        b, s = state.shape
+        low, high = self._bounds(state)
+        action = ((low + high) / 2).expand(b, self.action_dim)
+        with torch.no_grad():
+            z = None
+            if self.latent_dim > 0:
+                z = torch.zeros(b, self.latent_dim, device=state.device, dtype=state.dtype)
+            try:
+                nxt = self._step(state, action, z)
+            except (RuntimeError, IndexError, TypeError) as exc:
+                zdesc = f" and z [B, {self.latent_dim}]" if z is not None else ""
+                raise ValueError(f"dynamics failed on state [B={b}, S={s}] and action "
+                                 f"[B={b}, A={self.action_dim}]{zdesc}: {exc}") from exc
+            self._check_output("dynamics", nxt, (b, s))
+            self._check_output("cost", self.cost(state, action), (b,))
+            if self.terminal_cost is not None:
+                self._check_output("terminal_cost", self.terminal_cost(nxt), (b,))
+            if self.uncertainty is not None:
+                self._check_output("uncertainty", self.uncertainty(state, action), (b,))
+        self._validated = key
+
+    @staticmethod
+    def _check_output(name: str, value: object, shape: tuple[int, ...]) -> None:
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{name} must return a torch.Tensor of shape {list(shape)}, got "
+                             f"{type(value).__name__}")
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{name} returned shape {list(value.shape)}, expected {list(shape)}")
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{name} returned non-finite values (NaN or inf)")
