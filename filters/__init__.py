@@ -1,0 +1,9 @@
+"""State estimation, batched over tracks: Kalman filter + RTS smoother + EM, EKF, UKF,
+particle filter and IMM. numpy in -> float64 numpy out; torch in -> torch out (any device).
+
+See docs/filters.md for the API and the measured figures.
+"""
+
+from filters.kalman import KalmanFilter
+
+__all__ = ["KalmanFilter"]
