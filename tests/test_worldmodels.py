@@ -1,0 +1,309 @@
+"""Data sets, the deterministic model and training (issue 3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodels import (
+    DatasetError,
+    DeterministicModel,
+    NonFiniteLossError,
+    TrainConfig,
+    evaluate_horizon_error,
+    load_dataset,
+    load_model,
+    train_model,
+    write_dataset,
+)
+from worldmodels.checkpoint import CheckpointError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def toy_episodes(n: int = 24, T: int = 30, seed: int = 0, images: bool = False) -> list[dict]:
+    """A known 3-D system: x += 0.1 a0, y += 0.1 a1, w += 0.1 sin(x)."""
+    rng = np.random.default_rng(seed)
+    eps = []
+    for _ in range(n):
+        s = np.zeros((T + 1, 3), np.float32)
+        a = rng.uniform(-1, 1, (T, 2)).astype(np.float32)
+        s[0] = rng.normal(size=3)
+        for t in range(T):
+            s[t + 1] = s[t] + 0.1 * np.array([a[t, 0], a[t, 1], np.sin(s[t, 0])])
+        ep = {"states": s, "actions": a, "costs": (s[1:] ** 2).sum(1)}
+        if images:
+            ep["images"] = rng.integers(0, 255, (T + 1, 1, 8, 8), dtype=np.uint8)
+        eps.append(ep)
+    return eps
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "toy"
+    return write_dataset(path, toy_episodes(), task="toy", dt=0.1, config={"T": 30}, seed=1,
+                         episodes_per_shard=10)
+
+
+# ------------------------------------------------------------------ data sets
+def test_write_and_load_roundtrip(toy: Path) -> None:
+    ds = load_dataset(toy)
+    eps = toy_episodes()
+    m = json.loads((toy / "manifest.json").read_text())
+    assert m["count"]["episodes"] == 24 and m["count"]["transitions"] == 24 * 30
+    assert len(m["shards"]) == 3
+    assert sorted(ds.split_ids["train"] + ds.split_ids["val"] + ds.split_ids["test"]) == list(
+        range(24))
+    assert len(ds.split_ids["train"]) > len(ds.split_ids["val"]) > 0
+    np.testing.assert_array_equal(ds.episode(13)["states"], eps[13]["states"])
+    np.testing.assert_array_equal(ds.episode(13)["actions"], eps[13]["actions"])
+    assert isinstance(ds.episode(0)["states"], np.memmap)
+    train = np.concatenate([eps[i]["states"] for i in ds.split_ids["train"]])
+    np.testing.assert_allclose(ds.stats.state_mean, train.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ds.stats.state_std, train.std(0), rtol=1e-3)
+    assert m["generator"] == {"config": {"T": 30}, "seed": 1}
+
+
+def test_split_is_seeded_and_configurable(tmp_path: Path) -> None:
+    eps = toy_episodes(n=20, T=5)
+    a = write_dataset(tmp_path / "a", eps, task="t", dt=0.1, seed=5,
+                      split={"train": 0.5, "val": 0.25, "test": 0.25})
+    b = write_dataset(tmp_path / "b", eps, task="t", dt=0.1, seed=5,
+                      split={"train": 0.5, "val": 0.25, "test": 0.25})
+    c = write_dataset(tmp_path / "c", eps, task="t", dt=0.1, seed=6,
+                      split={"train": 0.5, "val": 0.25, "test": 0.25})
+    da, db, dc = load_dataset(a), load_dataset(b), load_dataset(c)
+    assert da.split_ids == db.split_ids != dc.split_ids
+    assert [len(da.split_ids[s]) for s in ("train", "val", "test")] == [10, 5, 5]
+    with pytest.raises(ValueError, match="sum to 1"):
+        write_dataset(tmp_path / "d", eps, task="t", dt=0.1, split={"train": 0.5})
+
+
+def test_windows_match_episodes(toy: Path) -> None:
+    ds = load_dataset(toy)
+    w = ds.windows("train", ncond=3, npred=4)
+    assert len(w) == len(ds.split_ids["train"]) * (30 - 4 - 3 + 2)
+    ctx, act, tgt = w[5]
+    ep = ds.episode(ds.split_ids["train"][0])
+    t = 5 + 2  # window 5 of the first train episode: last context state at t=7
+    np.testing.assert_array_equal(ctx.numpy(), ep["states"][t - 2 : t + 1])
+    np.testing.assert_array_equal(act.numpy(), ep["actions"][t : t + 4])
+    np.testing.assert_array_equal(tgt.numpy(), ep["states"][t + 1 : t + 5])
+    batch = w.get_batch([5, 0, len(w) - 1])
+    assert batch["context"].shape == (3, 3, 3) and batch["actions"].shape == (3, 4, 2)
+    torch.testing.assert_close(batch["context"][0], ctx)
+    loader = torch.utils.data.DataLoader(w, batch_size=8)
+    c, a, t_ = next(iter(loader))
+    assert c.shape == (8, 3, 3) and a.shape == (8, 4, 2) and t_.shape == (8, 4, 3)
+
+
+def test_images_roundtrip(tmp_path: Path) -> None:
+    eps = toy_episodes(n=6, T=6, images=True)
+    ds = load_dataset(write_dataset(tmp_path / "img", eps, task="t", dt=0.1))
+    assert ds.image_shape == (1, 8, 8)
+    batch = ds.windows("train", 2, 2).get_batch([0, 1])
+    assert batch["context_images"].shape == (2, 2, 1, 8, 8)
+    assert batch["context_images"].dtype == torch.uint8
+    first = ds.split_ids["train"][0]
+    np.testing.assert_array_equal(batch["target_images"][0].numpy(), eps[first]["images"][2:4])
+
+
+def test_nan_in_shard_is_named(toy: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(toy, bad)
+    arr = np.load(bad / "shard-00001-states.npy")
+    arr[17, 2] = np.nan
+    np.save(bad / "shard-00001-states.npy", arr)
+    with pytest.raises(DatasetError, match=r"shard-00001-states\.npy.*index \[17, 2\]"):
+        load_dataset(bad)
+    arr[17, 2] = np.inf
+    np.save(bad / "shard-00001-states.npy", arr[:-3])  # truncated too: shape is checked first
+    with pytest.raises(DatasetError, match=r"shard-00001-states\.npy: expected shape"):
+        load_dataset(bad)
+
+
+def test_bad_manifest_names_file_and_field(toy: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(toy, bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    del m["state_dim"]
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DatasetError, match=r"manifest\.json: missing field 'state_dim'"):
+        load_dataset(bad)
+    (bad / "manifest.json").write_text("{not json")
+    with pytest.raises(DatasetError, match=r"manifest\.json is not valid JSON"):
+        load_dataset(bad)
+    with pytest.raises(DatasetError, match="not found"):
+        load_dataset(tmp_path / "nowhere")
+
+
+def test_writer_rejects_bad_episodes(tmp_path: Path) -> None:
+    eps = toy_episodes(n=3, T=4)
+    eps[1]["actions"] = eps[1]["actions"][:-1]
+    with pytest.raises(ValueError, match=r"episodes\[1\].*one more row"):
+        write_dataset(tmp_path / "x", eps, task="t", dt=0.1)
+    eps = toy_episodes(n=3, T=4)
+    eps[2]["states"][1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"episodes\[2\]\.states contains NaN"):
+        write_dataset(tmp_path / "x", eps, task="t", dt=0.1)
+    assert not (tmp_path / "x").exists()
+    assert not list(tmp_path.glob(".x.*"))  # no half-written folder left behind
+
+
+def test_overwrite_is_atomic(toy: Path, tmp_path: Path) -> None:
+    path = write_dataset(tmp_path / "d", toy_episodes(n=4, T=4), task="t", dt=0.1)
+    with pytest.raises(FileExistsError):
+        write_dataset(path, toy_episodes(n=4, T=4), task="t", dt=0.1)
+    write_dataset(path, toy_episodes(n=5, T=4), task="t2", dt=0.1, overwrite=True)
+    assert load_dataset(path).task == "t2" and load_dataset(path).num_episodes == 5
+
+
+# ------------------------------------------------------------------ deterministic model
+def test_step_rollout_shapes_and_raw_units() -> None:
+    torch.manual_seed(0)
+    m = DeterministicModel(3, 2, ncond=2, hidden=16).eval()
+    ctx = torch.randn(5, 2, 3)
+    acts = torch.randn(5, 7, 2, requires_grad=True)
+    out = m.rollout(ctx, acts)
+    assert out.shape == (5, 7, 3)
+    out.sum().backward()
+    assert acts.grad is not None and acts.grad.abs().sum() > 0
+    torch.testing.assert_close(out[:, 0], m.step(ctx, acts[:, 0]))
+    with pytest.raises(ValueError, match=r"state must have shape \[B, 2, 3\]"):
+        m.step(torch.randn(5, 3), torch.randn(5, 2))
+    with pytest.raises(ValueError, match=r"action must have shape \[5, 2\]"):
+        m.step(ctx, torch.randn(5, 3))
+    m1 = DeterministicModel(3, 2).eval()
+    s = torch.randn(4, 3, requires_grad=True)
+    m1.step(s, torch.randn(4, 2)).sum().backward()
+    assert s.grad is not None
+
+
+def test_mc_dropout_switch() -> None:
+    torch.manual_seed(0)
+    m = DeterministicModel(3, 2, dropout=0.3).eval()
+    s, a = torch.randn(8, 3), torch.randn(8, 2)
+    torch.testing.assert_close(m.step(s, a), m.step(s, a))
+    m.mc_dropout = True
+    assert m.mc_dropout
+    assert not torch.allclose(m.step(s, a), m.step(s, a))
+    m.mc_dropout = False
+    torch.testing.assert_close(m.step(s, a), m.step(s, a))
+
+
+def test_checkpoint_roundtrip_keeps_normaliser(toy: Path, tmp_path: Path) -> None:
+    from worldmodels.checkpoint import save_checkpoint
+
+    ds = load_dataset(toy)
+    m = DeterministicModel(3, 2, ncond=2, hidden=16).eval()
+    m.set_normalizer(ds.stats)
+    save_checkpoint(tmp_path / "m.pt", m.to_checkpoint())
+    m2 = load_model(tmp_path / "m.pt")
+    assert isinstance(m2, DeterministicModel) and m2.config() == m.config()
+    ctx, a = torch.randn(4, 2, 3), torch.randn(4, 2)
+    torch.testing.assert_close(m2.step(ctx, a), m.step(ctx, a))
+    np.testing.assert_allclose(m2.state_mean.numpy(), ds.stats.state_mean)
+
+
+def test_corrupt_checkpoint_names_path(tmp_path: Path) -> None:
+    from worldmodels.checkpoint import save_checkpoint
+
+    m = DeterministicModel(3, 2)
+    path = save_checkpoint(tmp_path / "m.pt", m.to_checkpoint())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_model(path)
+    path.write_bytes(b"garbage" * 10)
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_model(path)
+
+
+# ------------------------------------------------------------------ training
+def test_training_learns_and_checkpoints(toy: Path, tmp_path: Path) -> None:
+    ds = load_dataset(toy)
+    torch.manual_seed(0)
+    m = DeterministicModel(3, 2, ncond=1, hidden=64, dropout=0.0)
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=3e-3, npred=2, seed=0)
+    hist = train_model(m, ds, cfg, checkpoint_dir=tmp_path / "ck", progress=False)
+    assert hist["val_loss"][-1] < min(0.1, 0.5 * hist["val_loss"][0])
+    assert (tmp_path / "ck" / "last.pt").is_file() and (tmp_path / "ck" / "best.pt").is_file()
+    best = load_model(tmp_path / "ck" / "best.pt")
+    err = evaluate_horizon_error(best, ds, "test", horizon=5)
+    assert err.shape == (5,) and np.all(np.diff(err) > 0) and err[0] < 0.05
+    # ~0.1 per step of true motion: the learned model must be far better than "no change"
+    still = np.sqrt(np.mean((ds.episode(ds.split_ids["test"][0])["states"][1:]
+                             - ds.episode(ds.split_ids["test"][0])["states"][:-1]) ** 2))
+    assert err[0] < 0.3 * still
+
+
+def test_resume_is_bit_for_bit(toy: Path, tmp_path: Path) -> None:
+    ds = load_dataset(toy)
+    cfg = TrainConfig(epochs=3, batch_size=32, npred=2, seed=4)
+
+    def fresh() -> DeterministicModel:
+        torch.manual_seed(11)
+        return DeterministicModel(3, 2, ncond=2, hidden=32, dropout=0.1)
+
+    full = train_model(fresh(), ds, cfg, checkpoint_dir=tmp_path / "full", progress=False)
+    half = TrainConfig(**{**cfg.__dict__, "epochs": 1})
+    train_model(fresh(), ds, half, checkpoint_dir=tmp_path / "part", progress=False)
+    torch.manual_seed(999)  # the caller's global RNG must not matter on resume
+    resumed = train_model(fresh(), ds, cfg, checkpoint_dir=tmp_path / "part", resume=True,
+                          progress=False)
+    assert resumed["step_loss"] == full["step_loss"]
+    assert resumed["val_loss"] == full["val_loss"]
+    a = load_model(tmp_path / "full" / "last.pt").state_dict()
+    b = load_model(tmp_path / "part" / "last.pt").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dims_disagreement_names_both_shapes(toy: Path) -> None:
+    ds = load_dataset(toy)
+    with pytest.raises(ValueError, match=r"expects states \[B, 4\].*holds states \[T\+1, 3\]"):
+        train_model(DeterministicModel(4, 2), ds, TrainConfig(epochs=1), progress=False)
+
+
+def test_nonfinite_guard_stops_with_clear_error(toy: Path) -> None:
+    ds = load_dataset(toy)
+    m = DeterministicModel(3, 2, hidden=8)
+    with torch.no_grad():
+        m.decoder[-1][-1].weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="3 consecutive batches"):
+        train_model(m, ds, TrainConfig(epochs=1, max_nonfinite=3), progress=False)
+
+
+def test_nonfinite_guard_skips_and_counts(toy: Path, monkeypatch) -> None:
+    ds = load_dataset(toy)
+    torch.manual_seed(0)
+    m = DeterministicModel(3, 2, hidden=8)
+    original = DeterministicModel.forward
+    calls = {"n": 0}
+
+    def sometimes_nan(self, batch):
+        calls["n"] += 1
+        out = original(self, batch)
+        if calls["n"] in (2, 5) and self.training:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(DeterministicModel, "forward", sometimes_nan)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    hist = train_model(m, ds, TrainConfig(epochs=1, max_nonfinite=3), progress=False)
+    assert hist["skipped"] == 2
+    assert all(np.isfinite(v).all() for v in [p.detach().numpy() for p in m.parameters()])
+    assert any(not torch.equal(before[k], v) for k, v in m.state_dict().items())

@@ -1,0 +1,273 @@
+"""What every world model shares: normalisation buffers, the MC-dropout switch, the
+``step``/``rollout`` calls, shape checks and plain-data checkpoints.
+
+Conventions: states ``[B, S]`` and actions ``[B, A]`` in RAW units, float32, batch-first;
+sequences ``[B, T, ...]``; a context is the last ``ncond`` states ``[B, ncond, S]`` (oldest
+first). Models work internally on normalised quantities (statistics held as buffers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worldmodels.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
+from worldmodels.dataset import STAT_KEYS, NormStats
+
+log = logging.getLogger(__name__)
+
+MODEL_SCHEMA = 1
+MODEL_KINDS: dict[str, type[WorldModel]] = {}
+
+
+class MCDropout(nn.Module):
+    """Dropout that stays on in eval mode while ``force`` is set (MC-dropout)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.force = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0:
+            return x
+        return F.dropout(x, self.p, self.training or self.force)
+
+
+def mlp(
+    inp: int, hidden: int, layers: int, dropout: float, out: int | None = None
+) -> nn.Sequential:
+    """``layers`` blocks Linear -> ReLU -> MCDropout (then a final Linear to ``out``)."""
+    mods: list[nn.Module] = []
+    width = inp
+    for _ in range(layers):
+        mods += [nn.Linear(width, hidden), nn.ReLU(), MCDropout(dropout)]
+        width = hidden
+    if out is not None:
+        mods.append(nn.Linear(width, out))
+    return nn.Sequential(*mods)
+
+
+def _check_dims(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class WorldModel(nn.Module):
+    """Base class. Subclasses set ``kind`` and implement :meth:`_predict` (one normalised
+    step) and :meth:`forward` (the training loss on a batch dict)."""
+
+    kind: ClassVar[str] = "WorldModel"
+    z_dim: int = 0
+
+    def __init__(self, state_dim: int, action_dim: int, ncond: int = 1) -> None:
+        super().__init__()
+        self.state_dim = _check_dims("state_dim", state_dim)
+        self.action_dim = _check_dims("action_dim", action_dim)
+        self.ncond = _check_dims("ncond", ncond)
+        ident = NormStats.identity(self.state_dim, self.action_dim)
+        for key in STAT_KEYS:
+            self.register_buffer(key, torch.as_tensor(getattr(ident, key)))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            MODEL_KINDS[cls.kind] = cls
+
+    # -- configuration ---------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Constructor keyword arguments (plain data) that rebuild this model."""
+        raise NotImplementedError
+
+    def set_normalizer(self, stats: NormStats | Mapping[str, Any]) -> None:
+        """Set the normalisation statistics (a :class:`NormStats` or its dict, e.g.
+        ``dataset.stats``); their lengths must match ``state_dim``/``action_dim``."""
+        if not isinstance(stats, NormStats):
+            stats = NormStats.from_dict(stats, "stats")
+        if len(stats.state_mean) != self.state_dim or len(stats.action_mean) != self.action_dim:
+            raise ValueError(
+                f"stats are for state/action dims {len(stats.state_mean)}/"
+                f"{len(stats.action_mean)}, the model has {self.state_dim}/{self.action_dim}"
+            )
+        for key in STAT_KEYS:
+            buf = getattr(self, key)
+            buf.copy_(torch.as_tensor(getattr(stats, key), dtype=buf.dtype))
+
+    def normalizer(self) -> dict[str, list[float]]:
+        return {k: getattr(self, k).detach().cpu().tolist() for k in STAT_KEYS}
+
+    # -- MC dropout --------------------------------------------------------------------
+    @property
+    def mc_dropout(self) -> bool:
+        """True while dropout is forced on in eval mode (MC-dropout sampling)."""
+        return any(m.force for m in self.modules() if isinstance(m, MCDropout))
+
+    @mc_dropout.setter
+    def mc_dropout(self, flag: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, MCDropout):
+                m.force = bool(flag)
+
+    def dropout_active(self) -> bool:
+        return self.training or self.mc_dropout
+
+    # -- normalisation helpers -------------------------------------------------------------
+    def norm_state(self, s: torch.Tensor) -> torch.Tensor:
+        return (s - self.state_mean) / self.state_std
+
+    def norm_action(self, a: torch.Tensor) -> torch.Tensor:
+        return (a - self.action_mean) / self.action_std
+
+    def denorm_delta(self, d: torch.Tensor) -> torch.Tensor:
+        return d * self.delta_std + self.delta_mean
+
+    def norm_delta(self, d: torch.Tensor) -> torch.Tensor:
+        return (d - self.delta_mean) / self.delta_std
+
+    # -- checks ----------------------------------------------------------------------
+    def _tensor(self, name: str, x: Any) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        return x
+
+    def _as_context(self, state: torch.Tensor, name: str = "state") -> torch.Tensor:
+        """``[B, S]`` (only when ncond == 1) or ``[B, ncond, S]`` -> ``[B, ncond, S]``."""
+        state = self._tensor(name, state)
+        if state.ndim == 2 and state.shape[1] == self.state_dim and self.ncond == 1:
+            return state[:, None, :]
+        if state.ndim == 3 and state.shape[1:] == (self.ncond, self.state_dim):
+            return state
+        expect = f"[B, {self.state_dim}]" if self.ncond == 1 else (
+            f"[B, {self.ncond}, {self.state_dim}] (ncond={self.ncond})")
+        raise ValueError(f"{name} must have shape {expect}, got {list(state.shape)}")
+
+    def _check_action(self, action: torch.Tensor, batch: int, name: str = "action") -> None:
+        action = self._tensor(name, action)
+        if action.ndim != 2 or action.shape != (batch, self.action_dim):
+            raise ValueError(
+                f"{name} must have shape [{batch}, {self.action_dim}], got {list(action.shape)}"
+            )
+
+    def _check_z(self, z: torch.Tensor | None, batch: int, steps: int | None) -> None:
+        if z is None or self.z_dim == 0:
+            return
+        z = self._tensor("z", z)
+        ok = z.shape == (batch, self.z_dim) or (
+            steps is not None and z.shape == (batch, steps, self.z_dim))
+        if not ok:
+            expect = f"[{batch}, {self.z_dim}]" + (
+                f" or [{batch}, {steps}, {self.z_dim}]" if steps is not None else "")
+            raise ValueError(f"z must have shape {expect}, got {list(z.shape)}")
+
+    # -- dynamics --------------------------------------------------------------------
+    def _predict(self, context: torch.Tensor, action: torch.Tensor,
+                 z: torch.Tensor | None) -> torch.Tensor:
+        """One step: raw context ``[B, ncond, S]``, raw action ``[B, A]``, latent ``[B, Z]``
+        or None -> raw next state ``[B, S]``."""
+        raise NotImplementedError
+
+    def sample_prior(self, batch: int, steps: int | None = None,
+                     context: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """Latent draws ``[B, Z]`` (or ``[B, T, Z]``) from the prior; None without latents."""
+        return None
+
+    def step(self, state: torch.Tensor, action: torch.Tensor,
+             z: torch.Tensor | None = None) -> torch.Tensor:
+        """Next state ``[B, S]`` from ``state`` ``[B, S]`` (or a context ``[B, ncond, S]``)
+        and ``action`` ``[B, A]``, raw units, differentiable w.r.t. both. ``z`` ``[B, Z]``
+        is the latent of a stochastic model (drawn from the prior when None)."""
+        ctx = self._as_context(state)
+        self._check_action(action, ctx.shape[0])
+        self._check_z(z, ctx.shape[0], None)
+        return self._predict(ctx, action, z)
+
+    def rollout(self, context: torch.Tensor, actions: torch.Tensor,
+                z: torch.Tensor | None = None) -> torch.Tensor:
+        """Open-loop autoregressive prediction: ``context`` ``[B, ncond, S]`` (or ``[B, S]``
+        when ncond == 1), ``actions`` ``[B, T, A]``, optional ``z`` ``[B, T, Z]`` (or
+        ``[B, Z]`` reused every step) -> states ``[B, T, S]`` after each action."""
+        ctx = self._as_context(context, "context")
+        actions = self._tensor("actions", actions)
+        B = ctx.shape[0]
+        if actions.ndim != 3 or actions.shape[0] != B or actions.shape[2] != self.action_dim:
+            raise ValueError(f"actions must have shape [{B}, T, {self.action_dim}], got "
+                             f"{list(actions.shape)}")
+        T = actions.shape[1]
+        self._check_z(z, B, T)
+        if self.z_dim and z is None:
+            z = self.sample_prior(B, T, context=ctx)
+        out = []
+        for t in range(T):
+            zt = None if z is None else (z[:, t] if z.ndim == 3 else z)
+            nxt = self._predict(ctx, actions[:, t], zt)
+            out.append(nxt)
+            ctx = torch.cat([ctx[:, 1:], nxt[:, None]], dim=1) if self.ncond > 1 else nxt[:, None]
+        return torch.stack(out, dim=1)
+
+    # -- checkpoints -------------------------------------------------------------------
+    def to_checkpoint(self) -> dict[str, Any]:
+        """Plain data that rebuilds this model: kind, schema, config, state_dict,
+        normaliser (never a pickled module)."""
+        return {
+            "kind": self.kind,
+            "model_schema": MODEL_SCHEMA,
+            "config": self.config(),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
+            "normalizer": self.normalizer(),
+        }
+
+    @classmethod
+    def from_checkpoint(cls, payload: Mapping[str, Any], source: str = "payload") -> WorldModel:
+        """Rebuild a model from :meth:`to_checkpoint` data (``cls`` may be the base class:
+        the kind picks the subclass)."""
+        for key in ("kind", "config", "state_dict"):
+            if key not in payload:
+                raise CheckpointError(f"checkpoint {source} lacks {key!r}")
+        kind = payload["kind"]
+        target = MODEL_KINDS.get(kind)
+        if target is None:
+            raise CheckpointError(f"checkpoint {source} holds unknown model kind {kind!r}; "
+                                  f"known: {sorted(MODEL_KINDS)}")
+        if cls is not WorldModel and not issubclass(target, cls):
+            raise CheckpointError(f"checkpoint {source} holds a {kind!r}, expected {cls.kind!r}")
+        if payload.get("model_schema", MODEL_SCHEMA) != MODEL_SCHEMA:
+            raise CheckpointError(f"checkpoint {source} has model schema "
+                                  f"{payload.get('model_schema')}, expected {MODEL_SCHEMA}")
+        try:
+            model = target(**payload["config"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {source}: bad model config ({exc})") from None
+        load_state_dict_checked(model, payload["state_dict"], source)
+        return model
+
+
+def load_model(source: str | os.PathLike | Mapping[str, Any],
+               device: str | torch.device = "cpu") -> WorldModel:
+    """Load any world model from a checkpoint file (or an already loaded payload), in eval
+    mode on ``device``. Raises ``CheckpointError`` naming the path when it is unusable."""
+    if isinstance(source, Mapping):
+        payload, name = source, "payload"
+    else:
+        payload, name = load_checkpoint(Path(source)), str(source)
+    if "model" in payload and "kind" not in payload:
+        payload = payload["model"]
+    model = WorldModel.from_checkpoint(payload, name)
+    return model.to(device).eval()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,409 @@
+"""Training any world model on a data set's windows: Adam, gradient clipping, a guard
+against non-finite batches, held-out loss per epoch, ``last.pt``/``best.pt`` checkpoints,
+bit-for-bit resume, TensorBoard scalars, and DDP under ``torchrun`` (gloo on CPU).
+
+The loss is the model's own: ``model(batch)["loss"]`` on a window batch dict (see
+:meth:`worldmodels.dataset.WindowDataset.get_batch`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data.distributed import DistributedSampler
+from tqdm.auto import tqdm
+
+from worldmodels.base import WorldModel
+from worldmodels.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from worldmodels.dataset import Dataset
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped after a run of batches with a NaN/inf loss or gradient."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training phase.
+
+    ``epochs`` passes over the train windows, or stop after ``steps`` optimiser steps
+    when set. ``batch_size`` is the global batch (split across DDP ranks). ``npred`` is
+    the number of open-loop steps in the loss. ``max_nonfinite`` consecutive skipped
+    batches stop training with :class:`NonFiniteLossError`. ``checkpoint_every`` (steps,
+    0 = only at epoch ends). ``val_windows`` caps the held-out windows evaluated per
+    epoch (0 = all).
+    """
+
+    epochs: int = 10
+    steps: int | None = None
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    npred: int = 1
+    seed: int = 0
+    max_nonfinite: int = 10
+    checkpoint_every: int = 0
+    val_windows: int = 0
+    log_every: int = 25
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"TrainConfig: {msg}")
+
+        need(isinstance(self.epochs, int) and self.epochs >= 0, f"epochs must be >= 0, got "
+             f"{self.epochs!r}")
+        need(self.steps is None or (isinstance(self.steps, int) and self.steps >= 0),
+             f"steps must be None or >= 0, got {self.steps!r}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1,
+             f"batch_size must be >= 1, got {self.batch_size!r}")
+        need(self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr!r}")
+        need(self.grad_clip > 0, f"grad_clip must be positive, got {self.grad_clip!r}")
+        need(isinstance(self.npred, int) and self.npred >= 1, f"npred must be >= 1, got "
+             f"{self.npred!r}")
+        need(self.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {self.max_nonfinite}")
+        need(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
+        need(self.val_windows >= 0, "val_windows must be >= 0")
+
+
+def check_compatible(model: WorldModel, dataset: Dataset) -> None:
+    """Raise a ``ValueError`` naming both shapes when ``model`` cannot train on ``dataset``."""
+    if not isinstance(model, WorldModel):
+        raise TypeError(f"model must be a worldmodels WorldModel, got {type(model).__name__}")
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset must be a worldmodels Dataset, got {type(dataset).__name__}")
+    if (model.state_dim, model.action_dim) != (dataset.state_dim, dataset.action_dim):
+        raise ValueError(
+            f"{model.kind} expects states [B, {model.state_dim}] and actions "
+            f"[B, {model.action_dim}], but data set {dataset.path} holds states "
+            f"[T+1, {dataset.state_dim}] and actions [T, {dataset.action_dim}]"
+        )
+    m_img = getattr(model, "image_shape", None)
+    d_img = dataset.image_shape
+    if m_img is not None and (d_img is None or tuple(m_img) != tuple(d_img)):
+        raise ValueError(
+            f"{model.kind} expects images {list(m_img)} (C, H, W), but data set "
+            f"{dataset.path} holds {list(d_img) if d_img else 'no images'}"
+        )
+
+
+# ------------------------------------------------------------------------ distributed
+def _dist_setup() -> tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun (gloo on CPU)."""
+    if dist.is_available() and not dist.is_initialized() and int(
+        os.environ.get("WORLD_SIZE", "1")
+    ) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_mean(value: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world
+    return value
+
+
+# ------------------------------------------------------------------------ training
+def train_model(
+    model: WorldModel,
+    dataset: Dataset,
+    config: TrainConfig | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    writer: Any = None,
+    resume: bool = False,
+    progress: bool = True,
+    tag: str = "model",
+) -> dict[str, Any]:
+    """Train ``model`` on ``dataset`` (train split; val split for the held-out loss).
+
+    Sets the model's normaliser from ``dataset.stats`` (unless resuming). With
+    ``checkpoint_dir``, writes ``last.pt`` every epoch (and every ``checkpoint_every``
+    steps) and ``best.pt`` when the val loss improves; both load with
+    :func:`worldmodels.base.load_model`. ``resume=True`` continues from ``last.pt``
+    bit-for-bit (optimizer, RNG, data order). ``writer`` is a TensorBoard
+    ``SummaryWriter``; scalars go under ``tag/``. Under ``torchrun`` the model is wrapped in
+    DDP and each rank sees its share of every batch.
+
+    Returns the history: ``train_loss``/``val_loss`` per epoch, ``step_loss`` per step,
+    ``skipped`` (non-finite batches), ``steps``, ``epochs``, ``best_val``, ``seconds``,
+    ``samples_per_s``.
+    """
+    config = config or TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    config.validate()
+    check_compatible(model, dataset)
+    rank, world = _dist_setup()
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
+                         f"{world} DDP processes")
+    device = torch.device(config.device)
+    train_w = dataset.windows("train", model.ncond, config.npred)
+    try:
+        val_w = dataset.windows("val", model.ncond, config.npred)
+    except ValueError:
+        val_w = None
+        log.warning("data set %s has no val windows; best.pt follows the train loss",
+                    dataset.path)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    model.to(device)
+
+    state = {"epoch": 0, "batch": 0, "step": 0, "skipped": 0, "consecutive": 0,
+             "best_val": math.inf, "seconds": 0.0}
+    history: dict[str, Any] = {"train_loss": [], "val_loss": [], "step_loss": []}
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
+                                 weight_decay=config.weight_decay)
+    rng_state: torch.Tensor | None = None
+    partial: list[float] = []  # losses of the current epoch before a mid-epoch checkpoint
+    last_path = ckpt_dir / "last.pt" if ckpt_dir else None
+    if resume and last_path is not None and last_path.is_file():
+        payload = load_checkpoint(last_path, required=("state_dict", "training"))
+        if payload.get("kind") != model.kind:
+            raise CheckpointError(f"checkpoint {last_path} holds a {payload.get('kind')!r}, "
+                                  f"the model is a {model.kind!r}")
+        from worldmodels.checkpoint import load_state_dict_checked
+
+        load_state_dict_checked(model, payload["state_dict"], str(last_path))
+        tr = payload["training"]
+        optimizer.load_state_dict(tr["optimizer"])
+        state.update(tr["state"])
+        history = tr["history"]
+        partial = list(tr.get("partial", []))
+        rngs = tr["rng"]
+        rng_state = rngs[rank] if rank < len(rngs) else rngs[0]
+        log.info("resumed %s from %s at epoch %d step %d", model.kind, last_path,
+                 state["epoch"], state["step"])
+    else:
+        if resume:
+            log.warning("resume asked but %s does not exist; starting fresh", last_path)
+        model.set_normalizer(dataset.stats)
+
+    net: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model)
+    sampler = DistributedSampler(train_w, num_replicas=world, rank=rank, shuffle=True,
+                                 seed=config.seed, drop_last=False)
+    per_rank = config.batch_size // world
+    batches_per_epoch = math.ceil(math.ceil(len(train_w) / world) / per_rank)
+    total_steps = config.steps if config.steps is not None else config.epochs * batches_per_epoch
+    bar = tqdm(total=total_steps, initial=min(state["step"], total_steps), disable=not progress
+               or rank != 0, desc=f"train {model.kind}", unit="step", leave=False)
+
+    def save(name: str, extra: dict[str, Any] | None = None) -> None:
+        if ckpt_dir is None:
+            return
+        rngs = [torch.get_rng_state()]
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        if rank != 0:
+            return
+        payload = model.to_checkpoint()
+        payload["training"] = {
+            "optimizer": optimizer.state_dict(),
+            "rng": rngs,
+            "state": dict(state),
+            "history": history,
+            "partial": list(partial),
+            "config": dataclasses.asdict(config),
+            **(extra or {}),
+        }
+        save_checkpoint(ckpt_dir / name, payload)
+
+    with torch.random.fork_rng(devices=[]):
+        if rng_state is not None:
+            torch.set_rng_state(rng_state)
+        else:
+            torch.manual_seed(config.seed * 1000 + rank)
+        t0 = time.perf_counter() - state["seconds"]
+        session_start = time.perf_counter()
+        samples = 0
+        done = state["step"] >= total_steps
+        while not done and (config.steps is not None or state["epoch"] < config.epochs):
+            epoch = state["epoch"]
+            sampler.set_epoch(epoch)
+            order = np.fromiter(iter(sampler), dtype=np.int64)
+            model.train()
+            b = state["batch"]
+            while b * per_rank < len(order):
+                batch = train_w.get_batch(order[b * per_rank : (b + 1) * per_rank])
+                batch = {k: v.to(device) for k, v in batch.items()}
+                out = net(batch)
+                loss = out["loss"]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                bad = torch.tensor(float(not (torch.isfinite(loss) and torch.isfinite(gnorm))))
+                bad = _all_mean(bad, world)
+                mean_loss = float(_all_mean(loss.detach().cpu(), world))
+                b += 1
+                state["batch"] = b
+                state["step"] += 1
+                samples += config.batch_size
+                if bad > 0:
+                    optimizer.zero_grad(set_to_none=True)
+                    state["skipped"] += 1
+                    state["consecutive"] += 1
+                    log.warning("skipped a non-finite batch (epoch %d, step %d, loss %s)",
+                                epoch, state["step"], mean_loss)
+                    if state["consecutive"] >= config.max_nonfinite:
+                        bar.close()
+                        raise NonFiniteLossError(
+                            f"{state['consecutive']} consecutive batches had a non-finite loss "
+                            f"or gradient (epoch {epoch}, step {state['step']}, last loss "
+                            f"{mean_loss}); check the data set {dataset.path} and lower lr "
+                            f"({config.lr})"
+                        )
+                else:
+                    state["consecutive"] = 0
+                    optimizer.step()
+                    partial.append(mean_loss)
+                history["step_loss"].append(mean_loss)
+                bar.update(1)
+                if state["step"] % max(config.log_every, 1) == 0:
+                    bar.set_postfix(loss=f"{mean_loss:.4g}", epoch=epoch)
+                    if writer is not None and rank == 0:
+                        writer.add_scalar(f"{tag}/train_step_loss", mean_loss, state["step"])
+                        for key, val in out.items():
+                            if key != "loss" and val.numel() == 1:
+                                writer.add_scalar(f"{tag}/{key}", float(val), state["step"])
+                if state["step"] >= total_steps:
+                    done = True
+                    break
+                if config.checkpoint_every and state["step"] % config.checkpoint_every == 0:
+                    state["seconds"] = time.perf_counter() - t0
+                    save("last.pt")
+            epoch_end = b * per_rank >= len(order)
+            if epoch_end or done:
+                train_loss = float(np.mean(partial)) if partial else math.nan
+                val_loss = _validation_loss(model, val_w, config, device, epoch)
+                history["train_loss"].append(train_loss)
+                history["val_loss"].append(val_loss)
+                monitor = val_loss if val_w is not None else train_loss
+                improved = math.isfinite(monitor) and monitor < state["best_val"]
+                if improved:
+                    state["best_val"] = monitor
+                if epoch_end:
+                    state["epoch"] += 1
+                    state["batch"] = 0
+                    partial = []
+                state["seconds"] = time.perf_counter() - t0
+                if writer is not None and rank == 0:
+                    writer.add_scalar(f"{tag}/train_loss", train_loss, epoch)
+                    writer.add_scalar(f"{tag}/val_loss", val_loss, epoch)
+                    _log_images(writer, model, val_w or train_w, tag, epoch, device)
+                log.info("%s epoch %d: train %.5g val %.5g", model.kind, epoch, train_loss,
+                         val_loss)
+                save("last.pt")
+                if improved:
+                    save("best.pt", {"val_loss": monitor, "epoch": epoch})
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    history.update(
+        skipped=state["skipped"], steps=state["step"], epochs=state["epoch"],
+        best_val=state["best_val"], seconds=elapsed,
+        samples_per_s=samples / max(time.perf_counter() - session_start, 1e-9),
+    )
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def _validation_loss(model: WorldModel, windows: Any, config: TrainConfig,
+                     device: torch.device, epoch: int) -> float:
+    """Mean held-out loss (eval mode, own RNG so training draws are unaffected)."""
+    if windows is None:
+        return math.nan
+    was_training = model.training
+    model.eval()
+    n = len(windows) if not config.val_windows else min(config.val_windows, len(windows))
+    total, count = 0.0, 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed + 7919 * (epoch + 1))
+        for start in range(0, n, 256):
+            idx = np.arange(start, min(start + 256, n))
+            batch = {k: v.to(device) for k, v in windows.get_batch(idx).items()}
+            loss = model(batch)["loss"]
+            total += float(loss) * len(idx)
+            count += len(idx)
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _log_images(writer: Any, model: WorldModel, windows: Any, tag: str, epoch: int,
+                device: torch.device) -> None:
+    """Image grids of predictions next to targets, for models that predict images."""
+    preview = getattr(model, "preview", None)
+    if preview is None or windows is None:
+        return
+    with torch.no_grad():
+        batch = {k: v.to(device) for k, v in windows.get_batch(np.arange(min(4, len(windows))))
+                 .items()}
+        grid = preview(batch)
+    if grid is not None:
+        writer.add_image(f"{tag}/prediction_vs_target", grid, epoch, dataformats="CHW")
+
+
+# ------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def evaluate_horizon_error(
+    model: WorldModel, dataset: Dataset, split: str = "test", horizon: int = 30,
+    max_windows: int = 2048, batch_size: int = 256, per_dim: bool = False,
+) -> np.ndarray:
+    """Open-loop error of ``horizon``-step rollouts from held-out windows (eval mode).
+
+    Returns the RMS error in raw state units per step ``[horizon]`` (over windows and
+    state dimensions), or ``[horizon, S]`` per dimension with ``per_dim``. At most
+    ``max_windows`` windows, evenly spaced. Stochastic models roll out with z = 0.
+    """
+    check_compatible(model, dataset)
+    if not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
+    windows = dataset.windows(split, model.ncond, horizon)
+    n = len(windows)
+    idx_all = np.unique(np.linspace(0, n - 1, min(n, max_windows)).astype(np.int64))
+    was_training, was_mc = model.training, model.mc_dropout
+    model.eval()
+    model.mc_dropout = False
+    device = next(model.parameters()).device
+    sq = torch.zeros(horizon, model.state_dim, dtype=torch.float64)
+    for start in range(0, len(idx_all), batch_size):
+        batch = windows.get_batch(idx_all[start : start + batch_size])
+        ctx = batch["context"].to(device)
+        acts = batch["actions"].to(device)
+        z = None
+        if model.z_dim:
+            z = torch.zeros(len(ctx), horizon, model.z_dim, device=device)
+        kwargs = {}
+        if "context_images" in batch and getattr(model, "image_shape", None) is not None:
+            kwargs["images"] = batch["context_images"].to(device)
+        pred = model.rollout(ctx, acts, z=z, **kwargs)
+        if isinstance(pred, tuple):
+            pred = pred[0]
+        sq += ((pred - batch["targets"].to(device)) ** 2).sum(0).double().cpu()
+    model.train(was_training)
+    model.mc_dropout = was_mc
+    mse = sq / len(idx_all)
+    return (mse.sqrt() if per_dim else mse.mean(1).sqrt()).numpy()
