@@ -37,6 +37,7 @@ from filters._common import (
     check_shape,
     finish,
     prepare_measurements,
+    single_threaded,
     symmetrise,
     to_tensor,
 )
@@ -147,6 +148,7 @@ class KalmanFilter:
         means, covs = kf.smooth(z)      # z [B, T, 2] -> means [B, T, 4], covs [B, T, 4, 4]
     """
 
+    @single_threaded
     def __init__(
         self,
         transition_matrix: ArrayLike | None = None,
@@ -442,6 +444,7 @@ class KalmanFilter:
         return res, squeeze, as_numpy, z, missing
 
     # -- public API ---------------------------------------------------------------------
+    @single_threaded
     def filter(self, measurements: ArrayLike, mask: ArrayLike | None = None) -> tuple[Any, Any]:
         """Filtered state distributions ``p(x_t | z_0..z_t)``.
 
@@ -453,6 +456,7 @@ class KalmanFilter:
         means, covs = _batch_major(res.filtered_means, res.filtered_covs, z.shape[0])
         return finish(means, squeeze, as_numpy), finish(covs, squeeze, as_numpy)
 
+    @single_threaded
     def smooth(self, measurements: ArrayLike, mask: ArrayLike | None = None) -> tuple[Any, Any]:
         """Rauch-Tung-Striebel smoothed distributions ``p(x_t | z_0..z_{T-1})``.
 
@@ -465,6 +469,7 @@ class KalmanFilter:
         means, covs = _batch_major(res.smoothed_means, res.smoothed_covs, z.shape[0])
         return finish(means, squeeze, as_numpy), finish(covs, squeeze, as_numpy)
 
+    @single_threaded
     def loglikelihood(self, measurements: ArrayLike, mask: ArrayLike | None = None) -> Any:
         """Log-likelihood of the observed rows: a float for ``[T, M]``, ``[B]`` per track for
         ``[B, T, M]`` (numpy or torch following the measurements)."""
@@ -473,6 +478,7 @@ class KalmanFilter:
             return float(res.loglik[0]) if as_numpy else res.loglik[0]
         return finish(res.loglik, False, as_numpy)
 
+    @single_threaded
     def filter_update(
         self, mean: ArrayLike, covariance: ArrayLike, measurement: ArrayLike | None = None
     ) -> tuple[Any, Any]:
@@ -540,6 +546,7 @@ class KalmanFilter:
         return xs, zs
 
     # -- EM -----------------------------------------------------------------------------
+    @single_threaded
     def em(
         self,
         measurements: ArrayLike,
