@@ -304,28 +304,39 @@ class OccupancyGrid:
         h, w = _check_shape(shape)
         if h < 3 or w < 3:
             raise ValueError(f"shape must be at least 3 x 3 for a maze, got {shape}")
+        import random as _random
+
         rng = np.random.default_rng(seed)
+        # A Python generator seeded from the numpy one: list operations are much faster here.
+        pick = _random.Random(int(rng.integers(2**63))).randrange
         occ = np.ones((h, w), dtype=bool)
         nr, nc = (h + 1) // 2, (w + 1) // 2  # corridor nodes at even (row, col)
-        visited = np.zeros((nr, nc), dtype=bool)
-        stack = [(0, 0)]
-        visited[0, 0] = True
-        occ[0, 0] = False
-        moves = np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])
+        visited = bytearray(nr * nc)
+        carved: list[int] = [0]  # flat indices (in the full grid) of corridor cells
+        stack = [0]
+        visited[0] = 1
         while stack:
-            r, c = stack[-1]
-            order = rng.permutation(4)
-            for k in order:
-                dr, dc = moves[k]
-                rr, cc = r + dr, c + dc
-                if 0 <= rr < nr and 0 <= cc < nc and not visited[rr, cc]:
-                    visited[rr, cc] = True
-                    occ[2 * rr, 2 * cc] = False
-                    occ[r + rr, c + cc] = False  # the wall between (2r, 2c) and (2rr, 2cc)
-                    stack.append((rr, cc))
-                    break
-            else:
+            node = stack[-1]
+            r, c = divmod(node, nc)
+            options = []
+            if r > 0 and not visited[node - nc]:
+                options.append((node - nc, -1, 0))
+            if r < nr - 1 and not visited[node + nc]:
+                options.append((node + nc, 1, 0))
+            if c > 0 and not visited[node - 1]:
+                options.append((node - 1, 0, -1))
+            if c < nc - 1 and not visited[node + 1]:
+                options.append((node + 1, 0, 1))
+            if not options:
                 stack.pop()
+                continue
+            nxt, dr, dc = options[pick(len(options))]
+            visited[nxt] = 1
+            rr, cc = divmod(nxt, nc)
+            carved.append((2 * rr) * w + 2 * cc)
+            carved.append((2 * r + dr) * w + 2 * c + dc)  # the wall in between
+            stack.append(nxt)
+        occ.reshape(-1)[np.asarray(carved)] = False
         return cls(occ, resolution, origin)
 
     @classmethod

@@ -6,7 +6,7 @@
  * both orthogonal neighbours free. Heuristic: octile (8) or Manhattan (4) distance,
  * times `weight` (0 = Dijkstra). goal < 0 runs Dijkstra to every reachable cell.
  *
- * Open list: a binary heap with lazy deletion; ties on f are broken toward larger g
+ * Open list: a 4-ary heap with lazy deletion; ties on f are broken toward larger g
  * (deeper nodes), which expands far fewer cells on open grids.
  */
 #include <math.h>
@@ -14,10 +14,16 @@
 #include <stdlib.h>
 
 typedef struct {
-    double f;
-    double g;
+    int64_t key; /* f quantised to 2^-24: sums of 1s and sqrt(2)s that are equal in exact
+                    arithmetic but differ in the last bits of a double compare equal, so the
+                    tie-break toward larger g works (it saves most expansions on open grids) */
+    float g; /* tie-break only; the exact cost-to-come lives in g[] */
     int32_t idx;
-} node_t;
+} node_t; /* 16 bytes */
+
+#define KEY_SCALE 16777216.0
+/* f >= 0 always, so adding 0.5 and truncating rounds to nearest (llround is a libm call) */
+#define KEY(f) ((int64_t)((f) * KEY_SCALE + 0.5))
 
 typedef struct {
     node_t *data;
@@ -26,7 +32,7 @@ typedef struct {
 } heap_t;
 
 static int before(const node_t *a, const node_t *b) {
-    if (a->f != b->f) return a->f < b->f;
+    if (a->key != b->key) return a->key < b->key;
     return a->g > b->g;
 }
 
@@ -39,9 +45,9 @@ static int heap_push(heap_t *h, double f, double g, int32_t idx) {
         h->cap = cap;
     }
     int64_t i = h->size++;
-    node_t n = {f, g, idx};
+    node_t n = {KEY(f), (float)g, idx};
     while (i > 0) {
-        int64_t p = (i - 1) >> 1;
+        int64_t p = (i - 1) >> 2; /* a 4-ary heap: shallower, and children share a line */
         if (!before(&n, &h->data[p])) break;
         h->data[i] = h->data[p];
         i = p;
@@ -55,10 +61,12 @@ static node_t heap_pop(heap_t *h) {
     node_t last = h->data[--h->size];
     int64_t i = 0, n = h->size;
     for (;;) {
-        int64_t l = 2 * i + 1;
+        int64_t l = 4 * i + 1;
         if (l >= n) break;
         int64_t c = l;
-        if (l + 1 < n && before(&h->data[l + 1], &h->data[l])) c = l + 1;
+        int64_t end = l + 4 < n ? l + 4 : n;
+        for (int64_t k = l + 1; k < end; ++k)
+            if (before(&h->data[k], &h->data[c])) c = k;
         if (!before(&h->data[c], &last)) break;
         h->data[i] = h->data[c];
         i = c;
@@ -98,14 +106,26 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
         h0 = conn == 8 ? (dr + dc) + OCT * (dr < dc ? dr : dc) : (double)(dr + dc);
         h0 *= weight;
     }
-    if (heap_push(&heap, h0, 0.0, start) < 0) {
+    /* Children whose key equals the key just popped are the heap's minimum too: they go on
+     * a LIFO stack that is emptied before the heap (no heap traffic on open stretches). */
+    int32_t *stack = (int32_t *)malloc((size_t)n * sizeof(int32_t));
+    int64_t top = 0;
+    int64_t cur_key = 0;
+    if (!stack || heap_push(&heap, h0, 0.0, start) < 0) {
+        free(stack);
         free(closed);
         return -1;
     }
-    while (heap.size > 0) {
-        node_t cur = heap_pop(&heap);
-        int32_t u = cur.idx;
-        if (closed[u] || cur.g > g[u]) continue;
+    while (top > 0 || heap.size > 0) {
+        int32_t u;
+        if (top > 0) {
+            u = stack[--top];
+        } else {
+            node_t cur = heap_pop(&heap);
+            u = cur.idx;
+            cur_key = cur.key;
+        }
+        if (closed[u]) continue; /* a stale entry: u was closed through a cheaper one */
         closed[u] = 1;
         ++count;
         if (u == goal) {
@@ -123,7 +143,7 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
                 if (!corner_cut && (occ[r * W + cc] || occ[rr * W + c])) continue;
                 step = SQRT2;
             }
-            double ng = cur.g + step;
+            double ng = g[u] + step;
             if (ng < g[v]) {
                 g[v] = ng;
                 parent[v] = u;
@@ -133,7 +153,10 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
                     h = conn == 8 ? (dr + dc) + OCT * (dr < dc ? dr : dc) : (double)(dr + dc);
                     h *= weight;
                 }
-                if (heap_push(&heap, ng + h, ng, v) < 0) {
+                if (KEY(ng + h) == cur_key) {
+                    stack[top++] = v;
+                } else if (heap_push(&heap, ng + h, ng, v) < 0) {
+                    free(stack);
                     free(heap.data);
                     free(closed);
                     return -1;
@@ -141,6 +164,7 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
             }
         }
     }
+    free(stack);
     free(heap.data);
     free(closed);
     *expanded = count;
