@@ -5,5 +5,6 @@ See docs/filters.md for the API and the measured figures.
 """
 
 from filters.kalman import KalmanFilter
+from filters.nonlinear import ExtendedKalmanFilter, UnscentedKalmanFilter
 
-__all__ = ["KalmanFilter"]
+__all__ = ["ExtendedKalmanFilter", "KalmanFilter", "UnscentedKalmanFilter"]

@@ -1,0 +1,313 @@
+"""Extended and unscented Kalman filters for ``x_{t+1} = f(x_t[, u_t]) + w``, ``z_t = h(x_t) + v``.
+
+``transition(x [B, S]) -> [B, S]`` (or ``transition(x, u [B, U])`` when controls are given)
+and ``measure(x [B, S]) -> [B, M]`` are batched torch callables: a TaskModel's ``step`` and
+``observe``, or a learned world model. Noise is additive Gaussian, ``w ~ N(0, Q)``,
+``v ~ N(0, R)``. Conventions follow :class:`filters.KalmanFilter`: the first measurement
+observes the initial state ``N(x0, P0)``; NaN rows (or ``mask`` True) are missing and skipped;
+measurements ``[T, M]`` or ``[B, T, M]``; numpy in -> float64 numpy out, torch in -> torch
+out on the measurements' device and dtype. ``controls[:, t]`` drives the step ``t -> t+1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.func import jacrev, vmap
+
+from filters._common import (
+    ArrayLike,
+    check_covariance,
+    finish,
+    prepare_controls,
+    prepare_measurements,
+    single_threaded,
+    symmetrise,
+    to_tensor,
+)
+
+log = logging.getLogger(__name__)
+
+Transition = Callable[..., torch.Tensor]
+Measure = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _call(fn: Callable[..., torch.Tensor], x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+    return fn(x) if u is None else fn(x, u)
+
+
+def _check_output(name: str, out: Any, batch: int, width: int) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor, got {type(out).__name__}")
+    if out.shape != (batch, width):
+        raise ValueError(f"{name} must map [B, S] to [B, {width}], got {list(out.shape)}")
+    return out
+
+
+def jacobian(
+    fn: Callable[..., torch.Tensor], x: torch.Tensor, u: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Value and Jacobian of a batched map: ``fn(x [B, S][, u [B, U]]) -> [B, O]`` gives
+    ``([B, O], [B, O, S])``, by ``torch.func.jacrev`` vmapped over the batch.
+
+    Falls back to differentiating ``fn(x).sum(0)`` (valid because tracks are independent)
+    when ``fn`` cannot run under ``vmap``.
+    """
+
+    def single(xi: torch.Tensor, ui: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        out = _call(fn, xi.unsqueeze(0), None if ui is None else ui.unsqueeze(0)).squeeze(0)
+        return out, out
+
+    try:
+        if u is None:
+            jac, val = vmap(jacrev(lambda xi: single(xi, None), has_aux=True))(x)
+        else:
+            jac, val = vmap(jacrev(single, has_aux=True))(x, u)
+        return val, jac
+    except Exception as exc:  # an op without a vmap rule: use the summed-batch Jacobian
+        log.debug("vmap(jacrev) failed (%s); using the summed-batch Jacobian", exc)
+
+    def summed(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = _call(fn, xb, u)
+        return out.sum(0), out
+
+    jac, val = jacrev(summed, has_aux=True)(x)  # jac [O, B, S]
+    return val, jac.permute(1, 0, 2)
+
+
+class _GaussianFilter:
+    """Shared set-up, validation and the time loop of the EKF and the UKF."""
+
+    def __init__(
+        self,
+        transition: Transition,
+        measure: Measure,
+        Q: ArrayLike,  # noqa: N803 - the conventional symbols
+        R: ArrayLike,  # noqa: N803
+        x0: ArrayLike,
+        P0: ArrayLike,  # noqa: N803
+    ) -> None:
+        if not callable(transition):
+            raise TypeError("transition must be callable: x [B, S] (, u [B, U]) -> [B, S]")
+        if not callable(measure):
+            raise TypeError("measure must be callable: x [B, S] -> [B, M]")
+        self.transition, self.measure = transition, measure
+        q = to_tensor("Q", Q)
+        r = to_tensor("R", R)
+        if q.ndim != 2:
+            raise ValueError(f"Q must be [S, S], got {list(q.shape)}")
+        if r.ndim != 2:
+            raise ValueError(f"R must be [M, M], got {list(r.shape)}")
+        self.state_dim, self.obs_dim = q.shape[0], r.shape[0]
+        check_covariance("Q", q, self.state_dim)
+        check_covariance("R", r, self.obs_dim)
+        x = to_tensor("x0", x0)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.state_dim:
+            raise ValueError(
+                f"x0 must be [{self.state_dim}] or [B, {self.state_dim}] (S from Q), "
+                f"got {list(x.shape)}"
+            )
+        p0 = to_tensor("P0", P0)
+        check_covariance("P0", p0, self.state_dim, allow_batch=True)
+        self.Q, self.R, self.x0, self.P0 = q, r, x, p0
+        self.last_loglikelihood: torch.Tensor | None = None
+
+    # subclasses implement one predict and one update, batched over tracks
+    def _predict(
+        self, m: torch.Tensor, p: torch.Tensor, u: torch.Tensor | None, q: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _update(
+        self, m: torch.Tensor, p: torch.Tensor, z: torch.Tensor, r: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @single_threaded
+    def filter(
+        self,
+        measurements: ArrayLike,
+        controls: ArrayLike | None = None,
+        mask: ArrayLike | None = None,
+    ) -> tuple[Any, Any]:
+        """Filtered ``(means [B, T, S], covs [B, T, S, S])`` (no ``B`` for ``[T, M]`` input).
+
+        ``controls`` ``[T-1, U]`` or ``[B, T-1, U]`` (``[.., T, U]`` accepted, last unused).
+        The summed Gaussian log-likelihood of the innovations per track ends up in
+        ``self.last_loglikelihood`` ``[B]``.
+        """
+        z, missing, squeeze, as_numpy = prepare_measurements(measurements, self.obs_dim, mask)
+        b_sz, t_sz, _ = z.shape
+        kw = {"dtype": z.dtype, "device": z.device}
+        u = prepare_controls(controls, b_sz, t_sz, z.dtype, z.device)
+        q, r = self.Q.to(**kw), self.R.to(**kw)
+        m = self.x0.to(**kw)
+        m = m.expand(b_sz, -1) if m.ndim == 1 else m
+        p = self.P0.to(**kw)
+        p = p.expand(b_sz, -1, -1) if p.ndim == 2 else p
+        if m.shape[0] != b_sz or p.shape[0] != b_sz:
+            raise ValueError(
+                f"x0/P0 are given for {m.shape[0]}/{p.shape[0]} tracks, measurements have {b_sz}"
+            )
+        means = torch.empty(t_sz, b_sz, self.state_dim, **kw)
+        covs = torch.empty(t_sz, b_sz, self.state_dim, self.state_dim, **kw)
+        loglik = torch.zeros(b_sz, **kw)
+        for t in range(t_sz):
+            if t > 0:
+                m, p = self._predict(m, p, None if u is None else u[:, t - 1], q)
+            obs = ~missing[:, t]
+            if bool(obs.any()):
+                m_u, p_u, ll = self._update(m, p, z[:, t], r)
+                m = torch.where(obs[:, None], m_u, m)
+                p = torch.where(obs[:, None, None], p_u, p)
+                loglik = loglik + torch.where(obs, ll, torch.zeros_like(ll))
+            means[t], covs[t] = m, p
+        self.last_loglikelihood = loglik
+        means, covs = means.transpose(0, 1), covs.transpose(0, 1)
+        return finish(means, squeeze, as_numpy), finish(covs, squeeze, as_numpy)
+
+
+def _gaussian_update(
+    m: torch.Tensor,
+    p: torch.Tensor,
+    innov: torch.Tensor,
+    s: torch.Tensor,
+    cross: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gain from innovation covariance ``s`` [B, M, M] and cross covariance ``cross``
+    [B, S, M]; returns ``(mean, gain, s_inv, loglik [B])``."""
+    s = symmetrise(s)
+    chol, info = torch.linalg.cholesky_ex(s)
+    if bool((info == 0).all()):
+        s_inv = torch.cholesky_inverse(chol)
+        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    else:
+        s_inv = symmetrise(torch.linalg.pinv(s, hermitian=True))
+        logdet = torch.linalg.slogdet(s).logabsdet
+    gain = cross @ s_inv
+    m_new = m + (gain @ innov.unsqueeze(-1)).squeeze(-1)
+    quad = ((s_inv @ innov.unsqueeze(-1)).squeeze(-1) * innov).sum(-1)
+    ll = -0.5 * (innov.shape[-1] * math.log(2 * math.pi) + logdet + quad)
+    return m_new, gain, s_inv, ll
+
+
+class ExtendedKalmanFilter(_GaussianFilter):
+    """EKF with Jacobians from ``torch.func.jacrev`` (vmapped over tracks): the user never
+    writes a Jacobian, and a learned world model can be the transition.
+
+    Arguments: ``transition(x [B, S][, u [B, U]]) -> [B, S]``, ``measure(x [B, S]) -> [B, M]``,
+    ``Q`` ``[S, S]`` process noise, ``R`` ``[M, M]`` measurement noise, ``x0`` ``[S]`` or
+    ``[B, S]`` and ``P0`` ``[S, S]`` or ``[B, S, S]`` the initial state distribution.
+    The covariance update is in Joseph form and symmetrised.
+    """
+
+    def _predict(
+        self, m: torch.Tensor, p: torch.Tensor, u: torch.Tensor | None, q: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        m_new, f = jacobian(self.transition, m, u)
+        _check_output("transition", m_new, m.shape[0], self.state_dim)
+        return m_new.detach(), symmetrise(f @ p @ f.mT + q).detach()
+
+    def _update(
+        self, m: torch.Tensor, p: torch.Tensor, z: torch.Tensor, r: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z_hat, h = jacobian(self.measure, m)
+        _check_output("measure", z_hat, m.shape[0], self.obs_dim)
+        m_new, gain, _, ll = _gaussian_update(m, p, z - z_hat, h @ p @ h.mT + r, p @ h.mT)
+        ikh = torch.eye(self.state_dim, dtype=m.dtype, device=m.device) - gain @ h
+        p_new = symmetrise(ikh @ p @ ikh.mT + gain @ r @ gain.mT)
+        return m_new.detach(), p_new.detach(), ll.detach()
+
+
+class UnscentedKalmanFilter(_GaussianFilter):
+    """UKF with scaled sigma points (Van der Merwe): ``2S + 1`` points at
+    ``m +- sqrt((S + lambda) P)`` with ``lambda = alpha^2 (S + kappa) - S``; mean weights
+    ``lambda / (S + lambda)`` and ``1 / (2 (S + lambda))``, covariance weight of the centre
+    point plus ``1 - alpha^2 + beta``. Same interface as :class:`ExtendedKalmanFilter`.
+
+    Defaults ``alpha=1, beta=2, kappa=0`` keep every weight non-negative (robust); smaller
+    ``alpha`` pulls the points towards the mean. Sigma points are redrawn from the predicted
+    distribution before the update (additive noise).
+    """
+
+    def __init__(
+        self,
+        transition: Transition,
+        measure: Measure,
+        Q: ArrayLike,  # noqa: N803
+        R: ArrayLike,  # noqa: N803
+        x0: ArrayLike,
+        P0: ArrayLike,  # noqa: N803
+        alpha: float = 1.0,
+        beta: float = 2.0,
+        kappa: float = 0.0,
+    ) -> None:
+        super().__init__(transition, measure, Q, R, x0, P0)
+        n = self.state_dim
+        if not (alpha > 0 and math.isfinite(alpha)):
+            raise ValueError(f"alpha must be positive, got {alpha}")
+        lam = alpha**2 * (n + kappa) - n
+        if n + lam <= 0:
+            raise ValueError(f"kappa={kappa} with alpha={alpha} gives S + lambda <= 0")
+        self.alpha, self.beta, self.kappa, self._scale = alpha, beta, kappa, n + lam
+        wm = torch.full((2 * n + 1,), 1.0 / (2 * (n + lam)), dtype=torch.float64)
+        wm[0] = lam / (n + lam)
+        wc = wm.clone()
+        wc[0] = wm[0] + (1 - alpha**2 + beta)
+        self.wm, self.wc = wm, wc
+
+    def sigma_points(self, m: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """``[B, S], [B, S, S] -> [B, 2S + 1, S]`` scaled sigma points."""
+        scaled = symmetrise(self._scale * p)
+        chol, info = torch.linalg.cholesky_ex(scaled)
+        if bool((info != 0).any()):  # not numerically PD: symmetric square root instead
+            evals, evecs = torch.linalg.eigh(scaled)
+            chol = evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)
+        cols = chol.mT  # rows are the columns of the square root
+        return torch.cat([m.unsqueeze(1), m.unsqueeze(1) + cols, m.unsqueeze(1) - cols], dim=1)
+
+    def _moments(
+        self, pts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        wm = self.wm.to(pts)
+        wc = self.wc.to(pts)
+        mean = torch.einsum("k,bki->bi", wm, pts)
+        dev = pts - mean.unsqueeze(1)
+        return mean, dev * wc[None, :, None]
+
+    def _propagate(
+        self, fn: Callable[..., torch.Tensor], pts: torch.Tensor, u: torch.Tensor | None,
+        name: str, width: int,
+    ) -> torch.Tensor:
+        b_sz, k, s = pts.shape
+        uu = None if u is None else u.unsqueeze(1).expand(-1, k, -1).reshape(b_sz * k, -1)
+        out = _call(fn, pts.reshape(b_sz * k, s), uu)
+        return _check_output(name, out, b_sz * k, width).reshape(b_sz, k, width)
+
+    def _predict(
+        self, m: torch.Tensor, p: torch.Tensor, u: torch.Tensor | None, q: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            pts = self._propagate(self.transition, self.sigma_points(m, p), u, "transition",
+                                  self.state_dim)
+            mean, wdev = self._moments(pts)
+            dev = pts - mean.unsqueeze(1)
+            return mean, symmetrise(wdev.mT @ dev + q)
+
+    def _update(
+        self, m: torch.Tensor, p: torch.Tensor, z: torch.Tensor, r: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            pts = self.sigma_points(m, p)
+            zpts = self._propagate(self.measure, pts, None, "measure", self.obs_dim)
+            z_hat, wdz = self._moments(zpts)
+            dz = zpts - z_hat.unsqueeze(1)
+            s = wdz.mT @ dz + r
+            cross = (pts - m.unsqueeze(1)).mT @ wdz  # sum_k wc_k dx_k dz_k^T, [B, S, M]
+            m_new, gain, _, ll = _gaussian_update(m, p, z - z_hat, s, cross)
+            p_new = symmetrise(p - gain @ symmetrise(s) @ gain.mT)
+            return m_new, p_new, ll

@@ -1,0 +1,113 @@
+"""EKF and UKF: equal to the KF on linear-Gaussian models; batched; controls; bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_filters_kalman import random_model
+
+from filters import ExtendedKalmanFilter, KalmanFilter, UnscentedKalmanFilter
+from filters.nonlinear import jacobian
+
+
+def linear_case(seed: int = 0):
+    p = random_model(seed, 4, 2)
+    p["transition_offset"][:] = 0.0
+    p["observation_offset"][:] = 0.0
+    kf = KalmanFilter(**p)
+    _, z = kf.sample(40, n_tracks=3, seed=seed + 1)
+    z[1, 4] = np.nan
+    z[2, 30:] = np.nan
+    a = torch.tensor(p["transition_matrix"])
+    h = torch.tensor(p["observation_matrix"])
+    args = (
+        lambda x: x @ a.T.to(x),
+        lambda x: x @ h.T.to(x),
+        p["transition_covariance"],
+        p["observation_covariance"],
+        p["initial_state_mean"],
+        p["initial_state_covariance"],
+    )
+    return kf, z, args
+
+
+@pytest.mark.parametrize("cls", [ExtendedKalmanFilter, UnscentedKalmanFilter])
+def test_equals_kalman_filter_on_linear_model(cls) -> None:
+    kf, z, args = linear_case()
+    ref_m, ref_c = kf.filter(z)
+    flt = cls(*args)
+    m, c = flt.filter(z)
+    assert m.shape == (3, 40, 4) and c.shape == (3, 40, 4, 4)
+    np.testing.assert_allclose(m, ref_m, atol=1e-8, rtol=0)
+    np.testing.assert_allclose(c, ref_c, atol=1e-8, rtol=0)
+    np.testing.assert_allclose(flt.last_loglikelihood.numpy(), kf.loglikelihood(z), atol=1e-8)
+    single_m, _ = cls(*args).filter(z[0])
+    np.testing.assert_allclose(single_m, ref_m[0], atol=1e-8, rtol=0)
+
+
+def test_ukf_small_alpha_still_matches_on_linear_model() -> None:
+    kf, z, args = linear_case(1)
+    m, _ = UnscentedKalmanFilter(*args, alpha=1e-2, beta=2.0, kappa=0.0).filter(z)
+    np.testing.assert_allclose(m, kf.filter(z)[0], atol=1e-7, rtol=0)
+
+
+def test_controls_enter_the_transition() -> None:
+    kf, z, args = linear_case(2)
+    a = torch.tensor(kf.transition_matrix)
+    u = np.random.default_rng(0).normal(size=(3, 39, 4))
+
+    def f(x: torch.Tensor, uu: torch.Tensor) -> torch.Tensor:
+        return x @ a.T + uu
+
+    zz = z[:, :3].copy()
+    zz[:, 1] = np.nan  # step 1 is prediction only: A m_0 + u_0
+    m_first, _ = kf.filter(zz[:, :1])
+    results = []
+    for cls in (ExtendedKalmanFilter, UnscentedKalmanFilter):
+        m, _ = cls(f, *args[1:]).filter(zz, controls=u[:, :2])
+        expected = m_first[:, 0] @ kf.transition_matrix.T + u[:, 0]
+        np.testing.assert_allclose(m[:, 1], expected, atol=1e-10)
+        results.append(m)
+    np.testing.assert_allclose(results[0], results[1], atol=1e-8)
+
+
+def test_jacobian_of_a_batched_network() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    net = net.double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    val, jac = jacobian(net, x)
+    assert jac.shape == (5, 3, 3)
+    ref = torch.stack([torch.autograd.functional.jacobian(net, x[i]) for i in range(5)])
+    torch.testing.assert_close(jac, ref)
+    torch.testing.assert_close(val, net(x))
+
+
+def test_torch_float32_path() -> None:
+    kf, z, args = linear_case(3)
+    zt = torch.from_numpy(z).float()
+    m, c = UnscentedKalmanFilter(*args[:2], *[torch.tensor(a).float() for a in args[2:]]).filter(
+        zt
+    )
+    assert m.dtype == torch.float32 and m.shape == (3, 40, 4)
+    np.testing.assert_allclose(m.numpy(), kf.filter(z)[0], atol=1e-3, rtol=1e-3)
+
+
+def test_bad_input() -> None:
+    _, z, args = linear_case(4)
+    f, h, q, r, x0, p0 = args
+    with pytest.raises(ValueError, match="Q is not symmetric"):
+        ExtendedKalmanFilter(f, h, np.triu(np.ones((4, 4))), r, x0, p0)
+    with pytest.raises(ValueError, match="P0 is not positive semi-definite"):
+        UnscentedKalmanFilter(f, h, q, r, x0, -np.eye(4))
+    with pytest.raises(ValueError, match="x0 must be"):
+        ExtendedKalmanFilter(f, h, q, r, np.zeros(3), p0)
+    with pytest.raises(TypeError, match="transition must be callable"):
+        ExtendedKalmanFilter(None, h, q, r, x0, p0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="measure must map"):
+        ExtendedKalmanFilter(f, lambda x: x, q, r, x0, p0).filter(z)
+    with pytest.raises(ValueError, match="controls must have shape"):
+        UnscentedKalmanFilter(f, h, q, r, x0, p0).filter(z, controls=np.zeros((3, 10, 1)))
+    with pytest.raises(ValueError, match="measurements contains inf"):
+        UnscentedKalmanFilter(f, h, q, r, x0, p0).filter(np.full((4, 2), np.inf))
