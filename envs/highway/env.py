@@ -167,8 +167,9 @@ class DenseTrafficEnv(gym.Env):
             if outcome == "timeout":
                 outcome = "running"
         terminated = outcome in ("success", "collision", "offroad")
-        truncated = not terminated and (self._steps >= self.max_steps or outcome == "timeout"
-                                        or (self.mode == "replay" and self._replay.done[0]))
+        truncated = bool(not terminated and (
+            self._steps >= self.max_steps or outcome == "timeout"
+            or (self.mode == "replay" and bool(self._replay.done[0]))))
         self._obs = {"image": img, "state": state.astype(np.float32)}
         info = {"state": state.copy(), "outcome": outcome,
                 "distance": float(state[0] - self._start_x),
