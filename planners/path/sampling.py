@@ -43,6 +43,9 @@ class Space:
         segment_free: ``[N, D], [N, D] -> [N]`` bool, or ``None`` to sample every
             ``collision_step`` along each segment with ``is_free``.
         collision_step: sampling step (same units as the space) for the default check.
+        exact_segments: ``segment_free`` is exact (not sampled); only then does
+            :func:`shortcut` pull paths taut against obstacles (with a sampled check a
+            taut path could graze an obstacle between two samples).
     """
 
     low: np.ndarray
@@ -50,6 +53,7 @@ class Space:
     is_free: PointCheck
     segment_free: SegmentCheck | None = None
     collision_step: float | None = None
+    exact_segments: bool = False
 
     def __post_init__(self) -> None:
         self.low = np.asarray(self.low, dtype=float).reshape(-1)
@@ -148,7 +152,7 @@ class Space:
             d2 = ((closest - centres[None]) ** 2).sum(-1)
             return (d2 > r2).all(axis=1)
 
-        return cls(np.asarray(low), np.asarray(high), is_free, segment_free)
+        return cls(np.asarray(low), np.asarray(high), is_free, segment_free, exact_segments=True)
 
 
 @dataclass
@@ -185,16 +189,25 @@ def path_length(path: np.ndarray) -> float:
 
 
 def shortcut(
-    space: Space, path: np.ndarray, rng: np.random.Generator, rounds: int = 200
+    space: Space,
+    path: np.ndarray,
+    rng: np.random.Generator,
+    rounds: int = 200,
+    relax_sweeps: int = 60,
 ) -> np.ndarray:
-    """Randomised shortcutting of a ``[K, D]`` path: pick two points along it (anywhere on
-    its segments), join them directly when that segment is free. Never lengthens the path;
-    the ends stay fixed."""
-    path = np.asarray(path, dtype=float)
+    """Shorten a ``[K, D]`` path without ever lengthening it; the ends stay fixed.
+
+    Three passes: greedy vertex skipping (from each vertex jump to the farthest visible
+    one); ``rounds`` of randomised shortcutting between two points anywhere on the path;
+    then, when ``space.exact_segments``, ``relax_sweeps`` of string pulling on a densified
+    copy (each inner vertex moves toward the midpoint of its neighbours when both new
+    segments are free; by convexity of ``|a - x| + |x - b|`` that never lengthens the
+    path), which pulls the path taut around the obstacles it wraps.
+    """
+    path = _dedupe(np.asarray(path, dtype=float))
     if len(path) < 3:
         return path
-    first = _drop_redundant(space, path)
-    path = first
+    path = _drop_redundant(space, path)
     for _ in range(rounds):
         if len(path) < 3:
             break
@@ -210,13 +223,48 @@ def shortcut(
             continue
         pa = path[i] + (s[0] - cum[i]) / max(seg[i], 1e-300) * (path[i + 1] - path[i])
         pb = path[j] + (s[1] - cum[j]) / max(seg[j], 1e-300) * (path[j + 1] - path[j])
-        new_len = np.linalg.norm(pb - pa)
-        if new_len >= s[1] - s[0] - 1e-12:
+        if np.linalg.norm(pb - pa) >= s[1] - s[0] - 1e-12:
             continue
         if space.segments_free(pa[None], pb[None])[0]:
-            path = np.concatenate([path[: i + 1], pa[None], pb[None], path[j + 1 :]])
-            path = _dedupe(path)
+            path = _dedupe(np.concatenate([path[: i + 1], pa[None], pb[None], path[j + 1 :]]))
+    if relax_sweeps > 0 and space.exact_segments and len(path) >= 3:
+        path = _relax(space, path, relax_sweeps)
+        path = _drop_redundant(space, path)
     return path
+
+
+def _relax(space: Space, path: np.ndarray, sweeps: int, pieces: int = 64) -> np.ndarray:
+    """String pulling: densify to about ``pieces`` segments, then move inner vertices
+    (odd, then even ones, so neighbours stay fixed within a half sweep) toward their
+    neighbours' midpoint; a vertex whose move collides halves its step."""
+    total = path_length(path)
+    if total <= 0:
+        return path
+    out = [path[:1]]
+    for a, b in zip(path[:-1], path[1:], strict=True):
+        k = max(1, int(math.ceil(np.linalg.norm(b - a) / total * pieces)))
+        t = (np.arange(1, k + 1) / k)[:, None]
+        out.append(a + t * (b - a))
+    pts = np.concatenate(out)
+    step = np.full(len(pts), 0.5)
+    for _ in range(sweeps):
+        moved = False
+        for parity in (1, 2):
+            idx = np.arange(parity, len(pts) - 1, 2)
+            idx = idx[step[idx] > 1e-3]
+            if len(idx) == 0:
+                continue
+            mid = 0.5 * (pts[idx - 1] + pts[idx + 1])
+            q = pts[idx] + step[idx, None] * (mid - pts[idx])
+            gain = np.linalg.norm(q - pts[idx], axis=1)
+            ok = space.segments_free(pts[idx - 1], q) & space.segments_free(q, pts[idx + 1])
+            ok &= space.points_free(q)
+            pts[idx[ok]] = q[ok]
+            step[idx[~ok]] *= 0.5
+            moved |= bool((gain[ok] > 1e-9).any())
+        if not moved:
+            break
+    return _dedupe(pts)
 
 
 def _dedupe(path: np.ndarray) -> np.ndarray:
@@ -425,7 +473,8 @@ def _grow(
         dist = math.sqrt(d2[nearest])
         if dist < 1e-12:
             continue
-        if dist > step_size:
+        clipped = dist > step_size
+        if clipped:
             x_new = tree.nodes[nearest] + (x_rand - tree.nodes[nearest]) * (step_size / dist)
         else:
             x_new = x_rand.copy()
@@ -433,7 +482,10 @@ def _grow(
             continue
         if optimise:
             radius = min(gamma * (math.log(n + 1) / (n + 1)) ** (1.0 / d), step_size)
-            dn = np.sqrt(np.einsum("ij,ij->i", nodes - x_new, nodes - x_new))
+            if clipped:
+                diff = nodes - x_new
+                d2 = np.einsum("ij,ij->i", diff, diff)
+            dn = np.sqrt(d2)
             near = np.flatnonzero(dn <= radius)
             if nearest not in near:
                 near = np.append(near, nearest)
@@ -455,7 +507,7 @@ def _grow(
             new = tree.add(x_new, nearest, tree.cost[nearest] + float(np.linalg.norm(
                 x_new - tree.nodes[nearest])))
         # -- goal connection
-        dg = float(np.linalg.norm(goal - x_new))
+        dg = math.dist(goal, x_new)
         if dg <= step_size and space.segments_free(x_new[None], goal[None])[0]:
             goal_parents.append(new)
         if goal_parents:
