@@ -208,8 +208,6 @@ class WorldModel(nn.Module):
                              f"{list(actions.shape)}")
         T = actions.shape[1]
         self._check_z(z, B, T)
-        if self.z_dim and z is None:
-            z = self.sample_prior(B, T, context=ctx)
         out = []
         for t in range(T):
             zt = None if z is None else (z[:, t] if z.ndim == 3 else z)

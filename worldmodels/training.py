@@ -58,6 +58,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     val_windows: int = 0
     log_every: int = 25
+    lr_schedule: str = "constant"
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -78,6 +79,8 @@ class TrainConfig:
         need(self.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {self.max_nonfinite}")
         need(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
         need(self.val_windows >= 0, "val_windows must be >= 0")
+        need(self.lr_schedule in ("constant", "cosine"),
+             f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
 
 
 def check_compatible(model: WorldModel, dataset: Dataset) -> None:
@@ -252,6 +255,10 @@ def train_model(
                 batch = {k: v.to(device) for k, v in batch.items()}
                 out = net(batch)
                 loss = out["loss"]
+                if config.lr_schedule == "cosine":
+                    frac = min(state["step"] / max(total_steps, 1), 1.0)
+                    for group in optimizer.param_groups:
+                        group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
