@@ -1,7 +1,14 @@
-"""Path planning: grid search (A*, weighted A*, Dijkstra) and sampling-based planners
-(RRT, RRT*, informed RRT*, PRM*)."""
+"""Path planning: grid search (A*, weighted A*, Dijkstra), sampling-based planners
+(RRT, RRT*, informed RRT*, PRM*) and hybrid A* for car-like kinematics."""
 
 from planners.path.grid import NoPathError, Path, astar, dijkstra, distance_field, path_is_valid
+from planners.path.hybrid_astar import (
+    HybridPath,
+    car_primitives,
+    car_step,
+    grid_heuristic,
+    hybrid_astar,
+)
 from planners.path.sampling import (
     SamplingResult,
     Space,
@@ -14,13 +21,18 @@ from planners.path.sampling import (
 )
 
 __all__ = [
+    "HybridPath",
     "NoPathError",
     "Path",
     "SamplingResult",
     "Space",
     "astar",
+    "car_primitives",
+    "car_step",
     "dijkstra",
     "distance_field",
+    "grid_heuristic",
+    "hybrid_astar",
     "informed_rrt_star",
     "path_is_valid",
     "path_length",
