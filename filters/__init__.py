@@ -6,5 +6,17 @@ See docs/filters.md for the API and the measured figures.
 
 from filters.kalman import KalmanFilter
 from filters.nonlinear import ExtendedKalmanFilter, UnscentedKalmanFilter
+from filters.particle import (
+    ParticleDegeneracyError,
+    ParticleDegeneracyWarning,
+    ParticleFilter,
+)
 
-__all__ = ["ExtendedKalmanFilter", "KalmanFilter", "UnscentedKalmanFilter"]
+__all__ = [
+    "ExtendedKalmanFilter",
+    "KalmanFilter",
+    "ParticleDegeneracyError",
+    "ParticleDegeneracyWarning",
+    "ParticleFilter",
+    "UnscentedKalmanFilter",
+]
