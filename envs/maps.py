@@ -388,6 +388,33 @@ class OccupancyGrid:
         return cls(occ, resolution, origin)
 
 
+    @classmethod
+    def boxes(
+        cls,
+        shape: tuple[int, int],
+        n_boxes: int = 8,
+        max_size: int = 4,
+        seed: int | np.random.Generator = 0,
+        border: bool = True,
+        resolution: float = 1.0,
+        origin: Sequence[float] = (0.0, 0.0),
+    ) -> OccupancyGrid:
+        """``n_boxes`` axis-aligned rectangles of 1..``max_size`` cells a side at random
+        places, inside a one-cell outer wall when ``border``."""
+        h, w = _check_shape(shape)
+        if n_boxes < 0 or max_size < 1:
+            raise ValueError(f"n_boxes must be >= 0 and max_size >= 1, got {n_boxes}, {max_size}")
+        rng = np.random.default_rng(seed)
+        occ = np.zeros((h, w), dtype=bool)
+        for _ in range(int(n_boxes)):
+            bh, bw = rng.integers(1, max_size + 1, size=2)
+            r0 = int(rng.integers(0, max(h - bh, 0) + 1))
+            c0 = int(rng.integers(0, max(w - bw, 0) + 1))
+            occ[r0 : r0 + bh, c0 : c0 + bw] = True
+        if border:
+            occ[0, :] = occ[-1, :] = occ[:, 0] = occ[:, -1] = True
+        return cls(occ, resolution, origin)
+
 def _check_shape(shape: Sequence[int]) -> tuple[int, int]:
     if len(shape) != 2 or any(int(s) != s or s < 1 for s in shape):
         raise ValueError(f"shape must be two positive integers (H, W), got {shape!r}")
