@@ -4,6 +4,7 @@ particle filter and IMM. numpy in -> float64 numpy out; torch in -> torch out (a
 See docs/filters.md for the API and the measured figures.
 """
 
+from filters.imm import InteractingMultipleModel, constant_turn_model, constant_velocity_model
 from filters.kalman import KalmanFilter
 from filters.nonlinear import ExtendedKalmanFilter, UnscentedKalmanFilter
 from filters.particle import (
@@ -14,9 +15,12 @@ from filters.particle import (
 
 __all__ = [
     "ExtendedKalmanFilter",
+    "InteractingMultipleModel",
     "KalmanFilter",
     "ParticleDegeneracyError",
     "ParticleDegeneracyWarning",
     "ParticleFilter",
     "UnscentedKalmanFilter",
+    "constant_turn_model",
+    "constant_velocity_model",
 ]
