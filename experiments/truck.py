@@ -1,0 +1,432 @@
+"""``worldplan truck <stage>``: Nguyen & Widrow's truck backer-upper, end to end.
+
+collect       random-steering episodes from random poses (no controller needed)
+train-model   the emulator: a deterministic forward model learned from those episodes
+train-policy  controllers trained by backprop through time through the frozen emulator,
+              and through the true kinematics as a reference, with a widening curriculum
+evaluate      a fixed seeded set of starts: learned controllers, gradient MPC through the
+              emulator, LQR and a pure-pursuit cascade; metrics.json, figures, a video
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envs.truck import (
+    STRICT,
+    DockingCriteria,
+    Outcome,
+    StartRegion,
+    TruckParams,
+    TruckTaskModel,
+    simulate,
+    step_np,
+)
+from envs.truck.kinematics import at_wall, hitch_angle, in_yard
+from experiments import truck_figures as figures
+from experiments.common import resolve_device, seed_everything
+from experiments.runs import Run
+from experiments.tasks import Task
+from experiments.truck_baselines import CascadeController, LQRController
+from planners.policy.bptt import BPTTConfig, Lesson, MLPPolicy, train_bptt
+from worldmodels.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+DATASET_TASK = "truck"
+
+
+@dataclass
+class CollectConfig:
+    """Random driving: steering held at a random angle for a random number of steps."""
+
+    episodes: int = 3000
+    max_steps: int = 80
+    max_hold: int = 6
+    rear_x: tuple[float, float] = (2.0, 60.0)
+    rear_y: tuple[float, float] = (-35.0, 35.0)
+    theta1_deg: tuple[float, float] = (-120.0, 120.0)
+    hitch_deg: tuple[float, float] = (-45.0, 45.0)
+
+
+@dataclass
+class EmulatorConfig:
+    hidden: int = 128
+    layers: int = 3
+    dropout: float = 0.0
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    npred: int = 8  # steps of the multi-step training loss
+    horizon_eval: int = 30
+
+
+@dataclass
+class PolicyConfig:
+    hidden: tuple[int, ...] = (64, 64)
+    batch_size: int = 512
+    lr: float = 3e-3
+    lessons: int = 8  # lessons from near the dock to the widened evaluation region
+    iterations_per_lesson: int = 120
+    final_iterations: int = 400  # extra updates on the widest lesson
+    widen: float = 1.15  # last lesson = evaluation region scaled by this
+    max_horizon: int = 100
+    train_truth: bool = True  # also train through the true kinematics (reference)
+
+
+@dataclass
+class MPCConfig:
+    enabled: bool = True
+    starts: int = 200  # MPC is evaluated on the first N evaluation starts (it is slow)
+    horizon: int = 60
+    first_iterations: int = 60
+    iterations: int = 6
+    lr: float = 0.1
+
+
+@dataclass
+class TruckConfig:
+    seed: int = 0
+    device: str = "cpu"
+    episodes: int = 1000  # evaluation starts
+    dt: float = 1.0
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    mpc: MPCConfig = field(default_factory=MPCConfig)
+    video_episodes: int = 4
+    progress: bool = True
+
+    def params(self) -> TruckParams:
+        if not self.dt > 0:
+            raise ValueError(f"dt must be positive, got {self.dt}")
+        return TruckParams(dt=self.dt, max_steps=int(round(150 / self.dt)))
+
+
+def quick_config() -> TruckConfig:
+    """Smoke-sized: about two minutes on a 2-core CPU."""
+    return TruckConfig(
+        episodes=200,
+        collect=CollectConfig(episodes=800),
+        emulator=EmulatorConfig(hidden=96, epochs=6),
+        policy=PolicyConfig(lessons=5, iterations_per_lesson=40, final_iterations=80,
+                            batch_size=256, train_truth=False),
+        mpc=MPCConfig(starts=40, first_iterations=30, iterations=3),
+        video_episodes=1,
+    )
+
+
+# ----------------------------------------------------------------------------- collect
+def collect_episodes(cfg: TruckConfig, rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+    """Random-steering episodes ``{"states": [T+1, 4], "actions": [T, 1]}`` (float32)."""
+    p, c = cfg.params(), cfg.collect
+    region = StartRegion(c.rear_x, c.rear_y, tuple(np.radians(c.theta1_deg)),
+                         tuple(np.radians(c.hitch_deg)))
+    n = c.episodes
+    state = region.sample(rng, n, p)
+    states, actions = [state.copy()], []
+    alive = np.ones(n, bool)
+    length = np.zeros(n, np.int64)
+    phi = rng.uniform(-p.max_steer, p.max_steer, n)
+    hold = rng.integers(1, c.max_hold + 1, n)
+    for _ in range(c.max_steps):
+        renew = hold <= 0
+        phi[renew] = rng.uniform(-p.max_steer, p.max_steer, renew.sum())
+        hold[renew] = rng.integers(1, c.max_hold + 1, renew.sum())
+        hold -= 1
+        nxt = step_np(state, phi, p)
+        actions.append(phi.copy())
+        length += alive
+        state = np.where(alive[:, None], nxt, state)
+        states.append(state.copy())
+        ended = at_wall(nxt, p) | (np.abs(hitch_angle(nxt)) > p.jackknife_angle) | ~in_yard(nxt, p)
+        alive &= ~ended
+        if not alive.any():
+            break
+    S, A = np.stack(states, 1), np.stack(actions, 1)
+    return [{"states": S[i, : length[i] + 1].astype(np.float32),
+             "actions": A[i, : length[i], None].astype(np.float32)}
+            for i in range(n) if length[i] >= 2]
+
+
+def stage_collect(cfg: TruckConfig, run: Run) -> None:
+    from worldmodels.dataset import write_dataset
+
+    if (run.data / "manifest.json").exists():
+        log.info("data set %s exists; keeping it", run.data)
+        return
+    rng = seed_everything(cfg.seed)
+    episodes = collect_episodes(cfg, rng)
+    write_dataset(run.data, episodes, task=DATASET_TASK, dt=cfg.dt,
+                  config={"collect": vars(cfg.collect), "dt": cfg.dt}, seed=cfg.seed)
+    steps = sum(len(e["actions"]) for e in episodes)
+    log.info("collected %d episodes, %d transitions", len(episodes), steps)
+    run.update_metrics("collect", {"episodes": len(episodes), "transitions": steps})
+
+
+# ----------------------------------------------------------------------------- emulator
+def _load_data(run: Run):
+    from worldmodels.dataset import load_dataset
+
+    if not (run.data / "manifest.json").exists():
+        raise FileNotFoundError(f"no data set in {run.data}: run `worldplan truck collect` first")
+    data = load_dataset(run.data)
+    if data.manifest.get("task") != DATASET_TASK:
+        raise ValueError(f"data set {run.data} was made for task {data.manifest.get('task')!r}, "
+                         f"not {DATASET_TASK!r}")
+    return data
+
+
+def emulator_dir(run: Run) -> Path:
+    return run.checkpoints / "emulator"
+
+
+def load_emulator(run: Run, device: torch.device):
+    from worldmodels.base import load_model
+
+    path = emulator_dir(run) / "best.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no emulator at {path}: run `worldplan truck train-model` first")
+    model = load_model(path, device)
+    if (model.state_dim, model.action_dim) != (4, 1):
+        raise ValueError(f"{path} is a model of {model.state_dim}-D states and "
+                         f"{model.action_dim}-D actions, not the truck's 4 and 1")
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    return model
+
+
+def horizon_errors(model, data, horizon: int) -> dict[str, np.ndarray]:
+    """Open-loop rollout error of the emulator against the recorded test episodes: mean
+    hitch-position error (units) and mean heading error (degrees) at each horizon
+    ``1..horizon``, from every window of the test split that is long enough."""
+    contexts, actions, targets = [], [], []
+    for ep in data.episodes("test"):
+        s, a = np.asarray(ep["states"]), np.asarray(ep["actions"])
+        for t in range(0, len(a) - horizon + 1, 5):
+            contexts.append(s[t])
+            actions.append(a[t:t + horizon])
+            targets.append(s[t + 1:t + horizon + 1])
+    if not contexts:
+        raise ValueError(f"no test episode is {horizon} steps long; collect longer episodes")
+    with torch.no_grad():
+        pred = model.rollout(torch.as_tensor(np.stack(contexts))[:, None],
+                             torch.as_tensor(np.stack(actions))).numpy()
+    truth = np.stack(targets)
+    position = np.linalg.norm(pred[..., :2] - truth[..., :2], axis=-1).mean(0)
+    heading = np.degrees(np.abs(pred[..., 2:] - truth[..., 2:])).mean((0, 2))
+    return {"position": position, "heading_deg": heading, "windows": np.array(len(truth))}
+
+
+def stage_train_model(cfg: TruckConfig, run: Run) -> None:
+    from worldmodels.deterministic import DeterministicModel
+    from worldmodels.training import TrainConfig, train_model
+
+    out = emulator_dir(run)
+    if (out / "best.pt").exists() and not run.resume:
+        log.info("emulator %s exists; keeping it (use --resume to continue training)", out)
+    else:
+        seed_everything(cfg.seed)
+        data = _load_data(run)
+        e = cfg.emulator
+        model = DeterministicModel(4, 1, ncond=1, hidden=e.hidden, layers=e.layers,
+                                   dropout=e.dropout)
+        train_cfg = TrainConfig(epochs=e.epochs, batch_size=e.batch_size, lr=e.lr, npred=e.npred,
+                                seed=cfg.seed, device=str(resolve_device(cfg.device)))
+        history = train_model(model, data, train_cfg, checkpoint_dir=out, writer=run.writer(),
+                              resume=run.resume, progress=cfg.progress, tag="emulator")
+        figures.training_curve(history, run.figures / "emulator_training.png")
+    data = _load_data(run)
+    model = load_emulator(run, torch.device("cpu"))
+    errors = horizon_errors(model, data, cfg.emulator.horizon_eval)
+    figures.horizon_error(errors, run.figures / "emulator_error_vs_horizon.png")
+    run.update_metrics("emulator", {
+        "test_error_1_step": float(errors["position"][0]),
+        "test_error_10_steps": float(errors["position"][min(9, len(errors["position"]) - 1)]),
+        "test_error_30_steps": float(errors["position"][-1]),
+        "test_heading_error_deg_30_steps": float(errors["heading_deg"][-1]),
+    })
+
+
+# ----------------------------------------------------------------------------- policies
+def make_policy(tm: TruckTaskModel, cfg: TruckConfig) -> MLPPolicy:
+    return MLPPolicy(6, 1, tm.action_low, tm.action_high, cfg.policy.hidden, features=tm.features)
+
+
+def curriculum(cfg: TruckConfig, p: TruckParams, device: torch.device) -> list[Lesson]:
+    """Lessons from just in front of the dock to the evaluation region widened by
+    ``widen``; each rolls out long enough to reach the wall from its farthest start."""
+    pc = cfg.policy
+    e = StartRegion()
+    w = pc.widen
+    target = StartRegion(
+        rear_x=(max(2.0, e.rear_x[0] / w), e.rear_x[1] * w),
+        rear_y=(e.rear_y[0] * w, e.rear_y[1] * w),
+        theta1=(e.theta1[0] * w, e.theta1[1] * w),
+        hitch=(e.hitch[0] * w, e.hitch[1] * w),
+    )
+    lessons = []
+    fractions = np.linspace(0.0, 1.0, pc.lessons)
+    for k, frac in enumerate(fractions):
+        region = target.scaled(float(frac))
+        horizon = min(pc.max_horizon, int(math.ceil(2.2 * region.rear_x[1] / abs(p.speed * p.dt))) + 5)
+        its = pc.iterations_per_lesson + (pc.final_iterations if k == len(fractions) - 1 else 0)
+
+        def sample(rng: np.random.Generator, n: int, region=region) -> torch.Tensor:
+            return torch.as_tensor(region.sample(rng, n, p), dtype=torch.float32, device=device)
+
+        lessons.append(Lesson(sample, horizon, its, name=f"lesson{k}"))
+    return lessons
+
+
+def policy_path(run: Run, source: str) -> Path:
+    return run.checkpoints / f"policy_{source}.pt"
+
+
+def train_one_policy(cfg: TruckConfig, run: Run, source: str, dynamics, device) -> dict:
+    p = cfg.params()
+    tm = TruckTaskModel(p)
+    seed_everything(cfg.seed)
+    policy = make_policy(tm, cfg).to(device)
+    rng = np.random.default_rng(cfg.seed + (1 if source == "truth" else 0))
+    pc = cfg.policy
+    history = train_bptt(policy, tm.stop_at_wall(dynamics), curriculum(cfg, p, device),
+                         BPTTConfig(batch_size=pc.batch_size, lr=pc.lr), rng, cost=tm.cost,
+                         terminal_cost=tm.terminal_cost, writer=run.writer(),
+                         tag=f"policy_{source}", progress=cfg.progress)
+    save_checkpoint(policy_path(run, source), {
+        "kind": "truck_policy", "source": source, "config": policy.config,
+        "state_dict": policy.state_dict(), "history": history})
+    return history
+
+
+def load_policy(run: Run, source: str, cfg: TruckConfig) -> MLPPolicy:
+    tm = TruckTaskModel(cfg.params())
+    path = policy_path(run, source)
+    payload = load_checkpoint(path, required=("state_dict",), kind="truck_policy")
+    policy = make_policy(tm, cfg)
+    load_state_dict_checked(policy, payload["state_dict"], str(path))
+    return policy.eval()
+
+
+def stage_train_policy(cfg: TruckConfig, run: Run) -> None:
+    device = resolve_device(cfg.device)
+    tm = TruckTaskModel(cfg.params())
+    sources = ["emulator"] + (["truth"] if cfg.policy.train_truth else [])
+    histories = {}
+    for source in sources:
+        path = policy_path(run, source)
+        if path.exists():
+            log.info("policy %s exists; keeping it", path)
+            histories[source] = load_checkpoint(path, kind="truck_policy").get("history", {})
+            continue
+        emulator = load_emulator(run, device) if source == "emulator" else None
+        dynamics = emulator.step if emulator is not None else tm.step
+        histories[source] = train_one_policy(cfg, run, source, dynamics, device)
+    figures.policy_training(histories, run.figures / "policy_training.png")
+
+
+# ----------------------------------------------------------------------------- evaluate
+def evaluation_starts(cfg: TruckConfig) -> np.ndarray:
+    """The seeded evaluation set: fixed for a given ``seed`` and ``episodes``."""
+    if cfg.episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {cfg.episodes}")
+    return StartRegion().sample(np.random.default_rng(10_000 + cfg.seed), cfg.episodes, cfg.params())
+
+
+def torch_controller(policy: torch.nn.Module):
+    def act(states: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return policy(torch.as_tensor(states, dtype=torch.float32)).numpy()[:, 0]
+    return act
+
+
+class GradientMPCController:
+    """Receding-horizon gradient MPC through the emulator, for a whole batch of starts
+    (finished episodes stay in the batch, held at the wall by ``stop_at_wall``)."""
+
+    def __init__(self, cfg: TruckConfig, emulator) -> None:
+        from planners.mpc import GradientMPC
+
+        tm = TruckTaskModel(cfg.params())
+        m = cfg.mpc
+        self.first_iterations, self.iterations = m.first_iterations, m.iterations
+        self.planner = GradientMPC(tm.stop_at_wall(emulator.step), tm.cost, tm.action_low,
+                                   tm.action_high, m.horizon, terminal_cost=tm.terminal_cost,
+                                   iterations=m.first_iterations, lr=m.lr, seed=cfg.seed)
+
+    def __call__(self, states: np.ndarray) -> np.ndarray:
+        first = self.planner.warm_start is None
+        self.planner.iterations = self.first_iterations if first else self.iterations
+        action = self.planner.act(torch.as_tensor(states, dtype=torch.float32))
+        return action.detach().numpy()[:, 0]
+
+
+def summarise(tm: TruckTaskModel, result, criteria: DockingCriteria = DockingCriteria()) -> dict:
+    jack = result.outcome == Outcome.JACKKNIFE
+    at_wall_ = result.outcome == Outcome.WALL
+    docked = tm.docked(result.final, jack, criteria) & at_wall_
+    strict = tm.docked(result.final, jack, STRICT) & at_wall_
+    pos, ang = tm.docking_errors(result.final)
+    return {
+        "success_rate": float(docked.mean()),
+        "strict_success_rate": float(strict.mean()),
+        "final_position_error": float(pos.mean()),
+        "final_angle_error_deg": float(ang.mean()),
+        "steps_to_dock": float(result.steps[docked].mean()) if docked.any() else None,
+        "jackknife_rate": float(jack.mean()),
+        "out_of_yard_rate": float((result.outcome == Outcome.OUT_OF_YARD).mean()),
+        "timeout_rate": float((result.outcome == Outcome.TIMEOUT).mean()),
+        "episodes": int(len(docked)),
+    }
+
+
+def stage_evaluate(cfg: TruckConfig, run: Run) -> None:
+    p = cfg.params()
+    tm = TruckTaskModel(p)
+    starts = evaluation_starts(cfg)
+    controllers: dict[str, object] = {}
+    for source in ("emulator", "truth"):
+        if policy_path(run, source).exists():
+            controllers[f"bptt_{source}"] = torch_controller(load_policy(run, source, cfg))
+    if not controllers:
+        raise FileNotFoundError(f"no policy in {run.checkpoints}: run `worldplan truck train-policy`")
+    controllers["lqr"] = LQRController(p)
+    controllers["cascade"] = CascadeController(p)
+    results, metrics = {}, {}
+    for name, ctrl in controllers.items():
+        results[name] = simulate(starts, ctrl, p)
+        metrics[name] = summarise(tm, results[name])
+        log.info("%-14s docked %.1f%% (strict %.1f%%)", name, 100 * metrics[name]["success_rate"],
+                 100 * metrics[name]["strict_success_rate"])
+    if cfg.mpc.enabled:
+        n = min(cfg.mpc.starts, len(starts))
+        mpc = GradientMPCController(cfg, load_emulator(run, torch.device("cpu")))
+        results["gradient_mpc"] = simulate(starts[:n], mpc, p, full_batch=True, progress=cfg.progress)
+        metrics["gradient_mpc"] = summarise(tm, results["gradient_mpc"])
+        log.info("gradient_mpc   docked %.1f%% on %d starts", 100 * metrics["gradient_mpc"]["success_rate"], n)
+    metrics["_setup"] = {"episodes": len(starts), "seed": cfg.seed, "dt": p.dt,
+                         "yard": [list(p.yard_x), list(p.yard_y)],
+                         "start_region": {k: list(v) for k, v in vars(StartRegion()).items()}}
+    run.update_metrics("evaluate", metrics)
+    figures.success_bars(metrics, run.figures / "success_by_method.png")
+    main = "bptt_emulator" if "bptt_emulator" in controllers else next(iter(controllers))
+    figures.trajectory_grid(controllers[main], p, run.figures / f"trajectories_{main}.png")
+    figures.docking_video(controllers[main], p, starts[: cfg.video_episodes],
+                          run.videos / f"docking_{main}.mp4")
+
+
+TASK = Task(
+    name="truck",
+    config_cls=TruckConfig,
+    presets={"default": TruckConfig, "quick": quick_config},
+    stages={"collect": stage_collect, "train-model": stage_train_model,
+            "train-policy": stage_train_policy, "evaluate": stage_evaluate},
+    description=__doc__ or "",
+)
