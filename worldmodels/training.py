@@ -174,7 +174,7 @@ def train_model(
              "best_val": math.inf, "seconds": 0.0}
     history: dict[str, Any] = {"train_loss": [], "val_loss": [], "step_loss": []}
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
-                                 weight_decay=config.weight_decay)
+                                 weight_decay=config.weight_decay, foreach=True)
     rng_state: torch.Tensor | None = None
     partial: list[float] = []  # losses of the current epoch before a mid-epoch checkpoint
     last_path = ckpt_dir / "last.pt" if ckpt_dir else None
@@ -414,3 +414,32 @@ def evaluate_horizon_error(
     model.mc_dropout = was_mc
     mse = sq / len(idx_all)
     return (mse.sqrt() if per_dim else mse.mean(1).sqrt()).numpy()
+
+
+# ------------------------------------------------------------------------ two phases
+def train_stochastic(
+    deterministic: WorldModel,
+    dataset: Dataset,
+    det_config: TrainConfig | None = None,
+    sto_config: TrainConfig | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    writer: Any = None,
+    resume: bool = False,
+    progress: bool = True,
+    **latent: Any,
+) -> tuple[WorldModel, dict[str, Any]]:
+    """PPUU's schedule: train ``deterministic`` (a :class:`DeterministicModel`), then a
+    :class:`StochasticModel` warm-started from it (``latent``: ``z_dim``, ``beta``,
+    ``p_z``, ``z_dropout``, ``learned_prior``). Checkpoints go to
+    ``checkpoint_dir/deterministic`` and ``checkpoint_dir/stochastic``; ``resume``
+    continues whichever phase was interrupted. Returns ``(stochastic model, {"deterministic":
+    history, "stochastic": history})``."""
+    from worldmodels.stochastic import StochasticModel
+
+    root = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    h_det = train_model(deterministic, dataset, det_config, root / "deterministic" if root
+                        else None, writer, resume, progress, tag="deterministic")
+    sto = StochasticModel.from_deterministic(deterministic, **latent)
+    h_sto = train_model(sto, dataset, sto_config, root / "stochastic" if root else None,
+                        writer, resume, progress, tag="stochastic")
+    return sto, {"deterministic": h_det, "stochastic": h_sto}

@@ -1,0 +1,279 @@
+"""Forward model on image + vector contexts (PPUU's setting: a 117x24 RGB occupancy
+crop around the ego car plus its 4-D state, ``ncond`` context frames).
+
+The call differs from the vector models by the frames (documented in
+docs/worldmodels.md):
+
+- ``step(state, action, z=None, image=None) -> (next_state [B, S], next_image [B, C, H, W])``
+- ``rollout(context, actions, z=None, images=None) -> (states [B, T, S],
+  images [B, T, C, H, W])``
+
+``image`` is the last frame ``[B, C, H, W]`` (ncond == 1) or the context frames
+``[B, ncond, C, H, W]``; uint8 (0..255) or float in [0, 1]. Returned frames are float in
+[0, 1]. The state head predicts a normalised delta on the last state, the image head a
+residual on the last frame. With ``z_dim > 0`` the model is a conditional VAE with
+z-dropout like :class:`~worldmodels.stochastic.StochasticModel`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worldmodels.base import MCDropout, WorldModel, mlp
+from worldmodels.stochastic import Z_DROPOUT_FORMS, LatentHead
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float [0, 1]; float input is returned as float32 unchanged."""
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    if not images.is_floating_point():
+        raise TypeError(f"images must be uint8 or float, got {images.dtype}")
+    return images
+
+
+class ConvEncoder(nn.Module):
+    """Stride-2 3x3 convolutions (ReLU + dropout after each), flattened, then a linear
+    layer: ``[B, Cin, H, W] -> [B, hidden]``. ``sizes`` records each stage's (H, W)."""
+
+    def __init__(self, cin: int, hw: tuple[int, int], channels: tuple[int, ...], hidden: int,
+                 dropout: float) -> None:
+        super().__init__()
+        convs, sizes, c = [], [tuple(hw)], cin
+        h, w = hw
+        for co in channels:
+            convs += [nn.Conv2d(c, co, 3, stride=2, padding=1), nn.ReLU(), MCDropout(dropout)]
+            h, w = (h + 1) // 2, (w + 1) // 2
+            sizes.append((h, w))
+            c = co
+        self.convs = nn.Sequential(*convs)
+        self.sizes = sizes
+        self.flat = c * h * w
+        self.out = nn.Linear(self.flat, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.convs(x).flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of :class:`ConvEncoder`: linear to the smallest feature map, then
+    (upsample to the next stage's size, 3x3 conv, ReLU, dropout) up to ``[B, C, H, W]``."""
+
+    def __init__(self, cout: int, sizes: list[tuple[int, int]], channels: tuple[int, ...],
+                 hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.sizes = sizes
+        self.channels = channels
+        h, w = sizes[-1]
+        self.inp = nn.Linear(hidden, channels[-1] * h * w)
+        rev = list(channels[::-1]) + [cout]
+        self.convs = nn.ModuleList(nn.Conv2d(rev[i], rev[i + 1], 3, padding=1)
+                                   for i in range(len(channels)))
+        self.drop = MCDropout(dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        hh, ww = self.sizes[-1]
+        x = self.inp(h).view(h.shape[0], self.channels[-1], hh, ww)
+        targets = self.sizes[-2::-1]
+        for i, conv in enumerate(self.convs):
+            x = F.interpolate(F.relu(x), size=targets[i], mode="nearest")
+            x = conv(self.drop(x) if i > 0 else x)
+        return x
+
+
+class ImageModel(WorldModel):
+    """Image + vector forward model (deterministic, or a cVAE when ``z_dim > 0``).
+
+    ``image_shape`` is ``(C, H, W)``; ``channels`` the conv widths; ``image_weight``
+    scales the pixel MSE against the state MSE (delta-std units) in the loss.
+    """
+
+    kind = "ImageModel"
+
+    def __init__(self, state_dim: int, action_dim: int, image_shape: tuple[int, int, int] | list,
+                 ncond: int = 4, hidden: int = 256, layers: int = 2, dropout: float = 0.1,
+                 channels: tuple[int, ...] | list = (16, 32, 64), image_weight: float = 1.0,
+                 z_dim: int = 0, beta: float = 0.05, p_z: float = 0.5, z_dropout: str = "zero",
+                 learned_prior: bool = False) -> None:
+        super().__init__(state_dim, action_dim, ncond)
+        if len(image_shape) != 3 or not all(isinstance(v, int) and v > 0 for v in image_shape):
+            raise ValueError(f"image_shape must be (C, H, W) positive ints, got {image_shape!r}")
+        if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
+            raise ValueError(f"channels must be positive ints, got {channels!r}")
+        if not isinstance(z_dim, int) or z_dim < 0:
+            raise ValueError(f"z_dim must be an int >= 0, got {z_dim!r}")
+        if z_dropout not in Z_DROPOUT_FORMS:
+            raise ValueError(f"z_dropout must be one of {Z_DROPOUT_FORMS}, got {z_dropout!r}")
+        if not 0.0 <= p_z <= 1.0:
+            raise ValueError(f"p_z must be in [0, 1], got {p_z!r}")
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.hidden, self.layers, self.dropout = hidden, layers, float(dropout)
+        self.channels = tuple(int(c) for c in channels)
+        self.image_weight = float(image_weight)
+        self.z_dim, self.beta, self.p_z, self.z_dropout = z_dim, float(beta), float(p_z), z_dropout
+        self.learned_prior = bool(learned_prior)
+        C, H, W = self.image_shape
+        self.image_encoder = ConvEncoder(self.ncond * C, (H, W), self.channels, hidden, dropout)
+        self.state_encoder = mlp(self.ncond * self.state_dim, hidden, layers, dropout)
+        self.action_embed = nn.Linear(self.action_dim, hidden)
+        self.state_head = nn.Sequential(nn.ReLU(), MCDropout(dropout),
+                                        mlp(hidden, hidden, layers - 1, dropout,
+                                            out=self.state_dim))
+        self.image_head = ConvDecoder(C, self.image_encoder.sizes, self.channels, hidden, dropout)
+        if z_dim:
+            self.target_encoder = ConvEncoder(C, (H, W), self.channels, hidden, 0.0)
+            self.latent = LatentHead(hidden, hidden + self.state_dim, hidden, layers, z_dim,
+                                     learned_prior)
+
+    def config(self) -> dict[str, Any]:
+        return {"state_dim": self.state_dim, "action_dim": self.action_dim,
+                "image_shape": list(self.image_shape), "ncond": self.ncond,
+                "hidden": self.hidden, "layers": self.layers, "dropout": self.dropout,
+                "channels": list(self.channels), "image_weight": self.image_weight,
+                "z_dim": self.z_dim, "beta": self.beta, "p_z": self.p_z,
+                "z_dropout": self.z_dropout, "learned_prior": self.learned_prior}
+
+    # -- inputs ----------------------------------------------------------------------
+    def _as_frames(self, image: Any, batch: int, name: str = "image") -> torch.Tensor:
+        """``[B, C, H, W]`` (ncond == 1) or ``[B, ncond, C, H, W]`` -> float
+        ``[B, ncond, C, H, W]`` in [0, 1]."""
+        if image is None:
+            raise ValueError(f"{self.kind} needs {name} (the context frames)")
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(image).__name__}")
+        shape = tuple(image.shape)
+        if self.ncond == 1 and shape == (batch, *self.image_shape):
+            image = image[:, None]
+        elif shape != (batch, self.ncond, *self.image_shape):
+            raise ValueError(
+                f"{name} must have shape [{batch}, {self.ncond}, "
+                f"{', '.join(map(str, self.image_shape))}]"
+                + (f" or [{batch}, {', '.join(map(str, self.image_shape))}]"
+                   if self.ncond == 1 else "") + f", got {list(shape)}"
+            )
+        return to_unit(image)
+
+    def _features(self, context: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Context encoding ``[B, H]`` (before the action)."""
+        return (self.image_encoder(frames.flatten(1, 2))
+                + self.state_encoder(self.norm_state(context).flatten(1)))
+
+    def _decode(self, context: torch.Tensor, frames: torch.Tensor, h: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        state = context[:, -1] + self.denorm_delta(self.state_head(h))
+        image = frames[:, -1] + self.image_head(h)
+        return state, image
+
+    def sample_prior(self, batch: int, steps: int | None = None,
+                     context: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor | None:
+        if not self.z_dim:
+            return None
+        if self.learned_prior:
+            raise ValueError("a learned prior of an ImageModel is sampled inside rollout "
+                             "(pass z=None)")
+        cond = self.state_mean.new_zeros(batch, 1)
+        draws = [self.latent.sample_prior(cond, generator) for _ in range(steps or 1)]
+        return torch.stack(draws, 1) if steps is not None else draws[0]
+
+    def _one(self, context: torch.Tensor, frames: torch.Tensor, action: torch.Tensor,
+             z: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feat = self._features(context, frames)
+        h = feat + self.action_embed(self.norm_action(action))
+        if self.z_dim:
+            if z is None:
+                z = self.latent.sample_prior(feat if self.learned_prior
+                                             else feat.new_zeros(feat.shape[0], 1))
+            h = h + self.latent.embed(z)
+        state, image = self._decode(context, frames, h)
+        return state, image, feat
+
+    # -- the shared calls ----------------------------------------------------------------
+    def step(self, state: torch.Tensor, action: torch.Tensor, z: torch.Tensor | None = None,
+             image: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(next_state [B, S], next_image [B, C, H, W] in [0, 1])``; see the module doc."""
+        ctx = self._as_context(state)
+        B = ctx.shape[0]
+        self._check_action(action, B)
+        self._check_z(z, B, None)
+        frames = self._as_frames(image, B)
+        s, img, _ = self._one(ctx, frames, action, z)
+        return s, img.clamp(0.0, 1.0)
+
+    def rollout(self, context: torch.Tensor, actions: torch.Tensor,
+                z: torch.Tensor | None = None, images: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(states [B, T, S], images [B, T, C, H, W])`` from ``context`` ``[B, ncond, S]``,
+        context ``images`` ``[B, ncond, C, H, W]`` and ``actions`` ``[B, T, A]``."""
+        ctx = self._as_context(context, "context")
+        B = ctx.shape[0]
+        actions = self._tensor("actions", actions)
+        if actions.ndim != 3 or actions.shape[0] != B or actions.shape[2] != self.action_dim:
+            raise ValueError(f"actions must have shape [{B}, T, {self.action_dim}], got "
+                             f"{list(actions.shape)}")
+        T = actions.shape[1]
+        self._check_z(z, B, T)
+        frames = self._as_frames(images, B, "images")
+        states, imgs = [], []
+        for t in range(T):
+            zt = None if z is None else (z[:, t] if z.ndim == 3 else z)
+            s, img, _ = self._one(ctx, frames, actions[:, t], zt)
+            img = img.clamp(0.0, 1.0)
+            states.append(s)
+            imgs.append(img)
+            ctx = torch.cat([ctx[:, 1:], s[:, None]], 1)
+            frames = torch.cat([frames[:, 1:], img[:, None]], 1)
+        return torch.stack(states, 1), torch.stack(imgs, 1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training loss on a window batch with ``context_images``/``target_images``:
+        state MSE (delta-std units) + ``image_weight`` * pixel MSE (+ ``beta`` * KL)."""
+        ctx, actions, targets = batch["context"], batch["actions"], batch["targets"]
+        frames = to_unit(batch["context_images"])
+        tframes = to_unit(batch["target_images"])
+        T = actions.shape[1]
+        s_err, i_err, kls = [], [], []
+        for t in range(T):
+            feat = self._features(ctx, frames)
+            h = feat + self.action_embed(self.norm_action(actions[:, t]))
+            if self.z_dim:
+                target = torch.cat([self.target_encoder(tframes[:, t]),
+                                    self.norm_delta(targets[:, t] - ctx[:, -1])], -1)
+                z, kl = self.latent.training_latent(feat, target, self.p_z, self.z_dropout)
+                h = h + self.latent.embed(z)
+                kls.append(kl)
+            s, img = self._decode(ctx, frames, h)
+            s_err.append((((s - targets[:, t]) / self.delta_std) ** 2).mean())
+            i_err.append(((img - tframes[:, t]) ** 2).mean())
+            ctx = torch.cat([ctx[:, 1:], s[:, None]], 1)
+            frames = torch.cat([frames[:, 1:], img.clamp(0.0, 1.0)[:, None]], 1)
+        mse = torch.stack(s_err).mean()
+        pix = torch.stack(i_err).mean()
+        loss = mse + self.image_weight * pix
+        out = {"mse": mse.detach(), "pixel_mse": pix.detach()}
+        if kls:
+            kl = torch.stack(kls, 1).mean()
+            loss = loss + self.beta * kl
+            out["kl"] = kl.detach()
+        out["loss"] = loss
+        return out
+
+    @torch.no_grad()
+    def preview(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """An image grid ``[3, n*H, 2*W]``: one-step predictions (left) next to targets."""
+        was = self.training
+        self.eval()
+        n = batch["context"].shape[0]
+        z = torch.zeros(n, self.z_dim) if self.z_dim else None
+        _, img = self.step(batch["context"], batch["actions"][:, 0], z=z,
+                           image=batch["context_images"])
+        self.train(was)
+        target = to_unit(batch["target_images"][:, 0])
+        pair = torch.cat([img, target], dim=-1)  # [n, C, H, 2W]
+        if pair.shape[1] != 3:
+            pair = pair[:, :1].repeat(1, 3, 1, 1)
+        return torch.cat(list(pair), dim=1)
