@@ -10,7 +10,9 @@ Each cost is the maximum over pixels of a mask centred on the ego times a channe
   the ego's width, falling to 0 over half a lane; times the G channel;
 - lane: the same shape, falling over 1 m along and 0.5 m across; times the R channel;
 - off-road: the lane mask times the off-road channel (when present);
-- collision: the ego's footprint times the G channel (> 0.5 means contact).
+- collision: ``max(G + B) - 1`` over pixels, clipped at 0: where the other cars' and the
+  ego's coverages of one pixel add to more than the pixel, the two shapes overlap in it
+  (anti-aliasing makes this a sub-pixel test; > 0.25 means contact, deeper than ~0.15 m).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class CostConfig:
     ego_width: float = 1.9  # m
     lane_weight: float = 0.2
     offroad_weight: float = 1.0
-    collision_threshold: float = 0.5
+    collision_threshold: float = 0.25
 
 
 DEFAULT_COSTS = CostConfig()
@@ -88,14 +90,14 @@ def image_costs_torch(images: torch.Tensor, states: torch.Tensor, view: View = D
                       cfg: CostConfig = DEFAULT_COSTS,
                       sizes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Costs ``[B]`` each: ``proximity``, ``lane``, ``offroad`` (0 without the channel),
-    ``collision`` (footprint overlap) and ``total`` = proximity + 0.2 lane + offroad."""
+    ``collision`` (G + B overlap) and ``total`` = proximity + 0.2 lane + offroad."""
     _check(images, states, view)
     m = masks_torch(states, view, cfg, sizes)
     prox = (m["proximity"] * images[:, 1]).flatten(1).amax(1)
     lane = (m["lane"] * images[:, 0]).flatten(1).amax(1)
     off = ((m["lane"] * images[:, 3]).flatten(1).amax(1) if images.shape[1] > 3
            else torch.zeros_like(prox))
-    coll = (m["footprint"] * images[:, 1]).flatten(1).amax(1)
+    coll = (images[:, 1] + images[:, 2] - 1.0).flatten(1).amax(1).clamp_min(0.0)
     total = prox + cfg.lane_weight * lane + cfg.offroad_weight * off
     return {"proximity": prox, "lane": lane, "offroad": off, "collision": coll, "total": total}
 
@@ -128,10 +130,9 @@ def image_costs_np(images: np.ndarray, states: np.ndarray, view: View = DEFAULT_
     safe = cfg.safe_time * speed + cfg.safe_margin
     prox_m = _ramp_np(f, hl, safe) * _ramp_np(l_, hw, cfg.lateral_falloff)
     lane_m = _ramp_np(f, hl, cfg.lane_long_falloff) * _ramp_np(l_, hw, cfg.lane_lat_falloff)
-    foot = ((f <= hl) & (l_ <= hw)).astype(np.float64)
     prox = (prox_m * images[:, 1]).reshape(b, -1).max(1)
     lane = (lane_m * images[:, 0]).reshape(b, -1).max(1)
     off = (lane_m * images[:, 3]).reshape(b, -1).max(1) if images.shape[1] > 3 else np.zeros(b)
-    coll = (foot * images[:, 1]).reshape(b, -1).max(1)
+    coll = np.maximum((images[:, 1] + images[:, 2] - 1.0).reshape(b, -1).max(1), 0.0)
     total = prox + cfg.lane_weight * lane + cfg.offroad_weight * off
     return {"proximity": prox, "lane": lane, "offroad": off, "collision": coll, "total": total}

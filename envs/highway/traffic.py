@@ -37,6 +37,7 @@ class TrafficConfig:
     lc_threshold: float = 0.2  # MOBIL delta a_th, m/s^2
     safe_decel: float = 4.0  # MOBIL b_safe, m/s^2
     lc_interval: tuple[float, float] = (1.0, 4.0)  # s between lane-change decisions
+    lc_min_speed: float = 1.5  # m/s, no lane change decided below this speed
     length: tuple[float, float] = (4.3, 5.3)  # m
     width: tuple[float, float] = (1.8, 2.0)  # m
     exit_speed_mean: float = 13.0  # bottleneck speed profile, m/s
@@ -144,25 +145,35 @@ class Traffic:
         return np.maximum(c.exit_speed_mean + c.exit_speed_amplitude * wave, 0.5)
 
     # -- neighbours -------------------------------------------------------------------
-    def _sorted_keys(self, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _sorted_keys(self, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sorted (lane, x) keys of every lane a visible car occupies: its target lane
+        and, while it changes lanes, the lane its centre is still in. Returns the keys
+        and, per entry, the car index and the lane."""
         span = 1e4
         idx = np.flatnonzero(visible)
-        keys = self.lane[idx] * span + (self.pos[idx, 0] + 1e3)
+        phys = self.road.lane_of(self.pos[idx, 1])
+        moving = phys != self.lane[idx]
+        cars = np.concatenate([idx, idx[moving]])
+        lanes = np.concatenate([self.lane[idx], phys[moving]])
+        keys = lanes * span + (self.pos[cars, 0] + 1e3)
         order = np.argsort(keys, kind="stable")
-        return keys[order], idx[order]
+        return keys[order], cars[order], lanes[order]
 
-    def _neighbours(self, keys: np.ndarray, order: np.ndarray, lane: np.ndarray, x: np.ndarray,
-                    self_idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _neighbours(self, table: tuple[np.ndarray, np.ndarray, np.ndarray], lane: np.ndarray,
+                    x: np.ndarray, self_idx: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
         """Leader and follower indices (``-1`` for none) in ``lane`` around position ``x``."""
+        keys, cars, lanes = table
         span = 1e4
         q = lane * span + (x + 1e3)
         right = np.searchsorted(keys, q, side="right")
         left = np.searchsorted(keys, q, side="left")
         m = len(keys)
-        lead = np.where(right < m, order[np.minimum(right, m - 1)], -1)
-        foll = np.where(left > 0, order[np.maximum(left - 1, 0)], -1)
-        lead = np.where((lead >= 0) & (self.lane[np.maximum(lead, 0)] == lane), lead, -1)
-        foll = np.where((foll >= 0) & (self.lane[np.maximum(foll, 0)] == lane), foll, -1)
+        if m == 0:
+            return np.full(len(q), -1), np.full(len(q), -1)
+        r, lf = np.minimum(right, m - 1), np.maximum(left - 1, 0)
+        lead = np.where((right < m) & (lanes[r] == lane), cars[r], -1)
+        foll = np.where((left > 0) & (lanes[lf] == lane), cars[lf], -1)
         if self_idx is not None:
             lead = np.where(lead == self_idx, -1, lead)
             foll = np.where(foll == self_idx, -1, foll)
@@ -193,10 +204,16 @@ class Traffic:
         if n == 0:
             return np.zeros((0, 2))
         visible = np.ones(n, bool) if visible is None else visible
-        keys, order = self._sorted_keys(visible)
+        table = self._sorted_keys(visible)
         cars = np.arange(n)
-        lead, foll = self._neighbours(keys, order, self.lane, self.pos[:, 0], cars)
+        lead, foll = self._neighbours(table, self.lane, self.pos[:, 0], cars)
         accel = self._idm(cars, lead)
+        # while changing lanes, also keep clear of the leader in the lane being left
+        phys = self.road.lane_of(self.pos[:, 1])
+        moving = np.flatnonzero(phys != self.lane)
+        if len(moving):
+            lead_old, _ = self._neighbours(table, phys[moving], self.pos[moving, 0], moving)
+            accel[moving] = np.minimum(accel[moving], self._idm(moving, lead_old))
         if c.accel_noise > 0:
             accel = accel + c.accel_noise * self.rng.standard_normal(n)
 
@@ -204,7 +221,10 @@ class Traffic:
         self.cooldown -= c.dt
         centre = self.road.lane_centre(self.lane)
         settled = np.abs(self.pos[:, 1] - centre) < 0.3
-        deciding = np.flatnonzero((self.cooldown <= 0) & settled & visible)
+        # (no lane changes from a standstill: a car turning on the spot swings its corners
+        # into the next lane without getting anywhere)
+        deciding = np.flatnonzero((self.cooldown <= 0) & settled & visible
+                                  & (self.speed > c.lc_min_speed))
         if len(deciding):
             self.cooldown[deciding] = self.rng.uniform(*c.lc_interval, len(deciding))
             best_gain = np.full(len(deciding), c.lc_threshold)
@@ -215,11 +235,14 @@ class Traffic:
             a_o = np.where(old_foll >= 0, self._idm(np.maximum(old_foll, 0), deciding), 0.0)
             a_o_new = np.where(old_foll >= 0,
                                self._idm(np.maximum(old_foll, 0), lead[deciding]), 0.0)
-            for side in (-1, 1):
+            # one direction per step (alternating), so two cars never merge into the same
+            # gap from both sides at once
+            side_now = 1 if int(round(self.time / c.dt)) % 2 else -1
+            for side in (side_now,):
                 target = self.lane[deciding] + side
                 valid = (target >= 0) & (target < self.road.n_lanes)
                 tgt = np.clip(target, 0, self.road.n_lanes - 1)
-                nl, nf = self._neighbours(keys, order, tgt, self.pos[deciding, 0], deciding)
+                nl, nf = self._neighbours(table, tgt, self.pos[deciding, 0], deciding)
                 saved = self.lane[deciding].copy()
                 self.lane[deciding] = tgt  # evaluate as if already in the target lane
                 a_self_new = self._idm(deciding, nl)
