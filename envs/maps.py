@@ -219,6 +219,15 @@ class OccupancyGrid:
         distance = distance_transform_edt(~self.occupied) * self.resolution
         return OccupancyGrid(distance <= radius_m + 1e-12, self.resolution, self.origin)
 
+    def upsample(self, factor: int) -> OccupancyGrid:
+        """The same map at ``factor`` times finer resolution (each cell split into
+        ``factor x factor``), e.g. before :meth:`inflate` by less than a cell."""
+        if int(factor) != factor or factor < 1:
+            raise ValueError(f"factor must be a positive integer, got {factor!r}")
+        f = int(factor)
+        occ = self.occupied.repeat(f, axis=0).repeat(f, axis=1)
+        return OccupancyGrid(occ, self.resolution / f, self.origin)
+
     def sample_free(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` free cells ``[n, 2]`` (row, col), drawn uniformly (with replacement)."""
         free = np.argwhere(~self.occupied)
