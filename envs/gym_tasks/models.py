@@ -207,9 +207,12 @@ class ReacherTaskModel(GymTaskModel):
 
 class HalfCheetahTaskModel(GymTaskModel):
     """``HalfCheetah-v5``: state ``qpos[1:] (8), qvel (9)`` = 17, torques ``[-1, 1]^6``.
-    Reward ``w_f x_velocity - w_c |a|^2``; ``x_velocity`` is read from the observation's
-    root velocity ``qvel[0]`` (index 8), which approximates gymnasium's finite difference
-    of the position over the step."""
+    Reward ``w_f x_velocity - w_c |a|^2``; gymnasium's ``x_velocity`` is the finite
+    difference of the root position over the step, approximated here by the mean of the
+    observed root velocity ``qvel[0]`` (index 8) before and after the step (correlation
+    0.95 on random actions; 0.92 for the velocity after the step alone). Accordingly
+    ``terminal_cost`` is half the state cost, so the planned objective is minus the
+    predicted reward up to a constant."""
 
     env_id = "HalfCheetah-v5"
     state_dim = 17
@@ -222,6 +225,15 @@ class HalfCheetahTaskModel(GymTaskModel):
 
     def state_cost(self, state: torch.Tensor) -> torch.Tensor:
         return -self.w_fwd * state[:, 8]
+
+    def terminal_cost(self, state: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.state_cost(state)
+
+    def reward(self, state: torch.Tensor, action: torch.Tensor,
+               next_state: torch.Tensor) -> torch.Tensor:
+        """``w_f (v + v') / 2 - w_c |a|^2`` with ``v`` the root velocity (index 8)."""
+        return -0.5 * (self.state_cost(state) + self.state_cost(next_state)) - \
+            self.action_cost(action)
 
     def action_cost(self, action: torch.Tensor) -> torch.Tensor:
         return self.w_ctrl * (action**2).sum(-1)

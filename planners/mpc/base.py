@@ -282,19 +282,28 @@ class Planner:
             z = None
             if self.latent_dim > 0:
                 z = torch.zeros(b, self.latent_dim, device=state.device, dtype=state.dtype)
-            try:
-                nxt = self._step(state, action, z)
-            except (RuntimeError, IndexError, TypeError) as exc:
-                zdesc = f" and z [B, {self.latent_dim}]" if z is not None else ""
-                raise ValueError(f"dynamics failed on state [B={b}, S={s}] and action "
-                                 f"[B={b}, A={self.action_dim}]{zdesc}: {exc}") from exc
+            zdesc = f" and z [B, {self.latent_dim}]" if z is not None else ""
+            nxt = self._call("dynamics", lambda: self._step(state, action, z),
+                             f"state [B={b}, S={s}] and action [B={b}, A={self.action_dim}]"
+                             + zdesc)
             self._check_output("dynamics", nxt, (b, s))
-            self._check_output("cost", self.cost(state, action), (b,))
+            self._check_output("cost", self._call("cost", lambda: self.cost(state, action),
+                                                  "state [B, S] and action [B, A]"), (b,))
             if self.terminal_cost is not None:
-                self._check_output("terminal_cost", self.terminal_cost(nxt), (b,))
+                self._check_output("terminal_cost", self._call(
+                    "terminal_cost", lambda: self.terminal_cost(nxt), "state [B, S]"), (b,))
             if self.uncertainty is not None:
-                self._check_output("uncertainty", self.uncertainty(state, action), (b,))
+                self._check_output("uncertainty", self._call(
+                    "uncertainty", lambda: self.uncertainty(state, action),
+                    "state [B, S] and action [B, A]"), (b,))
         self._validated = key
+
+    @staticmethod
+    def _call(name: str, fn: Callable[[], object], given: str) -> object:
+        try:
+            return fn()
+        except (RuntimeError, IndexError, TypeError, ValueError) as exc:
+            raise ValueError(f"{name} failed on {given}: {exc}") from exc
 
     @staticmethod
     def _check_output(name: str, value: object, shape: tuple[int, ...]) -> None:

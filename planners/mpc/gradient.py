@@ -88,6 +88,18 @@ class GradientMPC(Planner):
         extra = torch.max(torch.min(extra, high), low)
         return torch.cat([init[:, None], extra], dim=1)
 
+    def gradient(self, state: torch.Tensor, actions: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objective ``J [B]`` of ``actions [B, T, A]`` from ``state [B, S]`` and its
+        gradient ``dJ/da [B, T, A]`` (the adjoint, by back-propagation through the rollout);
+        with a latent, for one fresh draw of ``z``."""
+        self._validate(state)
+        with torch.enable_grad():
+            acts = actions.detach().clone().requires_grad_(True)
+            cost = self._rollout_cost(state.detach(), acts[:, None])[:, 0]
+            (grad,) = torch.autograd.grad(cost.sum(), acts)
+        return cost.detach(), grad
+
     # -- optimisation -------------------------------------------------------------------
     def _optimize(self, state: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
         low, high = self._bounds(state)

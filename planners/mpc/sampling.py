@@ -40,7 +40,7 @@ def colored_noise(beta: float, shape: tuple[int, ...], horizon: int, *,
     spectrum = torch.complex(re * scale, im * scale)
     series = torch.fft.irfft(spectrum, n=horizon)  # [*lead, A, T]
     # Expected std of each series from the spectrum (Parseval), so the variance is one.
-    weights = torch.full_like(scale, 2.0)
+    weights = torch.full_like(scale, 4.0)  # Var Re(X e^{i w}) * 2^2 for the paired bins
     weights[0] = 1.0
     if horizon % 2 == 0:
         weights[-1] = 1.0

@@ -1,0 +1,529 @@
+"""``worldplan mujoco <stage>``: MPC on gymnasium tasks with true or learned dynamics.
+
+collect       random-action episodes (the first data of the model-based loop)
+train-model   the model-based loop: train the world model (ensemble, cVAE or deterministic)
+              on all data, run MPC episodes with it in the real env, add their data,
+              retrain; TensorBoard ``mujoco/return`` against environment steps
+evaluate      the planner alone over vectorised seeded episodes (``--model true`` plans with
+              the task's true dynamics where they exist: Pendulum-v1); metrics.json
+              ``mean_return``, ``std_return``, ``env_steps``, planning ms/step; a video
+
+Examples::
+
+    worldplan mujoco evaluate --env Pendulum-v1 --model true --planner mppi
+    worldplan mujoco all --env InvertedPendulum-v5 --model ensemble --planner cem
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from envs.gym_tasks import (  # noqa: E402
+    TASK_MODELS,
+    GymTaskModel,
+    make_env,
+    make_task_model,
+    make_vector_env,  # noqa: E402
+)
+from experiments.common import resolve_device, seed_everything  # noqa: E402
+from experiments.runs import Run  # noqa: E402
+from experiments.tasks import Task  # noqa: E402
+from planners.mpc import (  # noqa: E402
+    CEM,
+    ILQR,
+    MPPI,
+    GradientMPC,
+    Planner,
+    RecedingHorizonController,  # noqa: E402
+)
+from worldmodels.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+PLANNERS = ("cem", "mppi", "gradient", "ilqr")
+MODELS = ("ensemble", "cvae", "deterministic", "true")
+
+# Per-env planning defaults (used where a setting is left at 0).
+ENV_DEFAULTS: dict[str, dict[str, Any]] = {
+    "Pendulum-v1": {"horizon": 30},
+    "InvertedPendulum-v5": {"horizon": 15},
+    "Reacher-v5": {"horizon": 20},
+    "HalfCheetah-v5": {"horizon": 20},
+}
+PLANNER_DEFAULTS: dict[str, dict[str, int]] = {
+    "cem": {"samples": 200, "elites": 20, "iterations": 4},
+    "mppi": {"samples": 1000, "iterations": 1},
+    "gradient": {"samples": 0, "iterations": 10},
+    "ilqr": {"samples": 0, "iterations": 3},
+}
+
+
+@dataclass
+class MPCSettings:
+    """Planner settings; 0 picks the per-env / per-planner default."""
+
+    horizon: int = 0
+    samples: int = 0  # CEM / MPPI population
+    elites: int = 0  # CEM
+    iterations: int = 0  # optimiser iterations per control step
+    temperature: float = 1.0  # MPPI lambda
+    noise_sigma: float = 0.5  # MPPI exploration std, fraction of the action half-range
+    beta: float = 2.0  # iCEM coloured-noise exponent
+    keep_elites: float = 0.3  # iCEM fraction of elites kept
+    lr: float = 0.3  # gradient MPC (Adam, tanh-space units)
+    restarts: int = 4  # gradient MPC parallel restarts
+    z_samples: int = 4  # latent samples per plan (cVAE)
+    uncertainty_weight: float = 0.0  # penalty on the model's uncertainty (learned models)
+
+
+@dataclass
+class ModelSettings:
+    """World model and its training (worldmodels/)."""
+
+    hidden: int = 200
+    layers: int = 2
+    dropout: float = 0.0
+    k: int = 5  # ensemble members
+    z_dim: int = 2  # cVAE latent size
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 1e-3
+    npred: int = 2  # open-loop steps in the training loss
+
+
+@dataclass
+class LoopSettings:
+    """The model-based loop: random data, then rounds of (train, MPC episodes, add data)."""
+
+    random_steps: int = 1000
+    rounds: int = 4
+    steps_per_round: int = 1000
+    exploration: float = 0.0  # Gaussian action noise while collecting (fraction of range)
+    max_episode_steps: int = 0  # cap on each data-collection episode (0: env default)
+
+
+@dataclass
+class MujocoConfig:
+    env: str = "InvertedPendulum-v5"
+    planner: str = "cem"
+    model: str = "ensemble"
+    seed: int = 0
+    device: str = "cpu"
+    episodes: int = 10  # evaluation episodes, run as one vector env
+    max_steps: int = 0  # evaluation episode cap (0: the env's own limit)
+    video: bool = True
+    threads: int = 1  # torch CPU threads
+    mpc: MPCSettings = field(default_factory=MPCSettings)
+    learn: ModelSettings = field(default_factory=ModelSettings)
+    loop: LoopSettings = field(default_factory=LoopSettings)
+
+    def validate(self) -> None:
+        if self.env not in TASK_MODELS:
+            raise ValueError(f"unknown env {self.env!r}; choose from {', '.join(TASK_MODELS)}")
+        if self.planner not in PLANNERS:
+            raise ValueError(f"unknown planner {self.planner!r}; choose from "
+                             f"{', '.join(PLANNERS)}")
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        if self.model == "true" and not TASK_MODELS[self.env].has_dynamics:
+            raise ValueError(f"--model true needs closed-form dynamics, which {self.env} does "
+                             "not have; use --model ensemble or cvae")
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be at least 1, got {self.episodes}")
+        if self.loop.rounds < 0 or self.loop.random_steps < 1:
+            raise ValueError("loop.rounds must be >= 0 and loop.random_steps >= 1")
+        if self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
+
+
+# ------------------------------------------------------------------------------ planners
+def build_planner(name: str, dynamics: Callable[..., torch.Tensor], tm: GymTaskModel,
+                  settings: MPCSettings, env_id: str, seed: int = 0, latent_dim: int = 0,
+                  uncertainty: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+                  = None) -> Planner:
+    """A planner of kind ``name`` for the task ``tm`` with the given settings."""
+    if name not in PLANNERS:
+        raise ValueError(f"unknown planner {name!r}; choose from {', '.join(PLANNERS)}")
+    pd = PLANNER_DEFAULTS[name]
+    horizon = settings.horizon or ENV_DEFAULTS.get(env_id, {}).get("horizon", 15)
+    samples = settings.samples or pd["samples"]
+    iterations = settings.iterations or pd["iterations"]
+    common: dict[str, Any] = dict(terminal_cost=tm.terminal_cost, seed=seed,
+                                  latent_dim=latent_dim,
+                                  z_samples=settings.z_samples if latent_dim else 1)
+    if uncertainty is not None and settings.uncertainty_weight > 0:
+        common.update(uncertainty=uncertainty, uncertainty_weight=settings.uncertainty_weight)
+    args = (dynamics, tm.cost, tm.action_low, tm.action_high, horizon)
+    half = (tm.action_high - tm.action_low) / 2
+    if name == "cem":
+        elites = settings.elites or max(2, min(pd["elites"], samples // 10))
+        return CEM(*args, samples=samples, elites=elites, iterations=iterations,
+                   beta=settings.beta, keep_elites=settings.keep_elites, **common)
+    if name == "mppi":
+        return MPPI(*args, samples=samples, temperature=settings.temperature,
+                    noise_sigma=(settings.noise_sigma * half) ** 2, iterations=iterations,
+                    **common)
+    if name == "gradient":
+        return GradientMPC(*args, iterations=iterations, lr=settings.lr,
+                           restarts=settings.restarts, **common)
+    return ILQR(*args, iterations=iterations, **common)
+
+
+# ------------------------------------------------------------------------------ models
+def _new_model(config: MujocoConfig, tm: GymTaskModel):
+    from worldmodels import DeterministicModel
+    from worldmodels.ensemble import Ensemble
+
+    s, a, m = tm.state_dim, tm.action_dim, config.learn
+    if config.model == "ensemble":
+        return Ensemble(s, a, k=m.k, hidden=m.hidden, layers=m.layers, dropout=m.dropout)
+    return DeterministicModel(s, a, hidden=m.hidden, layers=m.layers, dropout=m.dropout)
+
+
+def train_world_model(config: MujocoConfig, episodes: list[dict[str, np.ndarray]], run: Run,
+                      round_index: int):
+    """Write the episodes as a data set, train a fresh model on it, save ``model.pt``."""
+    from worldmodels import TrainConfig, load_dataset, train_model, write_dataset
+    from worldmodels.checkpoint import save_checkpoint
+    from worldmodels.training import train_stochastic
+
+    tm = make_task_model(config.env)
+    path = write_dataset(run.data / "dataset", episodes, task=f"mujoco/{config.env}",
+                         dt=tm.dt, config=asdict(config.loop), seed=config.seed,
+                         split={"train": 0.9, "val": 0.1, "test": 0.0}, overwrite=True)
+    ds = load_dataset(path)
+    m = config.learn
+    tc = TrainConfig(epochs=m.epochs, batch_size=m.batch_size, lr=m.lr, npred=m.npred,
+                     seed=config.seed + round_index, device=config.device, log_every=1000)
+    torch.manual_seed(config.seed + 1000 * round_index)
+    ckpt = run.checkpoints / f"round{round_index}"
+    if config.model == "cvae":
+        det = _new_model(config, tm)
+        model, _ = train_stochastic(det, ds, tc, tc, checkpoint_dir=ckpt, progress=False,
+                                    z_dim=m.z_dim)
+    else:
+        model = _new_model(config, tm)
+        train_model(model, ds, tc, checkpoint_dir=ckpt, progress=False,
+                    tag=f"model/round{round_index}")
+    save_checkpoint(run.checkpoints / "model.pt", {**model.to_checkpoint(),
+                                                    "round": round_index})
+    return model.eval()
+
+
+def load_world_model(run: Run, device: torch.device):
+    from worldmodels import load_model
+
+    path = run.checkpoints / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained model at {path}; run `worldplan mujoco "
+                                "train-model` first (or use --model true)")
+    return load_model(path, device=device)
+
+
+def model_dynamics(model, config: MujocoConfig):
+    """``(dynamics, latent_dim, uncertainty)`` of a trained world model for the planners."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    latent = int(getattr(model, "z_dim", 0) or 0)
+    if latent:
+        def dynamics(x: torch.Tensor, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            return model.step(x, u, z)
+    else:
+        def dynamics(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            return model.step(x, u)
+    uncertainty = None
+    if hasattr(model, "members"):
+        def uncertainty(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            preds = torch.stack([m.step(x, u) for m in model.members])
+            return (preds.var(0) / model.delta_std**2).sum(-1)
+    return dynamics, latent, uncertainty
+
+
+def make_planner(config: MujocoConfig, run: Run | None, device: torch.device,
+                 model=None) -> Planner:
+    tm = make_task_model(config.env)
+    if config.model == "true":
+        return build_planner(config.planner, tm.step, tm, config.mpc, config.env, config.seed)
+    if model is None:
+        model = load_world_model(run, device)
+    dynamics, latent, uncertainty = model_dynamics(model.to(device), config)
+    return build_planner(config.planner, dynamics, tm, config.mpc, config.env, config.seed,
+                         latent, uncertainty)
+
+
+# ------------------------------------------------------------------------------ data
+def _episode_from(result_transitions: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    obs, act, nxt = (result_transitions[k] for k in ("obs", "action", "next_obs"))
+    if len(act) == 0:
+        return None
+    return {"states": np.concatenate([obs, nxt[-1:]]).astype(np.float32),
+            "actions": act.astype(np.float32), "costs": -result_transitions["reward"]
+            .astype(np.float32)}
+
+
+def random_episodes(env_id: str, steps: int, seed: int, max_episode_steps: int = 0
+                    ) -> list[dict[str, np.ndarray]]:
+    """Uniform random-action episodes totalling ``steps`` environment steps."""
+    env = make_env(env_id)
+    rng = np.random.default_rng(seed)
+    episodes, done_steps, k = [], 0, 0
+    bar = tqdm(total=steps, desc="random data", leave=False)
+    while done_steps < steps:
+        obs, _ = env.reset(seed=seed + k)
+        k += 1
+        states, actions, rewards = [obs], [], []
+        limit = min(steps - done_steps, max_episode_steps or 10**9)
+        for _ in range(limit):
+            a = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
+            obs, r, term, trunc, _ = env.step(a)
+            states.append(obs)
+            actions.append(a)
+            rewards.append(r)
+            if term or trunc:
+                break
+        done_steps += len(actions)
+        bar.update(len(actions))
+        episodes.append({"states": np.asarray(states, np.float32),
+                         "actions": np.asarray(actions, np.float32),
+                         "costs": -np.asarray(rewards, np.float32)})
+    bar.close()
+    env.close()
+    return episodes
+
+
+def save_episodes(path: Path, episodes: list[dict[str, np.ndarray]]) -> None:
+    """All episodes in one ``.npz`` (concatenated, with lengths), written atomically."""
+    buf = io.BytesIO()
+    lengths = np.array([len(e["actions"]) for e in episodes], dtype=np.int64)
+    np.savez(buf, lengths=lengths,
+             states=np.concatenate([e["states"] for e in episodes]),
+             actions=np.concatenate([e["actions"] for e in episodes]),
+             costs=np.concatenate([e["costs"] for e in episodes]))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_episodes(path: Path) -> list[dict[str, np.ndarray]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no collected data at {path}; run `worldplan mujoco collect`")
+    with np.load(path) as data:
+        lengths, states, actions, costs = (data[k] for k in ("lengths", "states", "actions",
+                                                             "costs"))
+    episodes, s0, a0 = [], 0, 0
+    for n in lengths:
+        episodes.append({"states": states[s0:s0 + n + 1], "actions": actions[a0:a0 + n],
+                         "costs": costs[a0:a0 + n]})
+        s0 += n + 1
+        a0 += n
+    return episodes
+
+
+# ------------------------------------------------------------------------------ stages
+def _setup(config: MujocoConfig) -> torch.device:
+    config.validate()
+    torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    return resolve_device(config.device)
+
+
+def collect(config: MujocoConfig, run: Run) -> None:
+    _setup(config)
+    if config.model == "true":
+        log.info("--model true: no data needed")
+        return
+    path = run.data / "episodes.npz"
+    if run.resume and path.is_file():
+        log.info("resume: keeping the collected data in %s", path)
+        return
+    episodes = random_episodes(config.env, config.loop.random_steps, config.seed,
+                               config.loop.max_episode_steps)
+    save_episodes(path, episodes)
+    steps = sum(len(e["actions"]) for e in episodes)
+    returns = [-float(e["costs"].sum()) for e in episodes]
+    run.update_metrics("collect", {"env_steps": steps, "episodes": len(episodes),
+                                   "random_mean_return": float(np.mean(returns))})
+    log.info("collected %d random steps in %d episodes", steps, len(episodes))
+
+
+def train(config: MujocoConfig, run: Run) -> None:
+    """The model-based loop (see the module docstring)."""
+    device = _setup(config)
+    if config.model == "true":
+        log.info("--model true: nothing to train")
+        return
+    data_path = run.data / "episodes.npz"
+    state_path = run.path / "loop_state.json"
+    episodes = load_episodes(data_path)
+    state: dict[str, Any] = {"round": 0, "curve": []}
+    if run.resume and state_path.is_file():
+        state = json.loads(state_path.read_text())
+        log.info("resume: continuing the loop at round %d", state["round"])
+    writer = run.writer()
+    env = make_env(config.env)
+    loop = config.loop
+    env_steps = sum(len(e["actions"]) for e in episodes)
+    rng = np.random.default_rng(config.seed + 17)
+    explore = None
+    if loop.exploration > 0:
+        half = (env.action_space.high - env.action_space.low) / 2
+
+        def explore(action: np.ndarray, _rng: np.random.Generator) -> np.ndarray:
+            return action + loop.exploration * half * rng.standard_normal(action.shape)
+    for rnd in range(state["round"], loop.rounds + 1):
+        t0 = time.perf_counter()
+        model = train_world_model(config, episodes, run, rnd).to(device)
+        train_s = time.perf_counter() - t0
+        if rnd == loop.rounds:
+            state = {"round": rnd + 1, "curve": state["curve"]}
+            atomic_write_text(state_path, json.dumps(state) + "\n")
+            break
+        planner = make_planner(config, run, device, model=model)
+        ctrl = RecedingHorizonController(planner, device=device, exploration=explore)
+        collected, returns, plan_ms = 0, [], []
+        k = 0
+        while collected < loop.steps_per_round:
+            cap = min(loop.steps_per_round - collected, loop.max_episode_steps or 10**9)
+            res = ctrl.run(env, seed=config.seed + 1000 * (rnd + 1) + k, max_steps=cap,
+                           record=True, rng=rng)
+            k += 1
+            ep = _episode_from(res.transitions)
+            if ep is None:
+                break
+            episodes.append(ep)
+            collected += len(ep["actions"])
+            env_steps += len(ep["actions"])
+            returns.append(float(res.returns[0]))
+            plan_ms.append(res.mean_plan_ms)
+            writer.add_scalar("mujoco/return", returns[-1], env_steps)
+            writer.add_scalar("mujoco/plan_ms", plan_ms[-1], env_steps)
+        point = {"round": rnd, "env_steps": env_steps, "mean_return": float(np.mean(returns)),
+                 "max_return": float(np.max(returns)), "episodes": len(returns),
+                 "plan_ms": float(np.mean(plan_ms)), "train_s": train_s}
+        log.info("round %d: %d env steps, return %.1f (max %.1f), %.1f ms/step", rnd,
+                 env_steps, point["mean_return"], point["max_return"], point["plan_ms"])
+        writer.add_scalar("mujoco/round_mean_return", point["mean_return"], env_steps)
+        state = {"round": rnd + 1, "curve": state["curve"] + [point]}
+        save_episodes(data_path, episodes)
+        atomic_write_text(state_path, json.dumps(state) + "\n")
+    env.close()
+    total = sum(len(e["actions"]) for e in episodes)
+    run.update_metrics("train", {"env_steps": total, "curve": state["curve"]})
+    _curve_figure(state["curve"], config, run)
+
+
+def _curve_figure(curve: list[dict[str, Any]], config: MujocoConfig, run: Run) -> None:
+    if not curve:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from experiments.common import save_figure
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([p["env_steps"] for p in curve], [p["mean_return"] for p in curve], "o-",
+            label=f"{config.planner} + {config.model}")
+    ax.set_xlabel("environment steps of data")
+    ax.set_ylabel("episode return (MPC, real env)")
+    ax.set_title(config.env)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, run.figures / "learning_curve.png")
+
+
+def write_video(frames: list[np.ndarray], path: Path, fps: int = 30) -> Path | None:
+    """Write RGB frames ``[H, W, 3]`` as an mp4 (OpenCV, written then renamed)."""
+    import cv2
+
+    frames = [f for f in frames if f is not None]
+    if not frames:
+        return None
+    h, w = frames[0].shape[:2]
+    tmp = path.with_suffix(".tmp.mp4")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        log.warning("OpenCV cannot write %s; no video", path)
+        return None
+    for f in frames:
+        writer.write(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2BGR))
+    writer.release()
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate(config: MujocoConfig, run: Run) -> None:
+    """The planner alone over ``episodes`` seeded episodes in one vector env."""
+    device = _setup(config)
+    planner = make_planner(config, run, device)
+    venv = make_vector_env(config.env, config.episodes)
+    ctrl = RecedingHorizonController(planner, device=device)
+    max_steps = config.max_steps or make_env(config.env).spec.max_episode_steps
+    result = ctrl.run(venv, seed=config.seed, max_steps=max_steps)
+    venv.close()
+    data_steps = 0 if config.model == "true" else run.metrics().get("train", {}).get(
+        "env_steps", 0)
+    metrics = {"env": config.env, "planner": config.planner, "model": config.model,
+               "mean_return": float(result.returns.mean()),
+               "std_return": float(result.returns.std()),
+               "min_return": float(result.returns.min()),
+               "returns": [float(r) for r in result.returns],
+               "episodes": config.episodes, "env_steps": int(data_steps),
+               "eval_env_steps": result.env_steps,
+               "plan_ms_per_step_batch": result.mean_plan_ms,
+               "plan_ms_per_episode_step": result.mean_plan_ms / config.episodes}
+    log.info("%s %s/%s: return %.1f +- %.1f over %d episodes (%.1f ms per batched step)",
+             config.env, config.planner, config.model, metrics["mean_return"],
+             metrics["std_return"], config.episodes, result.mean_plan_ms)
+    if config.video:
+        env = make_env(config.env, render_mode="rgb_array")
+        planner.reset()
+        one = ctrl.run(env, seed=config.seed, max_steps=max_steps, render=True)
+        env.close()
+        fps = int(round(1.0 / make_task_model(config.env).dt)) if config.env else 30
+        path = write_video(one.frames, run.videos / f"{config.env}_{config.planner}.mp4",
+                           fps=min(fps, 50))
+        metrics["video"] = str(path) if path else None
+        metrics["video_return"] = float(one.returns[0])
+        metrics["plan_ms_batch1"] = one.mean_plan_ms
+    run.update_metrics("evaluate", metrics)
+
+
+def _default() -> MujocoConfig:
+    return MujocoConfig()
+
+
+def _quick() -> MujocoConfig:
+    return MujocoConfig(episodes=2, max_steps=50, video=False,
+                        mpc=MPCSettings(horizon=10, samples=100, elites=10, iterations=2),
+                        learn=ModelSettings(hidden=64, k=2, epochs=3),
+                        loop=LoopSettings(random_steps=200, rounds=1, steps_per_round=100,
+                                          max_episode_steps=50))
+
+
+TASK = Task(
+    name="mujoco",
+    config_cls=MujocoConfig,
+    presets={"default": _default, "quick": _quick},
+    stages={"collect": collect, "train-model": train, "evaluate": evaluate},
+    description="MPC (CEM, MPPI, gradient, iLQR) on gymnasium tasks with true or learned "
+                "dynamics",
+)
+
+__all__ = ["TASK", "MujocoConfig", "build_planner", "make_planner", "model_dynamics",
+           "random_episodes", "write_video"]
+

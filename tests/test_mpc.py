@@ -1,0 +1,340 @@
+"""planners/mpc: optimality on linear-quadratic problems, the adjoint, bounds, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from planners.mpc import CEM, ILQR, LQR, MPPI, GradientMPC, batch_jacobian, colored_noise, dlqr
+from planners.mpc import linearize as linearize_fn
+
+torch.set_num_threads(1)
+
+A = torch.tensor([[1.0, 0.1], [0.0, 1.0]])  # double integrator, dt = 0.1
+B = torch.tensor([[0.005], [0.1]])
+Q = torch.diag(torch.tensor([1.0, 0.5]))
+R = torch.tensor([[0.1]])
+X0 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.5]])
+T = 12
+
+
+def linear(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return x @ A.T.to(x.dtype) + u @ B.T.to(x.dtype)
+
+
+def quad(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return ((x @ Q.to(x.dtype)) * x).sum(-1) + ((u @ R.to(x.dtype)) * u).sum(-1)
+
+
+def lq_optimum(x0: np.ndarray, horizon: int, p_term: np.ndarray | None = None
+               ) -> tuple[np.ndarray, float]:
+    """Unconstrained finite-horizon optimum by least squares: plan [T] and cost."""
+    a, b, q, r = (m.numpy().astype(np.float64) for m in (A, B, Q, R))
+    s = a.shape[0]
+    phi = np.zeros(((horizon + 1) * s, s))
+    gam = np.zeros(((horizon + 1) * s, horizon))
+    phi[:s] = np.eye(s)
+    for t in range(1, horizon + 1):
+        phi[t * s:(t + 1) * s] = a @ phi[(t - 1) * s:t * s]
+        gam[t * s:(t + 1) * s] = a @ gam[(t - 1) * s:t * s]
+        gam[t * s:(t + 1) * s, t - 1:t] += b
+    qb = np.kron(np.eye(horizon + 1), q)
+    qb[horizon * s:, horizon * s:] = p_term if p_term is not None else 0.0
+    h = gam.T @ qb @ gam + np.kron(np.eye(horizon), r)
+    g = gam.T @ qb @ phi @ x0
+    u = -np.linalg.solve(h, g)
+    return u, float(u @ h @ u + 2 * g @ u + x0 @ phi.T @ qb @ phi @ x0)
+
+
+PLANNERS = {
+    "gradient-adam": lambda: GradientMPC(linear, quad, -10.0, 10.0, T, iterations=100, lr=0.3,
+                                         bounds="clip"),
+    "gradient-lbfgs": lambda: GradientMPC(linear, quad, -10.0, 10.0, T, iterations=40,
+                                          lr=1.0, optimizer="lbfgs", bounds="clip"),
+    "gradient-tanh": lambda: GradientMPC(linear, quad, -10.0, 10.0, T, iterations=200, lr=0.05),
+    "cem": lambda: CEM(linear, quad, -10.0, 10.0, T, samples=400, elites=40, iterations=12,
+                       init_std=0.2, seed=1),
+    "icem": lambda: CEM(linear, quad, -10.0, 10.0, T, samples=300, elites=30, iterations=12,
+                        init_std=0.2, beta=2.0, keep_elites=0.3, seed=1),
+    "mppi": lambda: MPPI(linear, quad, -10.0, 10.0, T, samples=1000, temperature=0.01,
+                         noise_sigma=0.5, iterations=10, seed=1),
+    "ilqr": lambda: ILQR(linear, quad, -10.0, 10.0, T, iterations=3),
+}
+TOLERANCE = {"cem": 0.02, "icem": 0.02, "mppi": 0.05}  # relative excess cost allowed
+
+
+@pytest.mark.parametrize("name", sorted(PLANNERS))
+def test_planner_reaches_lq_optimum(name: str) -> None:
+    planner = PLANNERS[name]()
+    start = planner.objective(X0, planner._initial_plan(X0))
+    plan = planner.plan(X0)
+    cost = planner.objective(X0, plan).detach().numpy()
+    best = np.array([lq_optimum(x.numpy().astype(np.float64), T)[1] for x in X0])
+    assert (cost < start.detach().numpy()).all()
+    assert (cost >= best - 1e-3 * best).all()  # nobody beats the analytic optimum
+    np.testing.assert_allclose(cost, best, rtol=TOLERANCE.get(name, 1e-3))
+
+
+def test_dlqr_matches_riccati_and_finite_horizon_first_action() -> None:
+    k = dlqr(A, B, Q, R)
+    assert isinstance(k, torch.Tensor) and k.shape == (1, 2)
+    a, b, q, r = (m.numpy().astype(np.float64) for m in (A, B, Q, R))
+    p = scipy.linalg.solve_discrete_are(a, b, q, r)
+    # With the DARE solution as terminal cost, the finite-horizon optimum is u_0 = -K x_0.
+    for x0 in X0.numpy().astype(np.float64):
+        u, _ = lq_optimum(x0, T, p)
+        np.testing.assert_allclose(u[0], -(k.numpy() @ x0)[0], rtol=1e-4, atol=1e-6)
+    # closed loop is stable; numpy in -> numpy out
+    assert np.abs(np.linalg.eigvals(a - b @ k.numpy().astype(np.float64))).max() < 1
+    assert isinstance(dlqr(a, b, q, r), np.ndarray)
+
+
+def test_lqr_planner_and_ilqr_first_action_equal_dlqr_gain() -> None:
+    k = dlqr(A, B, Q, R)
+    lqr = LQR(A, B, Q, R, -10.0, 10.0, horizon=5)
+    u = lqr.act(X0)
+    torch.testing.assert_close(u, -X0 @ k.T, rtol=1e-5, atol=1e-6)
+    mats = (m.double().numpy() for m in (A, B, Q, R))
+    p = torch.as_tensor(scipy.linalg.solve_discrete_are(*mats), dtype=torch.float32)
+    ilqr = ILQR(linear, quad, -10.0, 10.0, T, terminal_cost=lambda x: ((x @ p) * x).sum(-1),
+                iterations=2)
+    torch.testing.assert_close(ilqr.plan(X0)[:, 0], -X0 @ k.T, rtol=1e-3, atol=1e-4)
+
+
+def test_gradient_equals_hand_adjoint() -> None:
+    p_term = torch.tensor([[2.0, 0.3], [0.3, 1.0]])
+    planner = GradientMPC(linear, quad, -10.0, 10.0, T,
+                          terminal_cost=lambda x: ((x @ p_term.to(x.dtype)) * x).sum(-1))
+    x0 = X0.double()
+    u = torch.randn(3, T, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cost, grad = planner.gradient(x0, u)
+    a, b, q, r, pt = (m.double() for m in (A, B, Q, R, p_term))
+    xs = [x0]
+    for t in range(T):
+        xs.append(xs[-1] @ a.T + u[:, t] @ b.T)
+    # backward recursion: lambda_T = dcT/dx_T; lambda_t = dc/dx_t + A^T lambda_{t+1};
+    # dJ/du_t = dc/du_t + B^T lambda_{t+1}
+    lam = 2 * xs[T] @ pt
+    hand = torch.zeros_like(u)
+    for t in reversed(range(T)):
+        hand[:, t] = 2 * u[:, t] @ r + lam @ b
+        lam = 2 * xs[t] @ q + lam @ a
+    torch.testing.assert_close(grad, hand, rtol=1e-10, atol=1e-10)
+    expected = sum(quad(xs[t], u[:, t]) for t in range(T)) + ((xs[T] @ pt) * xs[T]).sum(-1)
+    torch.testing.assert_close(cost, expected)
+
+
+def pendulum_like(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    th, om = x[:, 0], x[:, 1]
+    om = om + 0.05 * (10 * torch.sin(th) + 4 * u[:, 0] + torch.tanh(u[:, 1]))
+    return torch.stack([th + 0.05 * om, om], -1)
+
+
+def far_goal(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return (x[:, 0] - 50.0) ** 2 - 100 * u.sum(-1)  # pushes every action past the bounds
+
+
+@pytest.mark.parametrize("name", ["gradient-tanh", "gradient-clip", "gradient-lbfgs", "cem",
+                                  "mppi", "ilqr", "gradient-z"])
+def test_bounds_never_violated(name: str) -> None:
+    low, high = torch.tensor([-0.5, -2.0]), torch.tensor([0.25, 3.0])
+    common = dict(horizon=6, seed=3)
+    make = {
+        "gradient-tanh": lambda: GradientMPC(pendulum_like, far_goal, low, high, iterations=15,
+                                             lr=1.0, restarts=3, **common),
+        "gradient-clip": lambda: GradientMPC(pendulum_like, far_goal, low, high, iterations=15,
+                                             lr=5.0, bounds="clip", **common),
+        "gradient-lbfgs": lambda: GradientMPC(pendulum_like, far_goal, low, high, iterations=10,
+                                              optimizer="lbfgs", bounds="clip", **common),
+        "cem": lambda: CEM(pendulum_like, far_goal, low, high, samples=50, elites=5,
+                           init_std=3.0, beta=1.0, keep_elites=0.5, **common),
+        "mppi": lambda: MPPI(pendulum_like, far_goal, low, high, samples=50, noise_sigma=10.0,
+                             iterations=3, **common),
+        "ilqr": lambda: ILQR(pendulum_like, far_goal, low, high, iterations=4, **common),
+        "gradient-z": lambda: GradientMPC(lambda x, u, z: pendulum_like(x, u) + z, far_goal,
+                                          low, high, latent_dim=2, z_samples=3, iterations=5,
+                                          lr=1.0, **common),
+    }[name]
+    planner = make()
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        plan = planner.plan(x)
+        assert plan.shape == (4, 6, 2)
+        assert (plan >= low).all() and (plan <= high).all()
+        act = planner.act(x)
+        assert (act >= low).all() and (act <= high).all()
+        x = pendulum_like(x, act)
+    # the push past the bounds ends at (or next to) the upper bound
+    assert (plan[..., 0] > high[0] - 0.1).float().mean() > 0.5
+
+
+def test_warm_start_shift_and_reset() -> None:
+    planner = MPPI(linear, quad, -1.0, 1.0, 5, samples=20, seed=0)
+    assert planner.warm_start is None
+    first = planner.plan(X0)
+    torch.testing.assert_close(planner.warm_start, first)
+    planner.reset()
+    assert planner.warm_start is None
+    plan = planner.plan(X0)
+    act = planner.act(X0)
+    kept = planner.warm_start
+    assert kept.shape == plan.shape and act.shape == (3, 1)
+    torch.testing.assert_close(kept[:, -1], kept[:, -2])
+    # a different batch size starts cold instead of failing
+    assert planner.act(X0[:1]).shape == (1, 1)
+    # seeded: the same seed reproduces the same plan
+    p1 = MPPI(linear, quad, -1.0, 1.0, 5, samples=20, seed=7).plan(X0)
+    p2 = MPPI(linear, quad, -1.0, 1.0, 5, samples=20, seed=7).plan(X0)
+    torch.testing.assert_close(p1, p2)
+
+
+def test_latent_mean_and_min_reduce() -> None:
+    def noisy(x: torch.Tensor, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return linear(x, u) + 0.3 * z
+
+    plan = torch.zeros(3, T, 1)
+    mean = GradientMPC(noisy, quad, -1.0, 1.0, T, latent_dim=2, z_samples=16, seed=0)
+    low = GradientMPC(noisy, quad, -1.0, 1.0, T, latent_dim=2, z_samples=16, z_reduce="min",
+                      seed=0)
+    j_mean, j_min = mean.objective(X0, plan), low.objective(X0, plan)
+    assert (j_min < j_mean).all()
+    # the expected cost of noise is positive: above the noise-free cost
+    assert (j_mean > GradientMPC(linear, quad, -1.0, 1.0, T).objective(X0, plan)).all()
+    out = mean.plan(X0)
+    assert out.shape == (3, T, 1) and torch.isfinite(out).all()
+
+
+def test_uncertainty_penalty_keeps_plan_where_model_is_trusted() -> None:
+    # reaching x0 = +2 is cheaper, but the model is untrusted for positive actions
+    def dyn(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return x + u
+
+    def cost(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return -x[:, 0].clamp(0.0, 2.0) - 0.5 * (-x[:, 0]).clamp(0.0, 2.0)
+
+    def unc(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return torch.relu(u[:, 0]) * 10
+
+    x = torch.zeros(2, 1)
+    plain = CEM(dyn, cost, -1.0, 1.0, 4, samples=200, elites=20, seed=0).plan(x)
+    careful = CEM(dyn, cost, -1.0, 1.0, 4, samples=200, elites=20, seed=0, uncertainty=unc,
+                  uncertainty_weight=1.0).plan(x)
+    assert plain.sum((1, 2)).min() > 1.0
+    assert careful.sum((1, 2)).max() < -1.0
+
+
+def test_colored_noise_unit_variance_and_smoothness() -> None:
+    g = torch.Generator().manual_seed(0)
+    white = colored_noise(0.0, (400, 2), 32, generator=g)
+    red = colored_noise(2.5, (400, 2), 32, generator=g)
+    assert white.shape == red.shape == (400, 32, 2)
+    for noise in (white, red):
+        assert abs(noise.var().item() - 1.0) < 0.1
+
+    def lag1(x: torch.Tensor) -> float:
+        return float((x[:, 1:] * x[:, :-1]).mean() / x.var())
+
+    assert abs(lag1(white)) < 0.1 and lag1(red) > 0.6
+    with pytest.raises(ValueError, match="beta"):
+        colored_noise(-1.0, (2, 1), 5)
+
+
+def test_batch_jacobian_and_linearize() -> None:
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    u = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    fa, fb = linearize_fn(pendulum_like, x, u)
+    assert fa.shape == (5, 2, 2) and fb.shape == (5, 2, 2)
+    for i in range(5):
+        ja, jb = torch.autograd.functional.jacobian(
+            lambda xx, uu: pendulum_like(xx[None], uu[None])[0], (x[i], u[i]))
+        torch.testing.assert_close(fa[i], ja)
+        torch.testing.assert_close(fb[i], jb)
+
+    def not_functorch(v: torch.Tensor) -> torch.Tensor:  # .item() defeats torch.func
+        scale = float(v.abs().max().item()) * 0 + 2.0
+        return scale * v**2
+
+    torch.testing.assert_close(batch_jacobian(not_functorch, x),
+                               torch.diag_embed(4 * x))
+
+
+# -- bad input ---------------------------------------------------------------------------
+def test_bad_construction_arguments() -> None:
+    with pytest.raises(ValueError, match="horizon"):
+        CEM(linear, quad, -1.0, 1.0, 0)
+    with pytest.raises(ValueError, match="action_low"):
+        MPPI(linear, quad, torch.zeros(2, 2), torch.ones(2, 2), 5)
+    with pytest.raises(ValueError, match="action_high"):
+        GradientMPC(linear, quad, torch.zeros(2), torch.ones(3), 5)
+    with pytest.raises(ValueError, match="below"):
+        ILQR(linear, quad, 1.0, -1.0, 5)
+    with pytest.raises(ValueError, match="finite"):
+        CEM(linear, quad, float("nan"), 1.0, 5)
+    with pytest.raises(TypeError, match="dynamics"):
+        CEM("linear", quad, -1.0, 1.0, 5)
+    with pytest.raises(ValueError, match="elites"):
+        CEM(linear, quad, -1.0, 1.0, 5, samples=10, elites=20)
+    with pytest.raises(ValueError, match="noise_sigma"):
+        MPPI(linear, quad, -1.0, 1.0, 5, noise_sigma=torch.ones(3))
+    with pytest.raises(ValueError, match="noise_sigma"):
+        MPPI(linear, quad, -1.0, 1.0, 5, noise_sigma=-torch.eye(1))
+    with pytest.raises(ValueError, match="optimizer"):
+        GradientMPC(linear, quad, -1.0, 1.0, 5, optimizer="sgd")
+    with pytest.raises(ValueError, match="uncertainty"):
+        GradientMPC(linear, quad, -1.0, 1.0, 5, uncertainty_weight=1.0)
+    with pytest.raises(ValueError, match="Q"):
+        dlqr(A, B, torch.eye(3), R)
+
+
+@pytest.mark.parametrize("cls", [GradientMPC, CEM, MPPI, ILQR])
+def test_bad_callables_raise_at_first_call(cls: type) -> None:
+    wrong_shape = cls(lambda x, u: x[:, :1], quad, -1.0, 1.0, 4)
+    with pytest.raises(ValueError, match="dynamics returned shape"):
+        wrong_shape.plan(X0)
+    nan = cls(lambda x, u: x * float("nan"), quad, -1.0, 1.0, 4)
+    with pytest.raises(ValueError, match="dynamics returned non-finite"):
+        nan.plan(X0)
+    bad_cost = cls(linear, lambda x, u: x, -1.0, 1.0, 4)
+    with pytest.raises(ValueError, match="cost returned shape"):
+        bad_cost.act(X0)
+    bad_term = cls(linear, quad, -1.0, 1.0, 4, terminal_cost=lambda x: x.sum())
+    with pytest.raises(ValueError, match="terminal_cost"):
+        bad_term.plan(X0)
+    crash = cls(lambda x, u: x @ torch.ones(5, 5), quad, -1.0, 1.0, 4)
+    with pytest.raises(ValueError, match="dynamics failed"):
+        crash.plan(X0)
+    ok = cls(linear, quad, -1.0, 1.0, 4)
+    with pytest.raises(ValueError, match="state"):
+        ok.plan(torch.zeros(3))
+    with pytest.raises(ValueError, match="state"):
+        ok.plan(torch.full((2, 2), float("nan")))
+
+
+@pytest.mark.parametrize("cls", [GradientMPC, CEM, MPPI, ILQR])
+def test_nan_along_the_way_never_gives_a_nan_plan(cls: type) -> None:
+    # finite at the validation point (u = 0) but NaN once |x| grows
+    def fragile(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        nxt = linear(x, u) + u.abs() * 3
+        return torch.where(nxt.abs() > 1.5, torch.full_like(nxt, float("nan")), nxt)
+
+    planner = cls(fragile, quad, -1.0, 1.0, 6)
+    try:
+        plan = planner.plan(X0)
+    except ValueError as exc:
+        assert "non-finite" in str(exc)
+    else:
+        assert torch.isfinite(plan).all()
+
+
+def test_float64_and_device_follow_the_state() -> None:
+    planner = CEM(linear, quad, -1.0, 1.0, 4, samples=20, elites=4)
+    plan = planner.plan(X0.double())
+    assert plan.dtype == torch.float64 and plan.device == X0.device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_plan() -> None:  # pragma: no cover - no GPU on the CI machine
+    plan = MPPI(linear, quad, -1.0, 1.0, 4, samples=20).plan(X0.cuda())
+    assert plan.is_cuda
