@@ -82,7 +82,7 @@ class Space:
 
     def points_free(self, points: np.ndarray) -> np.ndarray:
         """``[N, D] -> [N]`` bool: inside the box and free."""
-        inside = np.all((points >= self.low) & (points <= self.high), axis=1)
+        inside = ((points >= self.low) & (points <= self.high)).all(axis=1)
         out = np.zeros(len(points), dtype=bool)
         if inside.any():
             out[inside] = np.asarray(self.is_free(points[inside]), dtype=bool).reshape(-1)
@@ -93,8 +93,8 @@ class Space:
         if len(a) == 0:
             return np.zeros(0, dtype=bool)
         if self.segment_free is not None:
-            inside = np.all((a >= self.low) & (a <= self.high) & (b >= self.low)
-                            & (b <= self.high), axis=1)
+            inside = ((a >= self.low) & (a <= self.high) & (b >= self.low)
+                      & (b <= self.high)).all(axis=1)
             out = np.zeros(len(a), dtype=bool)
             if inside.any():
                 out[inside] = np.asarray(
@@ -140,17 +140,17 @@ class Space:
         r2 = radii**2
 
         def is_free(points: np.ndarray) -> np.ndarray:
-            d2 = ((points[:, None, :] - centres[None]) ** 2).sum(-1)
-            return (d2 > r2).all(axis=1)
+            diff = points[:, None, :] - centres[None]
+            return (np.einsum("nmd,nmd->nm", diff, diff) > r2).all(axis=1)
 
         def segment_free(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             ab = b - a  # [N, D]
             ac = centres[None] - a[:, None, :]  # [N, M, D]
-            denom = np.maximum((ab**2).sum(-1), 1e-300)[:, None]
-            t = np.clip((ac * ab[:, None, :]).sum(-1) / denom, 0.0, 1.0)  # [N, M]
-            closest = a[:, None, :] + t[..., None] * ab[:, None, :]
-            d2 = ((closest - centres[None]) ** 2).sum(-1)
-            return (d2 > r2).all(axis=1)
+            denom = np.maximum(np.einsum("nd,nd->n", ab, ab), 1e-300)[:, None]
+            t = np.einsum("nmd,nd->nm", ac, ab) / denom  # [N, M]
+            t = np.minimum(np.maximum(t, 0.0), 1.0)
+            off = ac - t[..., None] * ab[:, None, :]  # centre minus closest point
+            return (np.einsum("nmd,nmd->nm", off, off) > r2).all(axis=1)
 
         return cls(np.asarray(low), np.asarray(high), is_free, segment_free, exact_segments=True)
 
@@ -412,6 +412,7 @@ def _grow(
     seed: int | np.random.Generator,
     shortcut_rounds: int,
     try_direct: bool = True,
+    neighbours: str = "radius",
 ) -> SamplingResult:
     start, goal = _check_problem(space, start, goal)
     _check_budget(max_iterations, time_limit)
@@ -435,6 +436,9 @@ def _grow(
         * (float(np.prod(span)) / _unit_ball_volume(d)) ** (1.0 / d)
     )
     rotation = _rotation_to_world(start, goal) if informed else None
+    k_rrt = rewire_factor * math.e * (1.0 + 1.0 / d) if neighbours == "knearest" else None
+    if neighbours not in ("radius", "knearest"):
+        raise ValueError(f"neighbours must be 'radius' or 'knearest', got {neighbours!r}")
     c_min = float(np.linalg.norm(goal - start))
 
     tree = _Tree(start)
@@ -481,12 +485,17 @@ def _grow(
         if not space.points_free(x_new[None])[0]:
             continue
         if optimise:
-            radius = min(gamma * (math.log(n + 1) / (n + 1)) ** (1.0 / d), step_size)
             if clipped:
                 diff = nodes - x_new
                 d2 = np.einsum("ij,ij->i", diff, diff)
             dn = np.sqrt(d2)
-            near = np.flatnonzero(dn <= radius)
+            if k_rrt is not None:  # k-nearest: k = k_rrt log(n + 1)
+                k = min(n, int(math.ceil(k_rrt * math.log(n + 1))))
+                near = np.argpartition(d2, k - 1)[:k] if k < n else np.arange(n)
+                near = near[dn[near] <= step_size]
+            else:
+                radius = min(gamma * (math.log(n + 1) / (n + 1)) ** (1.0 / d), step_size)
+                near = np.flatnonzero(dn <= radius)
             if nearest not in near:
                 near = np.append(near, nearest)
             ok = space.segments_free(nodes[near], np.repeat(x_new[None], len(near), 0))
