@@ -1,0 +1,100 @@
+"""The ``worldplan`` command: run folders, presets, overrides and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from experiments.cli import main
+from experiments.runs import Run
+from worldmodels.checkpoint import save_checkpoint
+
+
+def run_main(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    return exit_info.value.code, err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("worldplan: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nope", "all"], "unknown task 'nope'"),
+        (["truck", "fly"], "unknown stage 'fly'"),
+        (["truck", "collect", "--preset", "huge"], "unknown preset 'huge'"),
+        (["truck", "evaluate", "--resume", "/nonexistent/run"], "does not exist"),
+    ],
+)
+def test_bad_names_give_one_line_and_nonzero_exit(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(args, capsys)
+    assert code != 0
+    assert message in error_line(err)
+
+
+def test_run_folder_of_another_task_is_refused(tmp_path, capsys):
+    Run.create(tmp_path / "r", "highway")
+    code, err = run_main(["truck", "evaluate", "--run", str(tmp_path / "r")], capsys)
+    assert code != 0 and "belongs to task 'highway'" in error_line(err)
+
+
+def test_overrides_reach_the_saved_config(tmp_path, capsys):
+    run = tmp_path / "r"
+    code, _ = run_main(["truck", "collect", "--preset", "quick", "--run", str(run), "--seed", "3",
+                        "--collect.episodes", "40", "--collect.max-steps", "10"], capsys)
+    assert code == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["seed"] == 3 and config["collect"]["episodes"] == 40
+    manifest = json.loads((run / "data" / "manifest.json").read_text())
+    assert manifest["task"] == "truck" and manifest["generator"]["seed"] == 3
+    assert json.loads((run / "metrics.json").read_text())["collect"]["episodes"] <= 40
+
+
+def _truck_run_with_policy(tmp_path, state_dict) -> Run:
+    run = Run.create(tmp_path / "r", "truck")
+    (run.path / "metrics.json").write_text('{"keep": {"me": 1}}\n')
+    save_checkpoint(run.checkpoints / "policy_emulator.pt",
+                    {"kind": "truck_policy", "state_dict": state_dict})
+    return run
+
+
+def test_mismatched_checkpoint_is_named_and_nothing_is_overwritten(tmp_path, capsys):
+    bad = {"net.0.weight": torch.zeros(3, 6), "net.0.bias": torch.zeros(3)}
+    run = _truck_run_with_policy(tmp_path, bad)
+    before = (run.path / "metrics.json").read_text()
+    code, err = run_main(["truck", "evaluate", "--run", str(run.path), "--episodes", "5"], capsys)
+    line = error_line(err)
+    assert code != 0 and "policy_emulator.pt" in line and "does not match" in line
+    assert (run.path / "metrics.json").read_text() == before
+
+
+def test_corrupt_checkpoint_is_named(tmp_path, capsys):
+    run = _truck_run_with_policy(tmp_path, {})
+    path = run.checkpoints / "policy_emulator.pt"
+    path.write_bytes(path.read_bytes()[:40])
+    code, err = run_main(["truck", "evaluate", "--run", str(run.path)], capsys)
+    line = error_line(err)
+    assert code != 0 and "policy_emulator.pt" in line and "corrupt" in line
+
+
+def test_data_set_of_another_task_is_refused(tmp_path, capsys):
+    from worldmodels.dataset import write_dataset
+
+    run = Run.create(tmp_path / "r", "truck")
+    episodes = [{"states": np.zeros((5, 4), np.float32), "actions": np.zeros((4, 1), np.float32)}
+                for _ in range(10)]
+    write_dataset(run.data, episodes, task="highway", dt=0.1)
+    code, err = run_main(["truck", "train-model", "--run", str(run.path)], capsys)
+    assert code != 0 and "made for task 'highway'" in error_line(err)
