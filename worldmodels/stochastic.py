@@ -26,6 +26,7 @@ from worldmodels.base import mlp
 from worldmodels.deterministic import DeterministicModel
 
 Z_DROPOUT_FORMS = ("zero", "prior")
+RECON_LOSSES = ("mse", "l1")
 
 
 class LatentHead(nn.Module):
@@ -95,8 +96,12 @@ class StochasticModel(DeterministicModel):
 
     def __init__(self, state_dim: int, action_dim: int, ncond: int = 1, hidden: int = 128,
                  layers: int = 2, dropout: float = 0.1, z_dim: int = 4, beta: float = 0.05,
-                 p_z: float = 0.5, z_dropout: str = "zero", learned_prior: bool = False) -> None:
+                 p_z: float = 0.5, z_dropout: str = "zero", learned_prior: bool = False,
+                 recon: str = "mse") -> None:
         super().__init__(state_dim, action_dim, ncond, hidden, layers, dropout)
+        if recon not in RECON_LOSSES:
+            raise ValueError(f"recon must be one of {RECON_LOSSES}, got {recon!r}")
+        self.recon = recon
         if not isinstance(z_dim, int) or z_dim < 1:
             raise ValueError(f"z_dim must be an int >= 1, got {z_dim!r}")
         if not (isinstance(beta, (int, float)) and beta >= 0 and math.isfinite(beta)):
@@ -113,7 +118,8 @@ class StochasticModel(DeterministicModel):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "z_dim": self.z_dim, "beta": self.beta, "p_z": self.p_z,
-                "z_dropout": self.z_dropout, "learned_prior": self.learned_prior}
+                "z_dropout": self.z_dropout, "learned_prior": self.learned_prior,
+                "recon": self.recon}
 
     @classmethod
     def from_deterministic(cls, model: DeterministicModel, **kwargs: Any) -> StochasticModel:
@@ -173,6 +179,8 @@ class StochasticModel(DeterministicModel):
             kls.append(kl)
             ctx = torch.cat([ctx[:, 1:], nxt[:, None]], dim=1)
         pred = torch.stack(preds, 1)
-        mse = (((pred - targets) / self.delta_std) ** 2).mean()
+        err = (pred - targets) / self.delta_std
+        mse = (err**2).mean()
+        recon = mse if self.recon == "mse" else err.abs().mean()
         kl = torch.stack(kls, 1).mean()
-        return {"loss": mse + self.beta * kl, "mse": mse.detach(), "kl": kl.detach()}
+        return {"loss": recon + self.beta * kl, "mse": mse.detach(), "kl": kl.detach()}
