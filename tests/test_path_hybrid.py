@@ -83,3 +83,48 @@ def test_no_path_and_bad_input() -> None:
         hybrid_astar([1.0, 1.0, 0.0], [2.0, 1.0, 0.0], step, np.zeros(3), is_free)
     with pytest.raises(ValueError, match="start and goal"):
         hybrid_astar([1.0, 1.0], [2.0, 1.0], step, prims, is_free)
+
+
+@pytest.mark.slow
+def test_truck_backs_around_an_obstacle_to_the_dock() -> None:
+    """The lead's truck-and-trailer kinematics (backing only): the trailer rear reaches the
+    dock square to the wall, around a block standing between it and the dock."""
+    from envs.truck.kinematics import TruckParams, cab_front, hitch_angle, step_np, trailer_rear
+
+    p = TruckParams()
+    block = (26.0, 34.0, -15.0, 5.0)  # x0, x1, y0, y1
+
+    def points_free(pts: np.ndarray) -> np.ndarray:
+        ok = (pts[:, 0] >= -0.5) & (pts[:, 0] <= p.yard_x[1])
+        ok &= (pts[:, 1] >= p.yard_y[0]) & (pts[:, 1] <= p.yard_y[1])
+        x0, x1, y0, y1 = block
+        return ok & ~((pts[:, 0] >= x0) & (pts[:, 0] <= x1) & (pts[:, 1] >= y0)
+                      & (pts[:, 1] <= y1))
+
+    def is_free(s: np.ndarray) -> np.ndarray:
+        rear = trailer_rear(s, p)
+        ok = np.abs(hitch_angle(s)) < math.radians(80)  # no jackknife
+        for t in np.linspace(0, 1, 5):  # along the trailer
+            ok &= points_free(rear + t * (s[:, :2] - rear))
+        return ok & points_free(cab_front(s, p))
+
+    def docked(s: np.ndarray) -> np.ndarray:
+        rear = trailer_rear(s, p)
+        return (np.linalg.norm(rear, axis=1) <= 1.0) & (np.abs(wrap(s[:, 3])) <= math.radians(10))
+
+    steers = np.radians(np.linspace(-35, 35, 7))[:, None]
+    start = np.array([80.0, -5.0, 0.0, 0.0])  # trailer rear at (66, -5), block in the way
+    goal = np.array([p.trailer_length, 0.0, 0.0, 0.0])
+    path = hybrid_astar(start, goal, lambda s, u: step_np(s, u[:, 0], p), steers, is_free,
+                        resolution=2.0, heading_bins=36, angle_dims=(2, 3),
+                        steps_per_primitive=8, reverse_cost=1.0, switch_cost=0.0,
+                        steer_cost=0.0, heuristic_weight=1.5, max_expansions=30_000,
+                        goal_fn=docked)
+    assert docked(path.states[-1:])[0]
+    assert is_free(path.states).all()
+    replay = step_np(path.states[:-1], path.controls[:, 0], p)
+    np.testing.assert_allclose(replay, path.states[1:], atol=1e-9)
+    rear = trailer_rear(path.states, p)
+    # It went around the block: the rear passed beside it, never through it.
+    beside = (rear[:, 0] > 26) & (rear[:, 0] < 34)
+    assert beside.any() and ((rear[beside, 1] > 5) | (rear[beside, 1] < -15)).all()

@@ -96,6 +96,7 @@ def hybrid_astar(
     heuristic: HeuristicFn | None = None,
     heuristic_weight: float = 1.5,
     max_expansions: int = 50_000,
+    goal_fn: CheckFn | None = None,
 ) -> HybridPath:
     """Plan a kinematically feasible path from ``start`` to within ``goal_tolerance``
     metres and ``heading_tolerance`` radians (on every angle in ``angle_dims``) of ``goal``.
@@ -107,6 +108,8 @@ def hybrid_astar(
         controls: ``[M, C]`` motion primitives (e.g. speed sign x steering angles).
         is_free: batched state validity ``[N, S] -> [N]`` bool.
         heuristic_weight: > 1 trades optimality for speed (weighted A*).
+        goal_fn: optional goal test ``[N, S] -> [N]`` bool replacing the tolerance test
+            (e.g. the truck: trailer rear at the dock, trailer square to the wall).
 
     Raises:
         NoPathError: no path within ``max_expansions``.
@@ -147,6 +150,8 @@ def hybrid_astar(
         return heuristic_weight * h
 
     def at_goal(states: np.ndarray) -> np.ndarray:
+        if goal_fn is not None:
+            return np.asarray(goal_fn(states), dtype=bool).reshape(-1)
         near = np.linalg.norm(states[:, :2] - goal[:2], axis=1) <= goal_tolerance
         ang = np.abs(wrap(states[:, dims] - goal[dims])).max(axis=1) <= heading_tolerance
         return near & ang
