@@ -124,7 +124,8 @@ class _GaussianFilter:
 
     def _update(
         self, m: torch.Tensor, p: torch.Tensor, z: torch.Tensor, r: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ``(mean, cov, innovation [B, M], innovation covariance [B, M, M])``."""
         raise NotImplementedError
 
     @single_threaded
@@ -141,7 +142,7 @@ class _GaussianFilter:
         ``self.last_loglikelihood`` ``[B]``.
         """
         z, missing, squeeze, as_numpy = prepare_measurements(measurements, self.obs_dim, mask)
-        b_sz, t_sz, _ = z.shape
+        b_sz, t_sz, m_sz = z.shape
         kw = {"dtype": z.dtype, "device": z.device}
         u = prepare_controls(controls, b_sz, t_sz, z.dtype, z.device)
         q, r = self.Q.to(**kw), self.R.to(**kw)
@@ -155,44 +156,55 @@ class _GaussianFilter:
             )
         means = torch.empty(t_sz, b_sz, self.state_dim, **kw)
         covs = torch.empty(t_sz, b_sz, self.state_dim, self.state_dim, **kw)
-        loglik = torch.zeros(b_sz, **kw)
-        for t in range(t_sz):
-            if t > 0:
-                m, p = self._predict(m, p, None if u is None else u[:, t - 1], q)
-            obs = ~missing[:, t]
-            if bool(obs.any()):
-                m_u, p_u, ll = self._update(m, p, z[:, t], r)
-                m = torch.where(obs[:, None], m_u, m)
-                p = torch.where(obs[:, None, None], p_u, p)
-                loglik = loglik + torch.where(obs, ll, torch.zeros_like(ll))
-            means[t], covs[t] = m, p
-        self.last_loglikelihood = loglik
+        innovs = torch.zeros(t_sz, b_sz, m_sz, **kw)
+        innov_covs = torch.eye(m_sz, **kw).repeat(t_sz, b_sz, 1, 1)
+        observed = (~missing).T  # [T, B]
+        n_obs = observed.sum(1).tolist()  # host-side, decides the branch per step
+        with torch.no_grad():
+            for t in range(t_sz):
+                if t > 0:
+                    m, p = self._predict(m, p, None if u is None else u[:, t - 1], q)
+                if n_obs[t] > 0:
+                    m_u, p_u, innovs[t], innov_covs[t] = self._update(m, p, z[:, t], r)
+                    if n_obs[t] == b_sz:
+                        m, p = m_u, p_u
+                    else:
+                        obs = observed[t]
+                        m = torch.where(obs[:, None], m_u, m)
+                        p = torch.where(obs[:, None, None], p_u, symmetrise(p))
+                else:
+                    p = symmetrise(p)
+                means[t], covs[t] = m, p
+            self.last_loglikelihood = _innovation_loglik(innovs, innov_covs, observed)
         means, covs = means.transpose(0, 1), covs.transpose(0, 1)
         return finish(means, squeeze, as_numpy), finish(covs, squeeze, as_numpy)
 
 
-def _gaussian_update(
-    m: torch.Tensor,
-    p: torch.Tensor,
-    innov: torch.Tensor,
-    s: torch.Tensor,
-    cross: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gain from innovation covariance ``s`` [B, M, M] and cross covariance ``cross``
-    [B, S, M]; returns ``(mean, gain, s_inv, loglik [B])``."""
-    s = symmetrise(s)
-    chol, info = torch.linalg.cholesky_ex(s)
-    if bool((info == 0).all()):
-        s_inv = torch.cholesky_inverse(chol)
-        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+def _innovation_loglik(
+    innov: torch.Tensor, innov_cov: torch.Tensor, observed: torch.Tensor
+) -> torch.Tensor:
+    """Summed Gaussian log-density of the observed innovations: ``[T, B, M]``,
+    ``[T, B, M, M]``, ``[T, B]`` -> ``[B]``."""
+    chol, info = torch.linalg.cholesky_ex(symmetrise(innov_cov))
+    if bool((info != 0).any()):
+        logdet = torch.linalg.slogdet(innov_cov).logabsdet
+        quad = (innov * torch.linalg.lstsq(innov_cov, innov.unsqueeze(-1)).solution.squeeze(-1))
+        quad = quad.sum(-1)
     else:
-        s_inv = symmetrise(torch.linalg.pinv(s, hermitian=True))
-        logdet = torch.linalg.slogdet(s).logabsdet
-    gain = cross @ s_inv
-    m_new = m + (gain @ innov.unsqueeze(-1)).squeeze(-1)
-    quad = ((s_inv @ innov.unsqueeze(-1)).squeeze(-1) * innov).sum(-1)
+        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        w = torch.linalg.solve_triangular(chol, innov.unsqueeze(-1), upper=False)
+        quad = (w * w).sum((-2, -1))
     ll = -0.5 * (innov.shape[-1] * math.log(2 * math.pi) + logdet + quad)
-    return m_new, gain, s_inv, ll
+    return torch.where(observed, ll, torch.zeros_like(ll)).sum(0)
+
+
+def _gain(s: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    """Kalman gain ``cross S^-1`` for innovation covariance ``s`` [B, M, M] and cross
+    covariance ``cross`` [B, S, M] (Cholesky solve; pseudo-inverse if S is singular)."""
+    chol, info = torch.linalg.cholesky_ex(s)
+    if not bool(info.any()):
+        return torch.cholesky_solve(cross.mT, chol).mT
+    return cross @ torch.linalg.pinv(symmetrise(s), hermitian=True)
 
 
 class ExtendedKalmanFilter(_GaussianFilter):
@@ -214,13 +226,16 @@ class ExtendedKalmanFilter(_GaussianFilter):
 
     def _update(
         self, m: torch.Tensor, p: torch.Tensor, z: torch.Tensor, r: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         z_hat, h = jacobian(self.measure, m)
         _check_output("measure", z_hat, m.shape[0], self.obs_dim)
-        m_new, gain, _, ll = _gaussian_update(m, p, z - z_hat, h @ p @ h.mT + r, p @ h.mT)
+        s = symmetrise(h @ p @ h.mT + r)
+        gain = _gain(s, p @ h.mT)
+        innov = (z - z_hat).detach()
+        m_new = m + (gain @ innov.unsqueeze(-1)).squeeze(-1)
         ikh = torch.eye(self.state_dim, dtype=m.dtype, device=m.device) - gain @ h
         p_new = symmetrise(ikh @ p @ ikh.mT + gain @ r @ gain.mT)
-        return m_new.detach(), p_new.detach(), ll.detach()
+        return m_new.detach(), p_new.detach(), innov, s.detach()
 
 
 class UnscentedKalmanFilter(_GaussianFilter):
@@ -259,55 +274,67 @@ class UnscentedKalmanFilter(_GaussianFilter):
         wc = wm.clone()
         wc[0] = wm[0] + (1 - alpha**2 + beta)
         self.wm, self.wc = wm, wc
+        self._cache_key: tuple[torch.dtype, torch.device] | None = None
+        self._cached: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = (wm, wc, wc)
+        eye = torch.eye(n, dtype=torch.float64)
+        self._select = torch.cat([torch.zeros(1, n, dtype=torch.float64), eye, -eye])  # [K, S]
+
+    def _offsets(self, p: torch.Tensor) -> torch.Tensor:
+        """``[B, S, S] -> [B, 2S + 1, S]``: sigma points minus the mean."""
+        scaled = self._scale * p
+        chol, info = torch.linalg.cholesky_ex(scaled)
+        if bool(info.any()):  # not numerically PD: symmetric square root instead
+            evals, evecs = torch.linalg.eigh(symmetrise(scaled))
+            chol = evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)
+        return torch.matmul(self._cast(p)[2], chol.mT)  # rows: 0, +columns, -columns
+
+    def _cast(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean weights, covariance weights ``[K, 1]`` and the selection matrix in the
+        dtype/device of ``like`` (cached)."""
+        key = (like.dtype, like.device)
+        if self._cache_key != key:
+            self._cached = (self.wm.to(like), self.wc.to(like).unsqueeze(-1),
+                            self._select.to(like))
+            self._cache_key = key
+        return self._cached
 
     def sigma_points(self, m: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """``[B, S], [B, S, S] -> [B, 2S + 1, S]`` scaled sigma points."""
-        scaled = symmetrise(self._scale * p)
-        chol, info = torch.linalg.cholesky_ex(scaled)
-        if bool((info != 0).any()):  # not numerically PD: symmetric square root instead
-            evals, evecs = torch.linalg.eigh(scaled)
-            chol = evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)
-        cols = chol.mT  # rows are the columns of the square root
-        return torch.cat([m.unsqueeze(1), m.unsqueeze(1) + cols, m.unsqueeze(1) - cols], dim=1)
-
-    def _moments(
-        self, pts: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        wm = self.wm.to(pts)
-        wc = self.wc.to(pts)
-        mean = torch.einsum("k,bki->bi", wm, pts)
-        dev = pts - mean.unsqueeze(1)
-        return mean, dev * wc[None, :, None]
+        return m.unsqueeze(1) + self._offsets(p)
 
     def _propagate(
         self, fn: Callable[..., torch.Tensor], pts: torch.Tensor, u: torch.Tensor | None,
         name: str, width: int,
     ) -> torch.Tensor:
         b_sz, k, s = pts.shape
-        uu = None if u is None else u.unsqueeze(1).expand(-1, k, -1).reshape(b_sz * k, -1)
+        uu = None if u is None else u.repeat_interleave(k, dim=0)
         out = _call(fn, pts.reshape(b_sz * k, s), uu)
         return _check_output(name, out, b_sz * k, width).reshape(b_sz, k, width)
 
     def _predict(
         self, m: torch.Tensor, p: torch.Tensor, u: torch.Tensor | None, q: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            pts = self._propagate(self.transition, self.sigma_points(m, p), u, "transition",
-                                  self.state_dim)
-            mean, wdev = self._moments(pts)
-            dev = pts - mean.unsqueeze(1)
-            return mean, symmetrise(wdev.mT @ dev + q)
+        pts = m.unsqueeze(1) + self._offsets(p)
+        pts = self._propagate(self.transition, pts, u, "transition", self.state_dim)
+        wm, wc, _ = self._cast(pts)
+        mean = torch.matmul(wm, pts)  # [B, S]
+        dev = pts - mean.unsqueeze(1)
+        # symmetric up to rounding; the update (or the loop, for a missing row) symmetrises
+        return mean, dev.mT @ (wc * dev) + q
 
     def _update(
         self, m: torch.Tensor, p: torch.Tensor, z: torch.Tensor, r: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            pts = self.sigma_points(m, p)
-            zpts = self._propagate(self.measure, pts, None, "measure", self.obs_dim)
-            z_hat, wdz = self._moments(zpts)
-            dz = zpts - z_hat.unsqueeze(1)
-            s = wdz.mT @ dz + r
-            cross = (pts - m.unsqueeze(1)).mT @ wdz  # sum_k wc_k dx_k dz_k^T, [B, S, M]
-            m_new, gain, _, ll = _gaussian_update(m, p, z - z_hat, s, cross)
-            p_new = symmetrise(p - gain @ symmetrise(s) @ gain.mT)
-            return m_new, p_new, ll
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        offsets = self._offsets(p)
+        zpts = self._propagate(self.measure, m.unsqueeze(1) + offsets, None, "measure",
+                               self.obs_dim)
+        wm, wc, _ = self._cast(zpts)
+        z_hat = torch.matmul(wm, zpts)  # [B, M]
+        dz = zpts - z_hat.unsqueeze(1)
+        wdz = wc * dz  # [B, K, M]
+        s = dz.mT @ wdz + r
+        gain = _gain(s, offsets.mT @ wdz)  # cross covariance sum_k wc dx dz^T
+        innov = z - z_hat
+        m_new = m + (gain @ innov.unsqueeze(-1)).squeeze(-1)
+        p_new = symmetrise(p - gain @ s @ gain.mT)
+        return m_new, p_new, innov, s

@@ -128,9 +128,10 @@ def weighted_mean_cov(
     particles: torch.Tensor, weights: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[B, N, S]``, normalised ``[B, N]`` -> mean ``[B, S]``, covariance ``[B, S, S]``."""
-    mean = torch.einsum("bn,bns->bs", weights, particles)
+    w = weights.unsqueeze(1)  # [B, 1, N]
+    mean = torch.bmm(w, particles).squeeze(1)
     dev = particles - mean.unsqueeze(1)
-    cov = torch.einsum("bn,bns,bnr->bsr", weights, dev, dev)
+    cov = torch.bmm(dev.mT * w, dev)
     return mean, 0.5 * (cov + cov.mT)
 
 
@@ -312,6 +313,9 @@ class ParticleFilter:
         gen.manual_seed(self.seed if seed is None else int(seed))
         u = prepare_controls(controls, b, t_sz, z.dtype, z.device)
         q_chol = _sqrt_psd(self.Q.to(**kw))
+        # diagonal noise (the common case): scale instead of a skinny matmul (3x faster)
+        q_diag = torch.diagonal(q_chol) if bool((q_chol == torch.diag(torch.diagonal(
+            q_chol))).all()) else None
         if initial_particles is not None:
             parts = to_tensor("initial_particles", initial_particles, **kw)
             if parts.ndim == 2:
@@ -339,11 +343,12 @@ class ParticleFilter:
         for t in range(t_sz):
             if t > 0:
                 flat = parts.reshape(b * n, s)
-                uu = None if u is None else u[:, t - 1].repeat_interleave(n, dim=0)
+                uu = None if u is None else u[:, t - 1, None].expand(b, n, -1).reshape(b * n, -1)
                 moved = self.transition(flat) if uu is None else self.transition(flat, uu)
                 if not isinstance(moved, torch.Tensor) or moved.shape != (b * n, s):
                     raise ValueError(f"transition must map [B*N, S] to [B*N, {s}]")
-                noise = _randn((b * n, s), gen, kw) @ q_chol.mT
+                noise = _randn((b * n, s), gen, kw)
+                noise = noise * q_diag if q_diag is not None else noise @ q_chol.mT
                 parts = (moved + noise).reshape(b, n, s)
             obs = ~missing[:, t]
             if bool(obs.any()):
