@@ -135,10 +135,15 @@ class PurePursuit:
 class OnlineParticleFilter:
     """One-step-at-a-time use of :class:`filters.ParticleFilter`: each step runs its
     ``filter`` over two time steps (the previous particles, then the transition under the
-    applied control and the new measurement) and resamples the weighted result."""
+    applied control and the new measurement) and resamples the weighted result.
+
+    The transition is the task model's, made map-aware: a particle whose step would put
+    the robot disc into a wall stays where it was with zero velocity (the contact the
+    task model leaves out), so the cloud does not drive through walls when the robot is
+    stuck against one."""
 
     def __init__(self, task_model, start_state: np.ndarray, n_particles: int, init_std: float,
-                 seed: int) -> None:
+                 seed: int, robot_radius: float = 0.0) -> None:
         from filters.particle import ParticleFilter, systematic_resample
 
         self._resample = systematic_resample
@@ -148,8 +153,17 @@ class OnlineParticleFilter:
             torch.tensor([0.02**2, 0.02**2, 0.2**2, 0.2**2], dtype=torch.float64))
         r = task_model.measurement_noise.double()
 
+        grid = task_model.occupancy
+        free_map = grid.upsample(max(1, math.ceil(grid.resolution / 0.05 - 1e-9)))
+        free_map = free_map.inflate(robot_radius)
+
         def transition(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-            return task_model.step(x, u)
+            nxt = task_model.step(x, u)
+            blocked = ~free_map.is_free(nxt[:, :2])
+            if bool(blocked.any()):
+                stuck = torch.cat([x[:, :2], torch.zeros_like(x[:, 2:])], dim=1)
+                nxt = torch.where(blocked[:, None], stuck, nxt)
+            return nxt
 
         def measure(x: torch.Tensor) -> torch.Tensor:
             return task_model.observe(x)
@@ -210,7 +224,8 @@ def run_episode(env: Navigation2DEnv, config: NavigationConfig, seed: int,
     path = plan_path(env.grid, env.start, env.goal, config, env.params.radius, rng)
     plan_seconds = time.perf_counter() - t0
     tracker = PurePursuit(path, config.speed, config.lookahead, env.params.dt)
-    pf = OnlineParticleFilter(tm, info["state"], config.n_particles, config.init_std, seed)
+    pf = OnlineParticleFilter(tm, info["state"], config.n_particles, config.init_std, seed,
+                              robot_radius=env.params.radius)
     estimate = info["state"].copy()
     true, est, clouds = [info["state"][:2].copy()], [estimate[:2].copy()], []
     collisions, success, steps = 0, False, 0
