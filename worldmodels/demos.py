@@ -104,7 +104,7 @@ def action_sensitivity(model: StochasticModel, n: int = 1000, seed: int = 1,
     return float((hi - lo).mean() / (gain * (a_hi - a_lo)))
 
 
-def train_uncertainty(root: Path, seed: int = 0, det_epochs: int = 12, ens_epochs: int = 8,
+def train_uncertainty(root: Path, seed: int = 0, det_epochs: int = 6, ens_epochs: int = 4,
                       progress: bool = False) -> dict[str, torch.nn.Module]:
     """A dropout MLP and a K=4 ensemble on :func:`smooth_episodes` (states in the unit
     disc, actions in [-1, 1]^2). Returns ``{"det", "ens"}`` in eval mode."""
