@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     int64_t key; /* f quantised to 2^-24: sums of 1s and sqrt(2)s that are equal in exact
@@ -86,13 +87,35 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
              int32_t conn, double weight, int32_t corner_cut, double *g, int32_t *parent,
              int64_t *expanded) {
     const int64_t n = (int64_t)H * (int64_t)W;
+    const int64_t WP = (int64_t)W + 2; /* padded width */
     const double SQRT2 = 1.4142135623730951;
     const double OCT = SQRT2 - 2.0;
-    uint8_t *closed = (uint8_t *)calloc((size_t)n, 1);
-    if (!closed) return -1;
+    /* st: the grid padded by a border of walls; bit 0 = occupied, bit 1 = closed. One
+     * load per neighbour answers both questions and no bounds checks are needed. */
+    uint8_t *st = (uint8_t *)malloc((size_t)((H + 2) * WP));
+    int32_t *stack = (int32_t *)malloc((size_t)n * sizeof(int32_t));
+    if (!st || !stack) {
+        free(st);
+        free(stack);
+        return -1;
+    }
+    memset(st, 1, (size_t)WP);
+    memset(st + (int64_t)(H + 1) * WP, 1, (size_t)WP);
+    for (int32_t r = 0; r < H; ++r) {
+        uint8_t *row = st + (int64_t)(r + 1) * WP;
+        row[0] = 1;
+        row[W + 1] = 1;
+        const uint8_t *src = occ + (int64_t)r * W;
+        for (int32_t c = 0; c < W; ++c) row[c + 1] = src[c] ? 1 : 0;
+    }
     for (int64_t i = 0; i < n; ++i) {
         g[i] = INFINITY;
         parent[i] = -1;
+    }
+    int64_t dp[8], du[8];
+    for (int k = 0; k < 8; ++k) {
+        dp[k] = DR[k] * WP + DC[k];
+        du[k] = (int64_t)DR[k] * W + DC[k];
     }
     const int32_t gr = goal >= 0 ? goal / W : 0, gc = goal >= 0 ? goal % W : 0;
     const int use_h = goal >= 0 && weight > 0.0;
@@ -108,12 +131,11 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
     }
     /* Children whose key equals the key just popped are the heap's minimum too: they go on
      * a LIFO stack that is emptied before the heap (no heap traffic on open stretches). */
-    int32_t *stack = (int32_t *)malloc((size_t)n * sizeof(int32_t));
     int64_t top = 0;
     int64_t cur_key = 0;
-    if (!stack || heap_push(&heap, h0, 0.0, start) < 0) {
+    if (heap_push(&heap, h0, 0.0, start) < 0) {
         free(stack);
-        free(closed);
+        free(st);
         return -1;
     }
     while (top > 0 || heap.size > 0) {
@@ -125,31 +147,32 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
             u = cur.idx;
             cur_key = cur.key;
         }
-        if (closed[u]) continue; /* a stale entry: u was closed through a cheaper one */
-        closed[u] = 1;
+        const int32_t r = u / W, c = u % W;
+        const int64_t up = (int64_t)(r + 1) * WP + (c + 1);
+        if (st[up] & 2) continue; /* a stale entry: u was closed through a cheaper one */
+        st[up] |= 2;
         ++count;
         if (u == goal) {
             found = 1;
             break;
         }
-        int32_t r = u / W, c = u % W;
+        const double gu = g[u];
         for (int k = 0; k < conn; ++k) {
-            int32_t rr = r + DR[k], cc = c + DC[k];
-            if (rr < 0 || rr >= H || cc < 0 || cc >= W) continue;
-            int32_t v = rr * W + cc;
-            if (occ[v] || closed[v]) continue;
+            const int64_t vp = up + dp[k];
+            if (st[vp]) continue; /* occupied, border or closed */
             double step = 1.0;
             if (k >= 4) {
-                if (!corner_cut && (occ[r * W + cc] || occ[rr * W + c])) continue;
+                if (!corner_cut && ((st[up + DR[k] * WP] | st[up + DC[k]]) & 1)) continue;
                 step = SQRT2;
             }
-            double ng = g[u] + step;
+            const int32_t v = (int32_t)(u + du[k]);
+            const double ng = gu + step;
             if (ng < g[v]) {
                 g[v] = ng;
                 parent[v] = u;
                 double h = 0.0;
                 if (use_h) {
-                    int32_t dr = abs(rr - gr), dc = abs(cc - gc);
+                    int32_t dr = abs(r + DR[k] - gr), dc = abs(c + DC[k] - gc);
                     h = conn == 8 ? (dr + dc) + OCT * (dr < dc ? dr : dc) : (double)(dr + dc);
                     h *= weight;
                 }
@@ -158,7 +181,7 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
                 } else if (heap_push(&heap, ng + h, ng, v) < 0) {
                     free(stack);
                     free(heap.data);
-                    free(closed);
+                    free(st);
                     return -1;
                 }
             }
@@ -166,7 +189,7 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
     }
     free(stack);
     free(heap.data);
-    free(closed);
+    free(st);
     *expanded = count;
     return found;
 }
