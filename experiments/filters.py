@@ -223,11 +223,12 @@ def localisation_demo(
     t_sz, dt = config.loc_steps, config.loc_dt
     kw = {"dtype": torch.float64, "device": device}
     lm = torch.as_tensor(LANDMARKS, **kw)
+    # 1 m/s on a wobbly circle of about 5 m radius that stays inside the room
     controls = np.stack(
-        [np.full(t_sz - 1, 1.0), 0.25 * np.sin(np.arange(t_sz - 1) * 0.15) + 0.12], -1
+        [np.full(t_sz - 1, 1.0), 0.2 + 0.05 * np.sin(np.arange(t_sz - 1) * 0.3)], -1
     )
     odometry_std = np.array([0.05, 0.05, 0.02])  # per step: m, m, rad
-    x = torch.tensor([[5.0, 6.0, 0.3]], **kw)
+    x = torch.tensor([[6.0, 4.5, 0.0]], **kw)
     truth = [x]
     for t in range(t_sz - 1):
         u = torch.as_tensor(controls[None, t], **kw)
