@@ -307,3 +307,100 @@ def test_nonfinite_guard_skips_and_counts(toy: Path, monkeypatch) -> None:
     assert hist["skipped"] == 2
     assert all(np.isfinite(v).all() for v in [p.detach().numpy() for p in m.parameters()])
     assert any(not torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+# ------------------------------------------------------------------ other models
+def test_image_model_trains_and_rolls_out(tmp_path: Path) -> None:
+    from worldmodels.images import ImageModel
+    from worldmodels.uncertainty import mc_uncertainty
+
+    ds = load_dataset(write_dataset(tmp_path / "img", toy_episodes(n=6, T=8, images=True),
+                                    task="t", dt=0.1))
+    torch.manual_seed(0)
+    m = ImageModel(3, 2, (1, 8, 8), ncond=2, hidden=32, channels=(4, 8), z_dim=2)
+    hist = train_model(m, ds, TrainConfig(epochs=2, batch_size=16, npred=2),
+                       checkpoint_dir=tmp_path / "ck", progress=False)
+    assert np.isfinite(hist["train_loss"]).all()
+    m2 = load_model(tmp_path / "ck" / "last.pt")
+    assert isinstance(m2, ImageModel) and m2.image_shape == (1, 8, 8)
+    batch = ds.windows("test", 2, 3).get_batch([0, 1])
+    states, frames = m2.rollout(batch["context"], batch["actions"],
+                                images=batch["context_images"])
+    assert states.shape == (2, 3, 3) and frames.shape == (2, 3, 1, 8, 8)
+    assert frames.min() >= 0 and frames.max() <= 1
+    s1, f1 = m2.step(batch["context"], batch["actions"][:, 0], z=torch.zeros(2, 2),
+                     image=batch["context_images"])
+    assert s1.shape == (2, 3) and f1.shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="needs image"):
+        m2.step(batch["context"], batch["actions"][:, 0])
+    with pytest.raises(ValueError, match=r"image must have shape \[2, 2, 1, 8, 8\]"):
+        m2.step(batch["context"], batch["actions"][:, 0], image=torch.zeros(2, 2, 3, 8, 8))
+    u = mc_uncertainty(m2, batch["context"], batch["actions"], n=4,
+                       images=batch["context_images"])
+    assert u.image_var.shape == (2, 3, 1, 8, 8) and u.total(m2).shape == (2, 3)
+    assert m2.preview(batch).shape == (3, 16, 16)
+    err = evaluate_horizon_error(m2, ds, "test", horizon=3)
+    assert err.shape == (3,) and np.isfinite(err).all()
+    with pytest.raises(ValueError, match=r"expects images \[3, 8, 8\].*holds \[1, 8, 8\]"):
+        train_model(ImageModel(3, 2, (3, 8, 8), channels=(4,)), ds, TrainConfig(epochs=1),
+                    progress=False)
+
+
+def test_ensemble_checkpoint_and_disagreement(toy: Path, tmp_path: Path) -> None:
+    from worldmodels.ensemble import Ensemble
+
+    ds = load_dataset(toy)
+    torch.manual_seed(0)
+    ens = Ensemble(3, 2, k=3, hidden=16)
+    train_model(ens, ds, TrainConfig(epochs=1), checkpoint_dir=tmp_path, progress=False)
+    again = load_model(tmp_path / "last.pt")
+    assert isinstance(again, Ensemble) and again.k == 3
+    ctx, acts = torch.randn(4, 1, 3), torch.randn(4, 5, 2)
+    members = again.rollout_members(ctx, acts)
+    assert members.shape == (3, 4, 5, 3)
+    # rollout steps the members' mean state; its first step is the mean of the members'
+    torch.testing.assert_close(again.rollout(ctx, acts)[:, 0], members[:, :, 0].mean(0))
+    assert (again.disagreement(ctx, acts) > 0).all()
+    np.testing.assert_allclose(again.members[2].state_mean.numpy(), ds.stats.state_mean)
+
+
+def test_train_stochastic_two_phases_and_resume(toy: Path, tmp_path: Path) -> None:
+    from worldmodels.stochastic import StochasticModel
+    from worldmodels.training import train_stochastic
+
+    ds = load_dataset(toy)
+    torch.manual_seed(0)
+    det = DeterministicModel(3, 2, hidden=16)
+    cfg = TrainConfig(epochs=1)
+    sto, hist = train_stochastic(det, ds, cfg, cfg, checkpoint_dir=tmp_path, z_dim=2,
+                                 z_dropout="prior", progress=False)
+    assert isinstance(sto, StochasticModel) and sto.z_dropout == "prior"
+    assert set(hist) == {"deterministic", "stochastic"}
+    assert hist["stochastic"]["steps"] > 0
+    assert (tmp_path / "deterministic" / "best.pt").exists()
+    assert (tmp_path / "stochastic" / "best.pt").exists()
+    # resuming a finished schedule with more stochastic epochs continues phase 2 only
+    torch.manual_seed(0)
+    det2 = DeterministicModel(3, 2, hidden=16)
+    _, hist2 = train_stochastic(det2, ds, cfg, TrainConfig(epochs=2), checkpoint_dir=tmp_path,
+                                z_dim=2, z_dropout="prior", resume=True, progress=False)
+    assert hist2["deterministic"]["steps"] == hist["deterministic"]["steps"]
+    assert len(hist2["stochastic"]["train_loss"]) == 2
+    assert hist2["stochastic"]["train_loss"][0] == hist["stochastic"]["train_loss"][0]
+
+
+def test_tensorboard_scalars_and_prediction_figures(toy: Path, tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    ds = load_dataset(toy)
+    writer = SummaryWriter(log_dir=str(tmp_path / "tb"))
+    train_model(DeterministicModel(3, 2, hidden=8), ds, TrainConfig(epochs=2, log_every=5),
+                writer=writer, progress=False, tag="emu")
+    writer.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert {"emu/train_loss", "emu/val_loss", "emu/train_step_loss"} <= set(acc.Tags()["scalars"])
+    assert len(acc.Scalars("emu/val_loss")) == 2
+    assert "emu/prediction_vs_target" in acc.Tags()["images"]

@@ -16,7 +16,8 @@ from worldmodels.deterministic import DeterministicModel
 
 
 class Ensemble(WorldModel):
-    """K :class:`DeterministicModel` members with the shared call.
+    """K :class:`DeterministicModel` members with the shared call (``rollout`` steps the
+    members' mean state, i.e. mean propagation).
 
     ``step(state, action, z=None) -> [B, S]`` and ``rollout(...) -> [B, T, S]`` return the
     members' mean; :meth:`rollout_members` gives every member's own trajectory

@@ -361,16 +361,49 @@ def _validation_loss(model: WorldModel, windows: Any, config: TrainConfig,
 
 def _log_images(writer: Any, model: WorldModel, windows: Any, tag: str, epoch: int,
                 device: torch.device) -> None:
-    """Image grids of predictions next to targets, for models that predict images."""
-    preview = getattr(model, "preview", None)
-    if preview is None or windows is None:
+    """Predictions next to targets: an image grid for models that predict images, else a
+    scatter of one-step predicted against true state change per dimension (held-out)."""
+    if windows is None:
         return
-    with torch.no_grad():
-        batch = {k: v.to(device) for k, v in windows.get_batch(np.arange(min(4, len(windows))))
-                 .items()}
-        grid = preview(batch)
-    if grid is not None:
-        writer.add_image(f"{tag}/prediction_vs_target", grid, epoch, dataformats="CHW")
+    preview = getattr(model, "preview", None)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if preview is not None:
+                idx = np.arange(min(4, len(windows)))
+                batch = {k: v.to(device) for k, v in windows.get_batch(idx).items()}
+                writer.add_image(f"{tag}/prediction_vs_target", preview(batch), epoch,
+                                 dataformats="CHW")
+                return
+            idx = np.unique(np.linspace(0, len(windows) - 1, min(256, len(windows))).astype(int))
+            batch = windows.get_batch(idx)
+            ctx = batch["context"].to(device)
+            z = torch.zeros(len(ctx), model.z_dim, device=device) if model.z_dim else None
+            pred = model.step(ctx if model.ncond > 1 else ctx[:, 0],
+                              batch["actions"][:, 0].to(device), z).cpu()
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        last = batch["context"][:, -1]
+        true_d = (batch["targets"][:, 0] - last).numpy()
+        pred_d = (pred - last).numpy()
+        dims = min(model.state_dim, 6)
+        fig, axes = plt.subplots(1, dims, figsize=(2.6 * dims, 2.6), squeeze=False)
+        for j in range(dims):
+            ax = axes[0, j]
+            ax.scatter(true_d[:, j], pred_d[:, j], s=3)
+            lo, hi = float(true_d[:, j].min()), float(true_d[:, j].max())
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            ax.set_title(f"state {j}: one-step change", fontsize=8)
+            ax.set_xlabel("true", fontsize=8)
+        axes[0, 0].set_ylabel("predicted", fontsize=8)
+        writer.add_figure(f"{tag}/prediction_vs_target", fig, epoch)
+        plt.close(fig)
+    finally:
+        model.train(was)
 
 
 # ------------------------------------------------------------------------ evaluation
