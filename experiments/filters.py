@@ -65,7 +65,7 @@ class FiltersConfig:
 
 def quick_config() -> FiltersConfig:
     """Smoke size: same pendulum batch (the comparison needs the tracks), fewer particles."""
-    return FiltersConfig(pf_particles=400, loc_particles=2000, loc_steps=40)
+    return FiltersConfig(pf_particles=400, loc_particles=5000, loc_steps=40)
 
 
 # -- (a) pendulum ------------------------------------------------------------------------
