@@ -169,10 +169,12 @@ def main() -> None:
             peer = mbrl.GaussianMLP(in_size=S + A, out_size=S, device="cpu", num_layers=3,
                                     ensemble_size=k, hid_size=HIDDEN, deterministic=True)
             opt = torch.optim.Adam(peer.parameters(), lr=1e-4)
+            xk = x[None].expand(k, -1, -1).contiguous() if k > 1 else x
+            yk = y[None].expand(k, -1, -1).contiguous() if k > 1 else y
 
-            def peer_run(peer=peer, opt=opt) -> None:
+            def peer_run(peer=peer, opt=opt, xk=xk, yk=yk) -> None:
                 for _ in range(steps):
-                    peer.update(x, opt, target=y)
+                    peer.update(xk, opt, target=yk)
 
             value = 64 * steps / best_of(peer_run, repeats)
             if slot == "ens":
