@@ -404,3 +404,14 @@ def test_tensorboard_scalars_and_prediction_figures(toy: Path, tmp_path: Path) -
     assert {"emu/train_loss", "emu/val_loss", "emu/train_step_loss"} <= set(acc.Tags()["scalars"])
     assert len(acc.Scalars("emu/val_loss")) == 2
     assert "emu/prediction_vs_target" in acc.Tags()["images"]
+
+
+def test_trained_model_keeps_its_normaliser_when_fine_tuned(toy: Path, tmp_path: Path) -> None:
+    ds = load_dataset(toy)
+    other = load_dataset(write_dataset(tmp_path / "o", toy_episodes(n=8, T=10, seed=9),
+                                       task="toy", dt=0.1))
+    m = DeterministicModel(3, 2, hidden=8)
+    train_model(m, ds, TrainConfig(epochs=1), progress=False)
+    np.testing.assert_allclose(m.state_mean.numpy(), ds.stats.state_mean)
+    train_model(m, other, TrainConfig(epochs=1), progress=False)
+    np.testing.assert_allclose(m.state_mean.numpy(), ds.stats.state_mean)

@@ -138,7 +138,8 @@ def train_model(
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` (train split; val split for the held-out loss).
 
-    Sets the model's normaliser from ``dataset.stats`` (unless resuming). With
+    A fresh model gets its normaliser from ``dataset.stats``; a model that already has
+    statistics (trained or warm-started) keeps them. With
     ``checkpoint_dir``, writes ``last.pt`` every epoch (and every ``checkpoint_every``
     steps) and ``best.pt`` when the val loss improves; both load with
     :func:`worldmodels.base.load_model`. ``resume=True`` continues from ``last.pt``
@@ -198,7 +199,7 @@ def train_model(
     else:
         if resume:
             log.warning("resume asked but %s does not exist; starting fresh", last_path)
-        model.set_normalizer(dataset.stats)
+        _adopt_normalizer(model, dataset)
 
     net: torch.nn.Module = model
     if world > 1:
@@ -335,6 +336,23 @@ def train_model(
     )
     model.eval()
     return history
+
+
+def _adopt_normalizer(model: WorldModel, dataset: Dataset) -> None:
+    """Give a fresh model (identity statistics) the data set's; a model that already has
+    statistics (trained, or warm-started) keeps them, with a warning if they differ."""
+    current = model.normalizer()
+    identity = all(
+        all(v == (1.0 if key.endswith("std") else 0.0) for v in values)
+        for key, values in current.items()
+    )
+    if identity:
+        model.set_normalizer(dataset.stats)
+        return
+    theirs = dataset.stats.to_dict()
+    if any(not np.allclose(current[k], theirs[k], rtol=1e-4, atol=1e-6) for k in theirs):
+        log.warning("%s keeps its own normalisation statistics, which differ from those of "
+                    "%s (fine-tuning on another data set)", model.kind, dataset.path)
 
 
 @torch.no_grad()
