@@ -85,6 +85,11 @@ class KalmanPass:
     smoothed_means: torch.Tensor | None = None
     smoothed_covs: torch.Tensor | None = None
     smoother_gains: torch.Tensor | None = None
+    cov_index: torch.Tensor | None = None  # [B] track -> covariance row, when Bc < B > 1
+
+    def per_track(self, cov_like: torch.Tensor) -> torch.Tensor:
+        """``[T, Bc, ...]`` -> ``[T, B, ...]`` (or ``Bc`` 1, broadcast by the caller)."""
+        return cov_like if self.cov_index is None else cov_like[:, self.cov_index]
 
 
 def _apply(mat: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
@@ -310,11 +315,18 @@ class KalmanFilter:
         s = self.n_dim_state
         a, q, off_a = p["transition_matrix"], p["transition_covariance"], p["transition_offset"]
         h, r, off_h = p["observation_matrix"], p["observation_covariance"], p["observation_offset"]
-        shared = p["initial_state_covariance"].shape[0] == 1 and bool(
-            (missing == missing[:1]).all()
-        )
-        bc = 1 if shared else b_sz
-        miss_c = (missing[:1] if shared else missing).T  # [T, Bc]
+        # covariances depend only on the missing pattern: with a shared initial covariance,
+        # run the recursion once per distinct pattern (Bc of them) and map tracks to it
+        index: torch.Tensor | None = None
+        if p["initial_state_covariance"].shape[0] == 1:
+            if bool((missing == missing[:1]).all()):
+                patterns = missing[:1]
+            else:
+                patterns, index = torch.unique(missing, dim=0, return_inverse=True)
+        else:
+            patterns = missing
+        bc = patterns.shape[0]
+        miss_c = patterns.T  # [T, Bc]
         kw = {"dtype": z.dtype, "device": z.device}
         eye = torch.eye(s, **kw)
         m_sz = self.n_dim_obs
@@ -359,8 +371,10 @@ class KalmanFilter:
         # 2) means: m_t = W_t m_{t-1} + c_t with W_t = (I - K_t H) A, c_t = (I - K_t H) b
         #    + K_t (z_t - d); the first step starts from the initial mean instead.
         zt = z.transpose(0, 1)  # [T, B, M]
+        if index is not None:  # per-track views of the per-pattern quantities
+            gains, s_invs, logdets = gains[:, index], s_invs[:, index], logdets[:, index]
         lmat = eye - gains @ h  # [T, Bc, S, S]
-        kz = torch.einsum("tcsm,tbm->tbs", gains, zt - off_h) if bc == 1 else (
+        kz = torch.einsum("tcsm,tbm->tbs", gains, zt - off_h) if gains.shape[1] == 1 else (
             gains @ (zt - off_h).unsqueeze(-1)
         ).squeeze(-1)
         c = kz + (lmat @ off_a.unsqueeze(-1)).squeeze(-1)  # [T, B, S]
@@ -369,7 +383,7 @@ class KalmanFilter:
         m0 = _expand_batch(p["initial_state_mean"], b_sz)
         fm[0] = _apply(lmat[0], m0) + kz[0]
         m = fm[0]
-        if bc == 1:
+        if w.shape[1] == 1:
             wt = w[:, 0].mT.contiguous()
             for t in range(1, t_sz):
                 m = torch.addmm(c[t], m, wt[t], out=fm[t])
@@ -384,13 +398,13 @@ class KalmanFilter:
 
         # 3) log-likelihood of the observed rows, all steps at once
         innov = zt - pm @ h.mT - off_h  # [T, B, M]
-        if bc == 1:
+        if s_invs.shape[1] == 1:
             quad = (torch.einsum("tmn,tbn->tbm", s_invs[:, 0], innov) * innov).sum(-1)
         else:
             quad = ((s_invs @ innov.unsqueeze(-1)).squeeze(-1) * innov).sum(-1)
         ll = -0.5 * (m_sz * math.log(2.0 * math.pi) + logdets + quad)  # [T, B]
         loglik = torch.where(missing.T, torch.zeros_like(ll), ll).sum(0)
-        return KalmanPass(pm, pc, fm, fc, loglik)
+        return KalmanPass(pm, pc, fm, fc, loglik, cov_index=index)
 
     def _backward(self, res: KalmanPass, p: dict[str, torch.Tensor]) -> KalmanPass:
         """Rauch-Tung-Striebel pass, filling the smoothed fields of ``res`` (time-major)."""
@@ -412,7 +426,7 @@ class KalmanFilter:
                 sol = torch.linalg.pinv(pc[1:], hermitian=True) @ rhs
             gains = sol.mT  # [T-1, Bc, S, S]
             # means: m_s,t = G_t m_s,t+1 + (m_f,t - G_t m_p,t+1)
-            if bc == 1:
+            if bc == 1 and res.cov_index is None:
                 g = gains[:, 0]
                 c = fm[:-1] - torch.einsum("tij,tbj->tbi", g, pm[1:])
                 gt = g.mT.contiguous()
@@ -420,10 +434,11 @@ class KalmanFilter:
                 for t in range(t_sz - 2, -1, -1):
                     m = torch.addmm(c[t], m, gt[t], out=sm[t])
             else:
-                c = fm[:-1] - (gains @ pm[1:].unsqueeze(-1)).squeeze(-1)
+                g_tr = res.per_track(gains)
+                c = fm[:-1] - (g_tr @ pm[1:].unsqueeze(-1)).squeeze(-1)
                 m = sm[-1]
                 for t in range(t_sz - 2, -1, -1):
-                    m = torch.baddbmm(c[t].unsqueeze(-1), gains[t], m.unsqueeze(-1)).squeeze(-1)
+                    m = torch.baddbmm(c[t].unsqueeze(-1), g_tr[t], m.unsqueeze(-1)).squeeze(-1)
                     sm[t] = m
             cov = sc[-1]
             for t in range(t_sz - 2, -1, -1):
@@ -453,7 +468,8 @@ class KalmanFilter:
         ``[T, S]``/``[B, T, S]`` and ``[T, S, S]``/``[B, T, S, S]``.
         """
         res, squeeze, as_numpy, z, _ = self._run(measurements, mask, smooth=False)
-        means, covs = _batch_major(res.filtered_means, res.filtered_covs, z.shape[0])
+        means, covs = _batch_major(res.filtered_means, res.per_track(res.filtered_covs),
+                                   z.shape[0])
         return finish(means, squeeze, as_numpy), finish(covs, squeeze, as_numpy)
 
     @single_threaded
@@ -466,7 +482,8 @@ class KalmanFilter:
         """
         res, squeeze, as_numpy, z, _ = self._run(measurements, mask, smooth=True)
         assert res.smoothed_means is not None and res.smoothed_covs is not None
-        means, covs = _batch_major(res.smoothed_means, res.smoothed_covs, z.shape[0])
+        means, covs = _batch_major(res.smoothed_means, res.per_track(res.smoothed_covs),
+                                   z.shape[0])
         return finish(means, squeeze, as_numpy), finish(covs, squeeze, as_numpy)
 
     @single_threaded
@@ -509,7 +526,7 @@ class KalmanFilter:
         p["initial_state_covariance"] = symmetrise(a @ c @ a.mT + q)
         res = self._forward(zz, missing, p)
         out_m = res.filtered_means[0]
-        out_c = _expand_batch(res.filtered_covs[0], m.shape[0])
+        out_c = _expand_batch(res.per_track(res.filtered_covs)[0], m.shape[0])
         if squeeze:
             out_m, out_c = out_m[0], out_c[0]
         if as_numpy:
@@ -593,8 +610,8 @@ class KalmanFilter:
         assert res.smoother_gains is not None
         b_sz, t_sz, _ = z.shape
         ms = res.smoothed_means.transpose(0, 1)  # [B, T, S]
-        ps = _expand_batch(res.smoothed_covs.transpose(0, 1), b_sz)  # [B, T, S, S]
-        gains = _expand_batch(res.smoother_gains.transpose(0, 1), b_sz)  # [B, T-1, S, S]
+        ps = _expand_batch(res.per_track(res.smoothed_covs).transpose(0, 1), b_sz)
+        gains = _expand_batch(res.per_track(res.smoother_gains).transpose(0, 1), b_sz)
         pair = ps[:, 1:] @ gains.mT  # Cov(x_{t+1}, x_t) [B, T-1, S, S]
         obs = (~missing).to(z.dtype)  # [B, T]
         n_obs = float(obs.sum())
