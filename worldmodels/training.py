@@ -117,6 +117,14 @@ def _dist_setup() -> tuple[int, int]:
     return 0, 1
 
 
+def is_main_process() -> bool:
+    """True unless this is a DDP rank other than 0 (gate run-folder side effects on it:
+    figures, metrics, videos, under ``torchrun``)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _all_mean(value: torch.Tensor, world: int) -> torch.Tensor:
     if world > 1:
         value = value.clone()
