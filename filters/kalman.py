@@ -343,11 +343,12 @@ class KalmanFilter:
         any_missing = miss_c.any(1)
         last_missing = int(torch.nonzero(any_missing).max()) if bool(any_missing.any()) else -1
         steady_from = t_sz
+        steady_tol = 50 * torch.finfo(z.dtype).eps  # 1e-14 in float64
         for t in range(t_sz):
             if t > 0:
                 cov = symmetrise(a @ cov @ a.mT + q)
                 if t > last_missing + 1 and bool(
-                    ((cov - pc[t - 1]).abs() <= 1e-14 * cov.abs().amax((-2, -1), keepdim=True))
+                    ((cov - pc[t - 1]).abs() <= steady_tol * cov.abs().amax((-2, -1), keepdim=True))
                     .all()
                 ):
                     steady_from = t

@@ -111,3 +111,23 @@ def test_bad_input() -> None:
         UnscentedKalmanFilter(f, h, q, r, x0, p0).filter(z, controls=np.zeros((3, 10, 1)))
     with pytest.raises(ValueError, match="measurements contains inf"):
         UnscentedKalmanFilter(f, h, q, r, x0, p0).filter(np.full((4, 2), np.inf))
+
+
+def test_ekf_with_a_network_as_the_transition() -> None:
+    """A learned world model (an nn.Module, float32) can be the process model."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+    def transition(x: torch.Tensor) -> torch.Tensor:
+        return x + 0.1 * net(x)
+
+    ekf = ExtendedKalmanFilter(transition, lambda x: x[:, :1], 0.01 * np.eye(2),
+                               0.1 * np.eye(1), np.zeros(2), np.eye(2))
+    z = torch.randn(4, 20, 1)
+    m, c = ekf.filter(z)
+    assert m.dtype == torch.float32 and m.shape == (4, 20, 2)
+    assert torch.isfinite(m).all() and torch.isfinite(c).all()
+    assert all(p.grad is None for p in net.parameters())  # filtering leaves the model alone
+    ukf_m, _ = UnscentedKalmanFilter(transition, lambda x: x[:, :1], 0.01 * np.eye(2),
+                                     0.1 * np.eye(1), np.zeros(2), np.eye(2)).filter(z)
+    assert torch.isfinite(ukf_m).all()
