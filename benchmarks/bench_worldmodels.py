@@ -59,6 +59,18 @@ def best_of(fn: Callable[[], None], repeats: int) -> float:
     return min(times)
 
 
+def paired(ours: Callable[[], None], peer: Callable[[], None] | None,
+           repeats: int) -> tuple[float, float | None]:
+    """Best-of times of two callables run alternately (the load on a shared machine
+    changes by the second, so side by side means interleaved)."""
+    t_ours, t_peer = [], []
+    for _ in range(repeats):
+        t_ours.append(best_of(ours, 1))
+        if peer is not None:
+            t_peer.append(best_of(peer, 1))
+    return min(t_ours), (min(t_peer) if t_peer else None)
+
+
 # --------------------------------------------------------------------------- the peer
 def load_mbrl() -> types.ModuleType | None:
     """``mbrl.models`` from the PyPI wheel (downloaded once, never installed)."""
@@ -148,42 +160,37 @@ def main() -> None:
     batch64 = ds.windows("train", 1, 1).get_batch(np.arange(64))
     det = DeterministicModel(S, A, hidden=HIDDEN, layers=2)
     det.set_normalizer(ds.stats)
-    t = best_of(step_loop(det, batch64, steps), repeats)
-    ours_det = 64 * steps / t
-    cfg = TrainConfig(epochs=1, steps=steps * 2, batch_size=64, val_windows=64)
-    h = train_model(DeterministicModel(S, A, hidden=HIDDEN), ds, cfg, progress=False)
-    rows.append({"what": "train vector model (step loop), samples/s", "ours": ours_det,
-                 "note": f"MLP {HIDDEN}x3, S={S}, A={A}, batch 64"})
-    rows.append({"what": "train vector model (train_model, data + val), samples/s",
-                 "ours": h["samples_per_s"]})
-
     ens = Ensemble(S, A, k=5, hidden=HIDDEN, layers=2)
     ens.set_normalizer(ds.stats)
-    t = best_of(step_loop(ens, batch64, steps), repeats)
-    ours_ens = 64 * steps / t
-    peer_ens = peer_det = None
-    if mbrl is not None:
-        x = torch.cat([batch64["context"][:, 0], batch64["actions"][:, 0]], -1)
-        y = batch64["targets"][:, 0] - batch64["context"][:, 0]
-        for k, slot in ((5, "ens"), (1, "det")):
-            peer = mbrl.GaussianMLP(in_size=S + A, out_size=S, device="cpu", num_layers=3,
-                                    ensemble_size=k, hid_size=HIDDEN, deterministic=True)
-            opt = torch.optim.Adam(peer.parameters(), lr=1e-4)
-            xk = x[None].expand(k, -1, -1).contiguous() if k > 1 else x
-            yk = y[None].expand(k, -1, -1).contiguous() if k > 1 else y
+    x = torch.cat([batch64["context"][:, 0], batch64["actions"][:, 0]], -1)
+    y = batch64["targets"][:, 0] - batch64["context"][:, 0]
 
-            def peer_run(peer=peer, opt=opt, xk=xk, yk=yk) -> None:
-                for _ in range(steps):
-                    peer.update(xk, opt, target=yk)
+    def peer_trainer(k: int) -> Callable[[], None] | None:
+        if mbrl is None:
+            return None
+        peer = mbrl.GaussianMLP(in_size=S + A, out_size=S, device="cpu", num_layers=3,
+                                ensemble_size=k, hid_size=HIDDEN, deterministic=True)
+        opt = torch.optim.Adam(peer.parameters(), lr=1e-4)
+        xk = x[None].expand(k, -1, -1).contiguous() if k > 1 else x
+        yk = y[None].expand(k, -1, -1).contiguous() if k > 1 else y
 
-            value = 64 * steps / best_of(peer_run, repeats)
-            if slot == "ens":
-                peer_ens = value
-            else:
-                peer_det = value
-    rows[0].update(peer=peer_det, peer_name="mbrl GaussianMLP (ensemble_size=1)")
-    rows.append({"what": "train ensemble K=5, samples/s", "ours": ours_ens, "peer": peer_ens,
-                 "peer_name": "mbrl GaussianMLP (ensemble_size=5)"})
+        def run() -> None:
+            for _ in range(steps):
+                peer.update(xk, opt, target=yk)
+
+        return run
+
+    for name, model, k in (("train vector model (step loop), samples/s", det, 1),
+                           ("train ensemble K=5, samples/s", ens, 5)):
+        t_ours, t_peer = paired(step_loop(model, batch64, steps), peer_trainer(k), repeats)
+        rows.append({"what": name, "ours": 64 * steps / t_ours,
+                     "peer": 64 * steps / t_peer if t_peer else None,
+                     "peer_name": f"mbrl GaussianMLP (ensemble_size={k})",
+                     "note": f"MLP {HIDDEN} wide, 3 hidden layers, S={S}, A={A}, batch 64"})
+    cfg = TrainConfig(epochs=1, steps=steps * 2, batch_size=64, val_windows=64)
+    h = train_model(DeterministicModel(S, A, hidden=HIDDEN), ds, cfg, progress=False)
+    rows.append({"what": "train vector model (train_model: data, val, all), samples/s",
+                 "ours": h["samples_per_s"]})
 
     # -- training throughput, image model ----------------------------------------------
     ids = load_dataset(image_dataset(tmp))
@@ -212,10 +219,7 @@ def main() -> None:
             mc_uncertainty(det, ctx, acts, n=10)
 
     r = repeats * 3
-    rows.append({"what": "30-step rollout x10 MC samples, batch 6, vector (ms, no grad)",
-                 "ours": 1e3 * best_of(mc_vec_nograd, r), "lower_is_better": True})
-    rows.append({"what": "... same + backward to actions (ms)",
-                 "ours": 1e3 * best_of(mc_vec, r), "lower_is_better": True})
+    peer_roll = None
     if mbrl is not None:
         peer = mbrl.GaussianMLP(in_size=S + A, out_size=S, device="cpu", num_layers=3,
                                 ensemble_size=1, hid_size=HIDDEN, deterministic=True)
@@ -228,8 +232,21 @@ def main() -> None:
                 for _ in range(30):
                     s = s + peer(torch.cat([s, torch.zeros(60, A)], -1))[0]
 
-        rows[-2].update(peer=1e3 * best_of(peer_roll, r),
-                        peer_name="mbrl GaussianMLP forward, 60 rows x 30 steps")
+    def plain_roll() -> None:
+        with torch.no_grad():
+            det.rollout(ctx.repeat(10, 1, 1), acts.detach().repeat(10, 1, 1))
+
+    t_ours, t_peer = paired(mc_vec_nograd, peer_roll, r)
+    rows.append({"what": "30-step rollout x10 MC samples, batch 6, vector (ms, no grad)",
+                 "ours": 1e3 * t_ours, "peer": 1e3 * t_peer if t_peer else None,
+                 "peer_name": "mbrl GaussianMLP forward (no dropout), 60 rows x 30 steps",
+                 "lower_is_better": True})
+    t_ours, t_peer = paired(plain_roll, peer_roll, r)
+    rows.append({"what": "... same, dropout off (60 rows x 30 steps, ms)", "ours": 1e3 * t_ours,
+                 "peer": 1e3 * t_peer if t_peer else None, "lower_is_better": True,
+                 "peer_name": "mbrl GaussianMLP forward, 60 rows x 30 steps"})
+    rows.append({"what": "... MC samples + backward to the actions (ms)",
+                 "ours": 1e3 * best_of(mc_vec, r), "lower_is_better": True})
     for ncond in (4, 20):
         if args.quick and ncond == 20:
             continue

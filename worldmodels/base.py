@@ -28,20 +28,26 @@ MODEL_KINDS: dict[str, type[WorldModel]] = {}
 
 
 class MCDropout(nn.Module):
-    """Dropout that stays on in eval mode while ``force`` is set (MC-dropout)."""
+    """Dropout that stays on in eval mode while ``force`` is set (MC-dropout).
 
-    def __init__(self, p: float) -> None:
+    ``channelwise``: on ``[B, C, H, W]`` feature maps drop whole channels (as
+    ``nn.Dropout2d``), one draw per channel instead of per pixel.
+    """
+
+    def __init__(self, p: float, channelwise: bool = False) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {p}")
         self.p = float(p)
+        self.channelwise = bool(channelwise)
         self.force = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not (self.training or self.force):
             return x
+        shape = (*x.shape[:2], 1, 1) if self.channelwise and x.ndim == 4 else x.shape
         # a uniform threshold is cheaper on CPU than F.dropout's Bernoulli draw
-        keep = torch.rand_like(x) >= self.p
+        keep = torch.rand(shape, device=x.device, dtype=x.dtype) >= self.p
         return x * keep * (1.0 / (1.0 - self.p))
 
 

@@ -37,7 +37,7 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 
 
 class ConvEncoder(nn.Module):
-    """Stride-2 3x3 convolutions (ReLU + dropout after each), flattened, then a linear
+    """Stride-2 3x3 convolutions (ReLU + channel dropout after each), flattened, then a linear
     layer: ``[B, Cin, H, W] -> [B, hidden]``. ``sizes`` records each stage's (H, W)."""
 
     def __init__(self, cin: int, hw: tuple[int, int], channels: tuple[int, ...], hidden: int,
@@ -46,7 +46,8 @@ class ConvEncoder(nn.Module):
         convs, sizes, c = [], [tuple(hw)], cin
         h, w = hw
         for co in channels:
-            convs += [nn.Conv2d(c, co, 3, stride=2, padding=1), nn.ReLU(), MCDropout(dropout)]
+            convs += [nn.Conv2d(c, co, 3, stride=2, padding=1), nn.ReLU(),
+                      MCDropout(dropout, channelwise=True)]
             h, w = (h + 1) // 2, (w + 1) // 2
             sizes.append((h, w))
             c = co
@@ -73,7 +74,7 @@ class ConvDecoder(nn.Module):
         rev = list(channels[::-1]) + [cout]
         self.convs = nn.ModuleList(nn.Conv2d(rev[i], rev[i + 1], 3, padding=1)
                                    for i in range(len(channels)))
-        self.drop = MCDropout(dropout)
+        self.drop = MCDropout(dropout, channelwise=True)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         hh, ww = self.sizes[-1]
