@@ -4,12 +4,16 @@ collect       simulate IDM + MOBIL traffic, record every car, add camera-tracker
               recover the tracks with the Kalman RTS smoother (filters/), extract actions
               by inverting the kinematic update, render each car's views: one episode per
               car, split 80/10/10 by car (worldmodels' data set format)
-train-policy  the policies that need no world model: 1-step imitation learning
-evaluate      one episode per held-out car among the recorded (non-reactive) traffic:
-              success rate, mean distance, per method, in metrics.json
+train-model   the image + state world models (worldmodels.images.ImageModel): a
+              deterministic one, then a stochastic one (cVAE, z-dropout) warm-started from it
+train-policy  1-step imitation; VG (deterministic model), SVG (stochastic, z from the
+              prior), MPUR (SVG + the MC-dropout uncertainty hinge), MPER (posterior z,
+              expert-regularised), by backprop through time through the frozen models
+evaluate      one episode per held-out car among the recorded (non-reactive) traffic: the
+              car replays its first ``ncond`` steps, then the method drives; success rate,
+              mean distance, mean uncertainty per method in metrics.json; a video
 
-The world-model-based methods (MPUR, VG/SVG, MPER, gradient MPC) need the image-conditioned
-stochastic model of the world-model issue; see docs/highway.md for what is measured.
+See docs/highway.md for the measured figures and what is not reached.
 """
 
 from __future__ import annotations
@@ -55,18 +59,50 @@ class CollectConfig:
 
 
 @dataclass
-class ImitationConfig:
-    epochs: int = 10
-    batch_size: int = 64
+class ModelConfig:
+    """The world models (ImageModel): context length, sizes, training steps."""
+
+    ncond: int = 4
+    npred: int = 4
+    hidden: int = 128
+    channels: tuple[int, ...] = (16, 32, 32)
+    dropout: float = 0.1
+    z_dim: int = 16
+    beta: float = 0.05
+    p_z: float = 0.5
+    z_dropout: str = "zero"
+    det_steps: int = 3000
+    sto_steps: int = 3000
+    batch_size: int = 32
     lr: float = 1e-3
-    hidden: int = 256
+    horizon_error: bool = True  # measure the open-loop test error per horizon
+
+
+@dataclass
+class PolicyConfig:
+    """Policy learning (all methods share the policy network)."""
+
+    methods: tuple[str, ...] = ("imitation", "vg", "svg", "mpur", "mper")
+    imitation_steps: int = 2000
+    bptt_steps: int = 1000
+    batch_size: int = 16
+    horizon: int = 10
+    lr: float = 3e-4
+    lam: float = 0.5  # MPUR's uncertainty weight
+    mc_samples: int = 4
+    lane_weight: float = 0.2
+    hidden: int = 128
+    channels: tuple[int, ...] = (8, 16, 32)
 
 
 @dataclass
 class EvalConfig:
     ncond: int = 20  # steps the ego replays its own recording before the policy drives
     max_steps: int = 800
-    methods: tuple[str, ...] = ("no-action", "expert-replay", "imitation")
+    methods: tuple[str, ...] = ("no-action", "expert-replay", "imitation", "vg", "svg",
+                                "mpur", "mper")
+    mc_samples: int = 4
+    uncertainty_every: int = 5  # steps between MC-dropout uncertainty measurements
     video: bool = True
 
 
@@ -76,7 +112,8 @@ class HighwayConfig:
     device: str = "cpu"
     episodes: int = 0  # evaluation episodes (held-out cars); 0 = all of them
     collect: CollectConfig = field(default_factory=CollectConfig)
-    imitation: ImitationConfig = field(default_factory=ImitationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -85,10 +122,13 @@ def default_config() -> HighwayConfig:
 
 
 def quick_config() -> HighwayConfig:
-    return HighwayConfig(collect=CollectConfig(record_seconds=75.0, warmup_seconds=40.0,
-                                               max_cars=40),
-                         imitation=ImitationConfig(epochs=2),
-                         evaluate=EvalConfig(max_steps=500, video=False))
+    return HighwayConfig(
+        collect=CollectConfig(record_seconds=75.0, warmup_seconds=40.0, max_cars=40),
+        model=ModelConfig(ncond=2, npred=2, hidden=64, channels=(8, 16, 16), z_dim=8,
+                          det_steps=15, sto_steps=15, batch_size=16, horizon_error=False),
+        policy=PolicyConfig(imitation_steps=60, bptt_steps=8, batch_size=8, horizon=4,
+                            mc_samples=2, hidden=64, channels=(8, 8, 16)),
+        evaluate=EvalConfig(max_steps=800, mc_samples=2, uncertainty_every=10, video=True))
 
 
 # ----------------------------------------------------------------------------- smoothing
@@ -283,14 +323,486 @@ def _collect_figures(rec: Recording, truth: np.ndarray, raw: np.ndarray, smoothe
     save_figure(fig, run.figures / "action_extraction.png")
 
 
+# ----------------------------------------------------------------------------- shared
+POLICY_METHODS = ("imitation", "vg", "svg", "mpur", "mper")
+METHODS = ("no-action", "expert-replay", *POLICY_METHODS)
+MODEL_DIRS = {"deterministic": "model-deterministic", "stochastic": "model-stochastic"}
+# which world model each learned method trains through (None: no model)
+METHOD_MODEL = {"imitation": None, "vg": "deterministic", "svg": "stochastic",
+                "mpur": "stochastic", "mper": "stochastic"}
+
+
+def _check_methods(methods: tuple[str, ...], allowed: tuple[str, ...], where: str) -> None:
+    unknown = [m for m in methods if m not in allowed]
+    if unknown:
+        raise ValueError(f"{where}: unknown method(s) {', '.join(unknown)}; "
+                         f"available: {', '.join(allowed)}")
+    if not methods:
+        raise ValueError(f"{where}: no method given")
+
+
+def _open_dataset(run: Run):
+    """The run's data set; a clear error when it is missing or made for another task."""
+    from worldmodels.dataset import load_dataset
+
+    path = run.data / "dataset"
+    ds = load_dataset(path, check_finite=False)
+    if ds.task != DATASET_TASK:
+        raise ValueError(f"data set {path} was made for task {ds.task!r}, not {DATASET_TASK!r}")
+    if ds.image_shape is None:
+        raise ValueError(f"data set {path} holds no images; run `worldplan highway collect`")
+    return ds
+
+
+def _model_path(run: Run, which: str) -> Path:
+    return run.checkpoints / MODEL_DIRS[which] / "best.pt"
+
+
+def _load_world_model(run: Run, which: str, ds, device: torch.device):
+    """A trained ImageModel of this run, checked against the data set."""
+    from worldmodels.base import load_model
+    from worldmodels.checkpoint import CheckpointError
+    from worldmodels.images import ImageModel
+
+    path = _model_path(run, which)
+    if not path.is_file():
+        raise CheckpointError(f"{which} world model not found: {path} "
+                              "(run `worldplan highway train-model` first)")
+    model = load_model(path, device)
+    if not isinstance(model, ImageModel):
+        raise CheckpointError(f"{path} holds a {model.kind}, expected an ImageModel")
+    if tuple(model.image_shape) != tuple(ds.image_shape) or model.state_dim != ds.state_dim:
+        raise CheckpointError(f"{path} was trained on images {list(model.image_shape)} and "
+                              f"{model.state_dim}-D states; the data set has "
+                              f"{list(ds.image_shape)} and {ds.state_dim}-D states")
+    if which == "stochastic" and not model.z_dim:
+        raise CheckpointError(f"{path} is not a stochastic model (z_dim = 0)")
+    return model
+
+
+def _cost_fn(view: View, weight_lane: float):
+    from envs.highway.costs import image_costs_torch
+
+    def cost(images: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        c = image_costs_torch(images, states, view)
+        return c["proximity"] + weight_lane * c["lane"] + c["offroad"]
+
+    return cost
+
+
+def _uncertainty_fn(model, n: int):
+    from worldmodels.uncertainty import mc_uncertainty
+
+    def u(context: torch.Tensor, frames: torch.Tensor, actions: torch.Tensor,
+          z: torch.Tensor | None) -> torch.Tensor:
+        return mc_uncertainty(model, context, actions, n=n, z=z, images=frames).total(model)
+
+    return u
+
+
+def _latent_fn(model):
+    def latent(batch: int, steps: int) -> torch.Tensor | None:
+        return model.sample_prior(batch, steps) if model.z_dim else None
+
+    return latent
+
+
+def _posterior_fn(model):
+    """z ``[B, T, Z]`` (posterior means) inferred from the recorded future, teacher-forced
+    along the recorded context (uses the ImageModel's encoders)."""
+    from worldmodels.images import to_unit
+
+    def posterior(ctx: torch.Tensor, cframes: torch.Tensor, tstates: torch.Tensor,
+                  tframes: torch.Tensor) -> torch.Tensor:
+        frames, tfr = to_unit(cframes), to_unit(tframes)
+        zs = []
+        for t in range(tstates.shape[1]):
+            feat = model._features(ctx, frames)
+            target = torch.cat([model.target_encoder(tfr[:, t]),
+                                model.norm_delta(tstates[:, t] - ctx[:, -1])], -1)
+            mu, _ = model.latent.posterior(torch.cat([feat, target], -1)).chunk(2, -1)
+            zs.append(mu)
+            ctx = torch.cat([ctx[:, 1:], tstates[:, t:t + 1]], 1)
+            frames = torch.cat([frames[:, 1:], tfr[:, t:t + 1]], 1)
+        return torch.stack(zs, 1)
+
+    return posterior
+
+
+def _sampler(windows, device: torch.device):
+    def sample(rng: np.random.Generator, n: int) -> dict[str, torch.Tensor]:
+        idx = rng.integers(0, len(windows), size=n)
+        return {k: v.to(device) for k, v in windows.get_batch(idx).items()}
+
+    return sample
+
+
+def _new_policy(config: HighwayConfig, ds, ncond: int):
+    from planners.policy.imitation import ContextPolicy
+
+    st = ds.stats
+    p = config.policy
+    return ContextPolicy(ds.state_dim, ds.action_dim, tuple(ds.image_shape), ncond,
+                         st.state_mean, st.state_std, st.action_mean, st.action_std,
+                         hidden=p.hidden, channels=tuple(p.channels))
+
+
+def _policy_path(run: Run, method: str) -> Path:
+    return run.checkpoints / f"policy-{method}.pt"
+
+
+def _load_policy(run: Run, method: str, ds, device: torch.device):
+    from planners.policy.imitation import ContextPolicy
+    from worldmodels.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
+
+    path = _policy_path(run, method)
+    if not path.is_file():
+        raise CheckpointError(f"policy {method!r} not found: {path} "
+                              "(run `worldplan highway train-policy` first)")
+    payload = load_checkpoint(path, required=("state_dict", "config", "stats"),
+                              kind="highway-policy")
+    cfg = payload["config"]
+    if tuple(cfg["image_shape"]) != tuple(ds.image_shape) or cfg["state_dim"] != ds.state_dim:
+        raise CheckpointError(f"policy {path} expects images {cfg['image_shape']}, the data "
+                              f"set has {list(ds.image_shape)}")
+    st = payload["stats"]
+    policy = ContextPolicy(cfg["state_dim"], cfg["action_dim"], tuple(cfg["image_shape"]),
+                           cfg["ncond"], st["state_mean"], st["state_std"], st["action_mean"],
+                           st["action_std"], hidden=cfg["hidden"],
+                           channels=tuple(cfg["channels"]), bound=cfg["bound"])
+    load_state_dict_checked(policy, payload["state_dict"], str(path))
+    return policy.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- train-model
+def train_model_stage(config: HighwayConfig, run: Run) -> None:
+    """Deterministic ImageModel, then a stochastic one warm-started from it."""
+    from worldmodels.images import ImageModel
+    from worldmodels.training import TrainConfig, evaluate_horizon_error, train_model
+
+    m = config.model
+    if m.z_dim < 1:
+        raise ValueError(f"model.z_dim must be >= 1 for the stochastic model, got {m.z_dim}")
+    ds = _open_dataset(run)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    common = dict(ncond=m.ncond, hidden=m.hidden, channels=tuple(m.channels), dropout=m.dropout)
+    det = ImageModel(ds.state_dim, ds.action_dim, tuple(ds.image_shape), z_dim=0, **common)
+    results = {}
+    for which, model, steps in (("deterministic", det, m.det_steps),):
+        tc = TrainConfig(steps=steps, batch_size=m.batch_size, lr=m.lr, npred=m.npred,
+                         seed=config.seed, device=str(device), val_windows=256)
+        results[which] = train_model(model, ds, tc, run.checkpoints / MODEL_DIRS[which],
+                                     run.writer(), run.resume, tag=f"model-{which}")
+    sto = ImageModel(ds.state_dim, ds.action_dim, tuple(ds.image_shape), z_dim=m.z_dim,
+                     beta=m.beta, p_z=m.p_z, z_dropout=m.z_dropout, **common)
+    missing, _ = sto.load_state_dict(det.state_dict(), strict=False)
+    log.info("stochastic model warm-started; new parameters: %d tensors", len(missing))
+    tc = TrainConfig(steps=m.sto_steps, batch_size=m.batch_size, lr=m.lr, npred=m.npred,
+                     seed=config.seed + 1, device=str(device), val_windows=256)
+    results["stochastic"] = train_model(sto, ds, tc, run.checkpoints / MODEL_DIRS["stochastic"],
+                                        run.writer(), run.resume, tag="model-stochastic")
+    metrics = {}
+    for which in ("deterministic", "stochastic"):
+        h = results[which]
+        model = _load_world_model(run, which, ds, device)
+        err_list: list[float] = []
+        if m.horizon_error:
+            err = evaluate_horizon_error(model, ds, "test", horizon=min(10, m.npred * 3))
+            err_list = [float(e) for e in np.asarray(err).reshape(-1)]
+        metrics[which] = {"best_val": float(h.get("best_val", float("nan"))),
+                          "steps": int(h.get("steps", 0)), "seconds": float(h.get("seconds", 0)),
+                          "test_state_rmse_by_horizon": err_list}
+    run.update_metrics("train-model", metrics)
+    log.info("train-model: %s", metrics)
+
+
+# ----------------------------------------------------------------------------- train-policy
+def train_policy_stage(config: HighwayConfig, run: Run) -> None:
+    """Train every method in ``policy.methods`` and save ``checkpoints/policy-<m>.pt``."""
+    from planners.policy.imitation import ImitationConfig as ImCfg
+    from planners.policy.imitation import train_imitation
+    from planners.policy.mper import MPERConfig, train_mper
+    from planners.policy.mpur import MPURConfig, expert_uncertainty_stats, train_mpur
+    from worldmodels.checkpoint import save_checkpoint
+
+    p = config.policy
+    _check_methods(tuple(p.methods), POLICY_METHODS, "policy.methods")
+    ds = _open_dataset(run)
+    device = resolve_device(config.device)
+    needs = {METHOD_MODEL[m] for m in p.methods} - {None}
+    models = {w: _load_world_model(run, w, ds, device) for w in sorted(needs)}  # fail early
+    ncond = next(iter(models.values())).ncond if models else config.model.ncond
+    view = View(**ds.manifest["generator"]["config"]["view"])
+    cost = _cost_fn(view, p.lane_weight)
+    rng = seed_everything(config.seed)
+    windows = ds.windows("train", ncond, max(p.horizon, 1))
+    sample = _sampler(windows, device)
+    summary: dict[str, dict] = {}
+    u_stats = None
+    if "mpur" in p.methods:
+        sto = models["stochastic"]
+        u_stats = expert_uncertainty_stats(_uncertainty_fn(sto, p.mc_samples), sample,
+                                           _latent_fn(sto), rng, batches=4,
+                                           batch_size=p.batch_size)
+        summary["expert_uncertainty"] = u_stats.to_dict()
+    for method in p.methods:
+        torch.manual_seed(config.seed)
+        policy = _new_policy(config, ds, ncond).to(device)
+        t0 = time.perf_counter()
+        if method == "imitation":
+            hist = {"loss": train_imitation(policy, sample, ImCfg(steps=p.imitation_steps,
+                                                                  batch_size=4 * p.batch_size,
+                                                                  lr=1e-3), rng, run.writer())}
+        else:
+            if "imitation" in p.methods and _policy_path(run, "imitation").is_file():
+                # start every model-based learner from the imitation policy (as PPUU's
+                # MPER/MPUR runs start from a sensible driver) -- same for all methods
+                policy.load_state_dict(_load_policy(run, "imitation", ds, device).state_dict())
+            model = models[METHOD_MODEL[method]]
+            if method == "mper":
+                hist = {"loss": train_mper(policy, model, sample, _posterior_fn(model),
+                                           model.delta_std,
+                                           MPERConfig(steps=p.bptt_steps, batch_size=p.batch_size,
+                                                      horizon=p.horizon, lr=p.lr),
+                                           rng, run.writer())}
+            else:
+                lam = p.lam if method == "mpur" else 0.0
+                hist = train_mpur(policy, model, sample, cost,
+                                  MPURConfig(steps=p.bptt_steps, batch_size=p.batch_size,
+                                             horizon=p.horizon, lr=p.lr, lam=lam),
+                                  rng, _latent_fn(model),
+                                  _uncertainty_fn(model, p.mc_samples) if lam > 0 else None,
+                                  u_stats if lam > 0 else None, run.writer(), tag=method)
+        st = ds.stats
+        save_checkpoint(_policy_path(run, method), {
+            "kind": "highway-policy", "method": method, "config": policy.config(),
+            "state_dict": policy.state_dict(),
+            "stats": {"state_mean": st.state_mean.tolist(), "state_std": st.state_std.tolist(),
+                      "action_mean": st.action_mean.tolist(),
+                      "action_std": st.action_std.tolist()},
+            "world_model": METHOD_MODEL[method]})
+        summary[method] = {"seconds": time.perf_counter() - t0,
+                           "final_loss": float(np.mean(hist["loss"][-10:])) if hist["loss"]
+                           else float("nan")}
+        log.info("policy %s: %s", method, summary[method])
+    run.update_metrics("train-policy", summary)
+
+
+# ----------------------------------------------------------------------------- evaluate
+def _test_cars(ds, episodes: int) -> tuple[np.ndarray, np.ndarray]:
+    meta = ds.manifest["generator"]["config"]
+    ids = ds.episode_ids("test")
+    if not ids:
+        raise ValueError(f"data set {ds.path} has no test episodes")
+    cars = np.array([meta["car_ids"][i] for i in ids])
+    starts = np.array([meta["start_steps"][i] for i in ids])
+    if episodes > 0:
+        cars, starts = cars[:episodes], starts[:episodes]
+    return cars, starts
+
+
+def run_episodes(rec: Recording, cars: np.ndarray, starts: np.ndarray, act, ncond: int,
+                 context: int, view: View, max_steps: int, uncertainty=None,
+                 u_every: int = 5, record: int = -1, predict=None) -> dict[str, object]:
+    """Drive held-out cars among recorded traffic, all at once.
+
+    Each ego replays its own recorded actions for ``ncond - 1`` steps (filling a context of
+    ``context`` frames), then ``act(states [E, context, 4], frames [E, context, C, H, W])
+    -> [E, 2]`` drives. ``uncertainty(states, frames, actions) -> [E]`` is sampled every
+    ``u_every`` steps. ``record`` >= 0 keeps that episode's frames (and, with
+    ``predict(states, frames, actions) -> frames [E, C, H, W]``, the model's predictions).
+    """
+    from envs.highway.replay import OUTCOMES, ReplayBatch
+
+    warm = max(ncond, context)
+    batch = ReplayBatch(rec, cars, starts, view, CostConfig(), max_steps + warm)
+    e = batch.size
+    imgs, states = batch.observe()
+    frames = [np.moveaxis(imgs, -1, 1)]
+    sts = [states]
+    for _ in range(warm - 1):
+        t = np.minimum(batch.ego.time, rec.steps - 1)
+        imgs, states, _ = batch.step(rec.action[t, cars])
+        frames.append(np.moveaxis(imgs, -1, 1))
+        sts.append(states)
+    replayed_done = batch.done.copy()
+    start_x = batch.ego.pos[:, 0].copy()
+    fr = torch.as_tensor(np.stack(frames[-context:], 1))
+    st = torch.as_tensor(np.stack(sts[-context:], 1), dtype=torch.float32)
+    u_sum, u_n = np.zeros(e), np.zeros(e)
+    video: list[np.ndarray] = []
+    for step in range(max_steps):
+        if batch.done.all():
+            break
+        with torch.no_grad():
+            action = act(st, fr).detach().cpu().numpy().astype(np.float64)
+        running = ~batch.done
+        if uncertainty is not None and step % u_every == 0:
+            with torch.no_grad():
+                u = uncertainty(st, fr, torch.as_tensor(action, dtype=torch.float32))
+            u_sum[running] += u.cpu().numpy()[running]
+            u_n[running] += 1
+        if record >= 0 and running[record]:
+            pred = None
+            if predict is not None:
+                with torch.no_grad():
+                    pred = predict(st[record:record + 1], fr[record:record + 1],
+                                   torch.as_tensor(action[record:record + 1],
+                                                   dtype=torch.float32))
+        imgs, states, _ = batch.step(action)
+        if record >= 0 and running[record]:
+            video.append(_video_frame(imgs[record], pred))
+        new_fr = torch.as_tensor(np.moveaxis(imgs, -1, 1))[:, None]
+        fr = torch.cat([fr[:, 1:], new_fr], 1)
+        st = torch.cat([st[:, 1:], torch.as_tensor(states, dtype=torch.float32)[:, None]], 1)
+    outcome = batch.outcome.copy()
+    outcome[outcome == 0] = 4  # still running at the step budget: a timeout
+    return {"outcome": [OUTCOMES[int(o)] for o in outcome],
+            "success": outcome == 1, "distance": batch.ego.pos[:, 0] - start_x,
+            "uncertainty": np.where(u_n > 0, u_sum / np.maximum(u_n, 1), np.nan),
+            "replay_failed": replayed_done, "video": video}
+
+
+def _video_frame(obs: np.ndarray, pred: torch.Tensor | None, scale: int = 4) -> np.ndarray:
+    """Observation (and the model's prediction of it) side by side, enlarged, BGR."""
+    import cv2
+
+    panels = [obs[..., :3]]
+    if pred is not None:
+        p = (pred[0, :3].clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
+        panels.append(np.full((obs.shape[0], 2, 3), 128, np.uint8))
+        panels.append(np.moveaxis(p, 0, -1))
+    img = np.concatenate(panels, 1)
+    img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def _write_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> Path | None:
+    import cv2
+
+    if not frames:
+        return None
+    h, w = frames[0].shape[:2]
+    tmp = path.with_suffix(".tmp.mp4")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    tmp.replace(path)
+    return path
+
+
+def evaluate_stage(config: HighwayConfig, run: Run) -> None:
+    """Every method of ``evaluate.methods`` on the held-out cars; metrics.json, a video."""
+    ev = config.evaluate
+    _check_methods(tuple(ev.methods), METHODS, "evaluate.methods")
+    if ev.ncond < 1 or ev.max_steps < 1:
+        raise ValueError(f"evaluate.ncond and evaluate.max_steps must be >= 1, got "
+                         f"{ev.ncond}, {ev.max_steps}")
+    ds = _open_dataset(run)
+    device = resolve_device(config.device)
+    rec_path = run.data / ds.manifest["generator"]["config"]["recording"]
+    rec = Recording.load(rec_path)
+    # load everything first so that a missing checkpoint fails before any episode runs
+    policies = {m: _load_policy(run, m, ds, device) for m in ev.methods if m in POLICY_METHODS}
+    need_model = any(m in POLICY_METHODS for m in ev.methods) or _model_path(
+        run, "stochastic").is_file()
+    sto = _load_world_model(run, "stochastic", ds, device) if need_model else None
+    cars, starts = _test_cars(ds, config.episodes)
+    view = View(**ds.manifest["generator"]["config"]["view"])
+    context = sto.ncond if sto is not None else 1
+    seed_everything(config.seed)
+
+    u_fn = predict = None
+    if sto is not None:
+        from worldmodels.uncertainty import mc_uncertainty
+
+        def u_fn(states, frames, actions):
+            z = torch.zeros(len(states), 1, sto.z_dim)
+            return mc_uncertainty(sto, states.to(device), actions[:, None].to(device),
+                                  n=max(ev.mc_samples, 2), z=z.to(device),
+                                  images=frames.to(device)).total(sto)[:, 0]
+
+        def predict(states, frames, actions):
+            return sto.step(states.to(device), actions.to(device),
+                            z=torch.zeros(len(states), sto.z_dim, device=device),
+                            image=frames.to(device))[1]
+
+    results: dict[str, dict] = {}
+    for method in ev.methods:
+        t0 = time.perf_counter()
+        if method == "no-action":
+            def act(st, fr):
+                return torch.zeros(len(st), 2)
+        elif method == "expert-replay":
+            act = None  # the recorded driver: see _run_expert
+        else:
+            pol = policies[method]
+
+            def act(st, fr, pol=pol):
+                return pol(st.to(device), fr.to(device))
+        record = 0 if (ev.video and method == "mpur") else -1
+        if method == "expert-replay":
+            out = _run_expert(rec, cars, starts, ev, view, context)
+        else:
+            out = run_episodes(rec, cars, starts, act, ev.ncond, context, view, ev.max_steps,
+                               u_fn, ev.uncertainty_every, record,
+                               predict if record >= 0 else None)
+        if record >= 0:
+            _write_video(out["video"], run.videos / "mpur_episode.mp4")
+        u = out["uncertainty"]
+        results[method] = {
+            "success_rate": float(np.mean(out["success"])),
+            "mean_distance_m": float(np.mean(out["distance"])),
+            "mean_uncertainty": float(np.nanmean(u)) if np.isfinite(u).any() else None,
+            "collision_rate": float(np.mean([o == "collision" for o in out["outcome"]])),
+            "offroad_rate": float(np.mean([o == "offroad" for o in out["outcome"]])),
+            "episodes": int(len(cars)), "seconds": time.perf_counter() - t0}
+        log.info("%-14s %s", method, results[method])
+        run.update_metrics("evaluate", {method: results[method]})
+    _print_table(results)
+
+
+def _run_expert(rec: Recording, cars: np.ndarray, starts: np.ndarray, ev: EvalConfig,
+                view: View, context: int) -> dict[str, object]:
+    """The recorded driver itself (an upper reference: every car gets through)."""
+    from envs.highway.replay import OUTCOMES, ReplayBatch
+
+    batch = ReplayBatch(rec, cars, starts, view, CostConfig(), ev.max_steps + ev.ncond)
+    for _ in range(max(ev.ncond, context) - 1):
+        batch.step(rec.action[np.minimum(batch.ego.time, rec.steps - 1), cars])
+    start_x = batch.ego.pos[:, 0].copy()
+    for _ in range(ev.max_steps):
+        if batch.done.all():
+            break
+        batch.step(rec.action[np.minimum(batch.ego.time, rec.steps - 1), cars])
+    outcome = batch.outcome.copy()
+    outcome[outcome == 0] = 4
+    return {"outcome": [OUTCOMES[int(o)] for o in outcome], "success": outcome == 1,
+            "distance": batch.ego.pos[:, 0] - start_x,
+            "uncertainty": np.full(len(cars), np.nan), "video": []}
+
+
+def _print_table(results: dict[str, dict]) -> None:
+    lines = [f"{'method':14s} {'success':>8s} {'distance m':>11s} {'mean U':>10s}"]
+    for m, r in results.items():
+        u = r["mean_uncertainty"]
+        lines.append(f"{m:14s} {100 * r['success_rate']:7.1f}% {r['mean_distance_m']:11.1f} "
+                     f"{u if u is None else round(u, 5)!s:>10s}")
+    log.info("evaluation:\n%s", "\n".join(lines))
+
+
+
 TASK = Task(
     name="highway",
     config_cls=HighwayConfig,
     presets={"default": default_config, "quick": quick_config},
-    stages={"collect": collect},
+    stages={"collect": collect, "train-model": train_model_stage,
+            "train-policy": train_policy_stage, "evaluate": evaluate_stage},
     description="PPUU dense-traffic driving: simulator, tracked data set, policies",
 )
 
-__all__ = ["TASK", "HighwayConfig", "collect", "extraction_errors", "smooth_tracks",
-           "tracker_noise", "traffic_statistics"]
-_unused = (Path, torch, resolve_device)
+__all__ = ["METHODS", "TASK", "HighwayConfig", "collect", "evaluate_stage",
+           "extraction_errors", "smooth_tracks", "tracker_noise", "traffic_statistics",
+           "train_model_stage", "train_policy_stage"]

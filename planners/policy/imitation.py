@@ -1,0 +1,122 @@
+"""Policies on image + vector contexts (PPUU's setting) and 1-step imitation learning.
+
+A :class:`ContextPolicy` maps the last ``ncond`` ego frames ``[B, ncond, C, H, W]`` (float
+in [0, 1]) and states ``[B, ncond, S]`` (raw units) to an action ``[B, A]`` in raw units:
+``action_mean + action_std * bound * tanh(net)``, so it stays within ``bound`` standard
+deviations of the expert's actions. Normalisation statistics are buffers, so a
+checkpoint (``state_dict`` + :meth:`config`) is self-contained.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+# a batch: context states [B, ncond, S], context frames [B, ncond, C, H, W] (uint8 or
+# float), expert actions [B, T, A], target states [B, T, S], target frames [B, T, C, H, W]
+Batch = dict[str, torch.Tensor]
+BatchSampler = Callable[[np.random.Generator, int], Batch]
+
+
+def unit_frames(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float [0, 1]; float frames pass through."""
+    return frames.float() / 255.0 if frames.dtype == torch.uint8 else frames
+
+
+class ContextPolicy(nn.Module):
+    """``(states [B, ncond, S], frames [B, ncond, C, H, W]) -> actions [B, A]``."""
+
+    def __init__(self, state_dim: int, action_dim: int, image_shape: tuple[int, int, int],
+                 ncond: int, state_mean: Any, state_std: Any, action_mean: Any, action_std: Any,
+                 hidden: int = 128, channels: tuple[int, ...] = (8, 16, 32),
+                 bound: float = 3.0) -> None:
+        super().__init__()
+        if ncond < 1 or state_dim < 1 or action_dim < 1:
+            raise ValueError(f"ncond, state_dim and action_dim must be >= 1, got "
+                             f"{ncond}, {state_dim}, {action_dim}")
+        if len(image_shape) != 3:
+            raise ValueError(f"image_shape must be (C, H, W), got {image_shape}")
+        self.cfg = {"state_dim": state_dim, "action_dim": action_dim,
+                    "image_shape": [int(v) for v in image_shape], "ncond": ncond,
+                    "hidden": hidden, "channels": list(channels), "bound": bound}
+        c, h, w = image_shape
+        layers: list[nn.Module] = []
+        cin = ncond * c
+        for co in channels:
+            layers += [nn.Conv2d(cin, co, 3, stride=2, padding=1), nn.ReLU()]
+            cin = co
+            h, w = (h + 1) // 2, (w + 1) // 2
+        self.conv = nn.Sequential(*layers)
+        self.image_fc = nn.Linear(cin * h * w, hidden)
+        self.state_fc = nn.Linear(ncond * state_dim, hidden)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, action_dim))
+        for name, value, dim in (("state_mean", state_mean, state_dim),
+                                 ("state_std", state_std, state_dim),
+                                 ("action_mean", action_mean, action_dim),
+                                 ("action_std", action_std, action_dim)):
+            t = torch.as_tensor(np.asarray(value, np.float32)).reshape(-1)
+            if t.shape != (dim,):
+                raise ValueError(f"{name} must have {dim} entries, got {list(t.shape)}")
+            self.register_buffer(name, t)
+        self.bound = float(bound)
+
+    def config(self) -> dict[str, Any]:
+        return dict(self.cfg)
+
+    def forward(self, states: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        ncond, s_dim = self.cfg["ncond"], self.cfg["state_dim"]
+        if states.ndim != 3 or states.shape[1:] != (ncond, s_dim):
+            raise ValueError(f"states must be [B, {ncond}, {s_dim}], got {list(states.shape)}")
+        shape = tuple(self.cfg["image_shape"])
+        if frames.ndim != 5 or tuple(frames.shape[1:]) != (ncond, *shape):
+            raise ValueError(f"frames must be [B, {ncond}, {', '.join(map(str, shape))}], "
+                             f"got {list(frames.shape)}")
+        x = unit_frames(frames).flatten(1, 2)
+        feat = self.image_fc(self.conv(x).flatten(1))
+        s = ((states - self.state_mean) / self.state_std).flatten(1)
+        out = self.head(feat + self.state_fc(s))
+        return self.action_mean + self.action_std * self.bound * torch.tanh(out / self.bound)
+
+    def normalised(self, action: torch.Tensor) -> torch.Tensor:
+        return (action - self.action_mean) / self.action_std
+
+
+@dataclass
+class ImitationConfig:
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 1e-3
+    grad_clip: float = 1.0
+
+
+def train_imitation(policy: ContextPolicy, sample: BatchSampler, config: ImitationConfig,
+                    rng: np.random.Generator, writer: Any = None, tag: str = "imitation",
+                    progress: bool = True) -> list[float]:
+    """1-step imitation: regress the expert's first action of each window (MSE in
+    normalised action units). Returns the loss per step."""
+    if config.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {config.steps}")
+    opt = torch.optim.Adam(policy.parameters(), lr=config.lr)
+    losses: list[float] = []
+    for step in tqdm(range(config.steps), desc=f"train {tag}", disable=not progress, leave=False):
+        batch = sample(rng, config.batch_size)
+        pred = policy(batch["context"], batch["context_images"])
+        loss = ((policy.normalised(pred) - policy.normalised(batch["actions"][:, 0])) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
+        opt.step()
+        losses.append(float(loss))
+        if writer is not None:
+            writer.add_scalar(f"{tag}/loss", float(loss), step)
+    return losses
