@@ -1,0 +1,184 @@
+"""MPC speed and quality: our MPPI against pytorch_mppi, and planning latency with a
+learned world model.
+
+1. MPPI on ``Pendulum-v1`` with the true dynamics (torch), 1,000 samples, horizon 15,
+   temperature 1, noise std 1, 200 steps from gymnasium's seeded random starts: ours and
+   pytorch_mppi with the same settings and the same objective, episode by episode in one
+   process (timings on this shared machine are noisy: the ratio is what counts).
+2. Planning latency per control step of every planner (CEM, MPPI, gradient, iLQR) with
+   a learned world model of ``InvertedPendulum-v5``'s size (the ensemble of
+   ``worldplan mujoco``'s default config; the cVAE for ``--model cvae``) at batch 1 and 64.
+
+    python benchmarks/bench_mpc.py [--quick]
+
+Writes benchmarks/results/mpc.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envs.gym_tasks import PendulumTaskModel, make_env
+from planners.mpc import MPPI
+
+RESULTS = Path(__file__).resolve().parent / "results" / "mpc.json"
+SAMPLES, HORIZON, STEPS, LAMBDA, SIGMA = 1000, 15, 200, 1.0, 1.0
+
+
+def _episode(env, act, seed: int) -> tuple[float, float]:
+    """Return and mean planning ms/step of one episode driven by ``act(obs [3]) -> [1]``."""
+    obs, _ = env.reset(seed=seed)
+    total, times = 0.0, []
+    for _ in range(STEPS):
+        start = time.perf_counter()
+        action = act(obs)
+        times.append(time.perf_counter() - start)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        total += float(reward)
+        if terminated or truncated:
+            break
+    return total, 1000 * float(np.mean(times))
+
+
+def mppi_side_by_side(seeds: list[int]) -> dict:
+    from pytorch_mppi import MPPI as PeerMPPI
+
+    tm = PendulumTaskModel()
+    env = make_env("Pendulum-v1")
+
+    def peer_cost(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        # pytorch_mppi charges the running cost on the state *after* the action; ours on the
+        # state before it plus the terminal cost: the same objective up to a constant.
+        return tm.state_cost(state) + tm.action_cost(action)
+
+    rows = []
+    for seed in seeds:
+        ours = MPPI(tm.step, tm.cost, tm.action_low, tm.action_high, HORIZON,
+                    terminal_cost=tm.terminal_cost, samples=SAMPLES, temperature=LAMBDA,
+                    noise_sigma=SIGMA**2, seed=seed)
+
+        def act_ours(obs: np.ndarray, planner: MPPI = ours) -> np.ndarray:
+            with torch.no_grad():
+                state = torch.as_tensor(obs, dtype=torch.float32)[None]
+                return planner.act(state)[0].numpy()
+
+        torch.manual_seed(seed)  # pytorch_mppi draws from the global generator
+        peer = PeerMPPI(tm.step, peer_cost, 3, torch.tensor([[SIGMA**2]]),
+                        num_samples=SAMPLES, horizon=HORIZON, lambda_=LAMBDA,
+                        u_min=tm.action_low, u_max=tm.action_high)
+
+        def act_peer(obs: np.ndarray, planner: PeerMPPI = peer) -> np.ndarray:
+            with torch.no_grad():
+                return planner.command(torch.as_tensor(obs, dtype=torch.float32)).numpy()
+
+        # alternate who goes first so that machine load drifts hit both alike
+        order = [("ours", act_ours), ("pytorch_mppi", act_peer)]
+        if seed % 2:
+            order.reverse()
+        row = {"seed": seed}
+        for name, act in order:
+            ret, ms = _episode(env, act, seed)
+            row[f"{name}_return"], row[f"{name}_ms"] = ret, ms
+        rows.append(row)
+        print(f"  seed {seed}: ours {row['ours_return']:8.1f} ({row['ours_ms']:.2f} ms/step)   "
+              f"pytorch_mppi {row['pytorch_mppi_return']:8.1f} "
+              f"({row['pytorch_mppi_ms']:.2f} ms/step)", flush=True)
+    env.close()
+    out = {"settings": {"samples": SAMPLES, "horizon": HORIZON, "steps": STEPS,
+                        "lambda": LAMBDA, "noise_sigma": SIGMA}, "episodes": rows}
+    for name in ("ours", "pytorch_mppi"):
+        out[f"{name}_mean_return"] = float(np.mean([r[f"{name}_return"] for r in rows]))
+        out[f"{name}_worst_return"] = float(np.min([r[f"{name}_return"] for r in rows]))
+        out[f"{name}_ms_per_step"] = float(np.mean([r[f"{name}_ms"] for r in rows]))
+    out["time_ratio_ours_over_peer"] = out["ours_ms_per_step"] / out["pytorch_mppi_ms_per_step"]
+    return out
+
+
+def latency(batch_sizes: list[int], repeats: int) -> list[dict]:
+    """Planning ms per control step with a learned InvertedPendulum-sized world model."""
+    from envs.gym_tasks import make_task_model
+    from experiments.mujoco import (
+        ENV_DEFAULTS,
+        ModelSettings,
+        MPCSettings,
+        build_planner,
+        model_dynamics,
+    )
+    from worldmodels.ensemble import Ensemble
+    from worldmodels.stochastic import StochasticModel
+
+    env_id = "InvertedPendulum-v5"
+    tm = make_task_model(env_id)
+    ms = ModelSettings()
+    hidden = ms.hidden or ENV_DEFAULTS[env_id]["hidden"]
+    torch.manual_seed(0)
+    models = {
+        "ensemble": Ensemble(tm.state_dim, tm.action_dim, k=ms.k, hidden=hidden,
+                             layers=ms.layers, dropout=ms.dropout),
+        "cvae": StochasticModel(tm.state_dim, tm.action_dim, hidden=hidden,
+                                layers=ms.layers, dropout=ms.dropout, z_dim=ms.z_dim),
+    }
+    rows = []
+    for model_name, model in models.items():
+        dynamics, latent, unc = model_dynamics(model, None)
+        for planner_name in ("cem", "mppi", "gradient", "ilqr"):
+            if latent and planner_name == "ilqr":
+                continue
+            planner = build_planner(planner_name, dynamics, tm, MPCSettings(), env_id,
+                                    latent_dim=latent, uncertainty=unc)
+            for b in batch_sizes:
+                state = 0.01 * torch.randn(b, tm.state_dim,
+                                           generator=torch.Generator().manual_seed(b))
+                planner.reset()
+                planner.act(state)  # warm-up (validation, allocations)
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    planner.act(state)
+                    times.append(time.perf_counter() - start)
+                row = {"model": model_name, "planner": planner_name, "batch": b,
+                       "horizon": planner.horizon, "ms_per_step": 1000 * float(np.median(times)),
+                       "ms_per_problem": 1000 * float(np.median(times)) / b}
+                rows.append(row)
+                print(f"  {model_name:9s} {planner_name:9s} batch {b:3d}: "
+                      f"{row['ms_per_step']:8.1f} ms/step ({row['ms_per_problem']:.2f} ms per "
+                      "problem)", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 seeds, fewer repeats")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
+    print(f"MPPI on Pendulum-v1, true dynamics, {SAMPLES} samples, horizon {HORIZON}, "
+          f"{STEPS} steps, torch threads 1")
+    side = mppi_side_by_side(seeds)
+    print(f"\n{'':14s}{'mean return':>12s}{'worst':>10s}{'ms/step':>10s}")
+    for name in ("ours", "pytorch_mppi"):
+        print(f"{name:14s}{side[f'{name}_mean_return']:12.1f}{side[f'{name}_worst_return']:10.1f}"
+              f"{side[f'{name}_ms_per_step']:10.2f}")
+    print(f"time ratio ours / pytorch_mppi: {side['time_ratio_ours_over_peer']:.2f}\n")
+    print("Planning latency per control step, learned InvertedPendulum-v5 model "
+          "(untrained weights; latency does not depend on them)")
+    lat = latency([1, 64], repeats=3 if args.quick else 10)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    from worldmodels.checkpoint import atomic_write_text
+
+    atomic_write_text(RESULTS, json.dumps({"mppi_pendulum": side, "latency": lat,
+                                           "quick": args.quick,
+                                           "pets_anchor_s_per_step": 89.0}, indent=2) + "\n")
+    print(f"\nwrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
