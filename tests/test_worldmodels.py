@@ -21,6 +21,7 @@ from worldmodels import (
     write_dataset,
 )
 from worldmodels.checkpoint import CheckpointError
+from worldmodels.synthetic import toy_episodes
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -29,23 +30,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-def toy_episodes(n: int = 24, T: int = 30, seed: int = 0, images: bool = False) -> list[dict]:
-    """A known 3-D system: x += 0.1 a0, y += 0.1 a1, w += 0.1 sin(x)."""
-    rng = np.random.default_rng(seed)
-    eps = []
-    for _ in range(n):
-        s = np.zeros((T + 1, 3), np.float32)
-        a = rng.uniform(-1, 1, (T, 2)).astype(np.float32)
-        s[0] = rng.normal(size=3)
-        for t in range(T):
-            s[t + 1] = s[t] + 0.1 * np.array([a[t, 0], a[t, 1], np.sin(s[t, 0])])
-        ep = {"states": s, "actions": a, "costs": (s[1:] ** 2).sum(1)}
-        if images:
-            ep["images"] = rng.integers(0, 255, (T + 1, 1, 8, 8), dtype=np.uint8)
-        eps.append(ep)
-    return eps
 
 
 @pytest.fixture(scope="module")

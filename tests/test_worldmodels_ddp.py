@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from worldmodels.dataset import write_dataset
+from worldmodels.synthetic import toy_episodes
 from worldmodels.train import TrainArgs, run
 from worldmodels.training import TrainConfig
 
@@ -26,8 +27,6 @@ REL_TOL = 1e-5
 
 @pytest.mark.slow  # ~30-45 s on the shared 2-core machine
 def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
-    from tests.test_worldmodels import toy_episodes
-
     data = write_dataset(tmp_path / "d", toy_episodes(n=20, T=30, seed=3), task="toy", dt=0.1)
     train = TrainConfig(epochs=3, batch_size=64, lr=3e-3, npred=2)
     old = torch.get_num_threads()

@@ -74,3 +74,22 @@ def smooth_episodes(n: int = 100, T: int = 20, seed: int = 0, radius: float = 1.
             s[t + 1] = nxt
         eps.append({"states": s, "actions": a})
     return eps
+
+
+def toy_episodes(n: int = 24, T: int = 30, seed: int = 0,
+                 images: bool = False) -> list[dict[str, np.ndarray]]:
+    """A known 3-D system with 2-D actions: ``x += 0.1 a0, y += 0.1 a1, w += 0.1 sin(x)``;
+    costs ``|s'|^2``; with ``images``, random 1x8x8 uint8 frames."""
+    rng = np.random.default_rng(seed)
+    eps = []
+    for _ in range(n):
+        s = np.zeros((T + 1, 3), np.float32)
+        a = rng.uniform(-1, 1, (T, 2)).astype(np.float32)
+        s[0] = rng.normal(size=3)
+        for t in range(T):
+            s[t + 1] = s[t] + 0.1 * np.array([a[t, 0], a[t, 1], np.sin(s[t, 0])])
+        ep = {"states": s, "actions": a, "costs": (s[1:] ** 2).sum(1)}
+        if images:
+            ep["images"] = rng.integers(0, 255, (T + 1, 1, 8, 8), dtype=np.uint8)
+        eps.append(ep)
+    return eps
