@@ -247,12 +247,57 @@ def bench_rrt(quick: bool) -> list[dict]:
     return rows
 
 
+def figure(path: Path, budget: float = 1.0) -> None:
+    """One RRT* run on map 1 (map 0 has a straight-line solution): the tree, its best path, the shortcut path, and the best cost
+    over time for RRT* and informed RRT*."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from experiments.common import save_figure
+
+    centres, radii = circle_map(1)
+    space = Space.from_circles(centres, radii)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5))
+    for ax, fn, name in ((axes[0], rrt_star, "RRT*"), (axes[1], informed_rrt_star,
+                                                        "informed RRT*")):
+        res = fn(space, START, GOAL, time_limit=budget, seed=0)
+        for c, r in zip(centres, radii, strict=True):
+            ax.add_patch(plt.Circle(c, r, color="0.4"))
+        nodes, parents = res.nodes, res.parents
+        for i in range(1, len(nodes)):
+            a, b = nodes[i], nodes[parents[i]]
+            ax.plot([a[0], b[0]], [a[1], b[1]], c="tab:blue", lw=0.3, alpha=0.5)
+        ax.plot(res.path[:, 0], res.path[:, 1], c="tab:red", lw=2,
+                label=f"shortcut path {res.cost:.4f}")
+        ax.set_title(f"{name}, {budget:g} s: {res.iterations} iterations, tree cost "
+                     f"{res.tree_cost:.4f}", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.legend(fontsize=8, loc="lower right")
+        axes[2].step(res.history[:, 1], res.history[:, 2], where="post", label=name)
+    axes[2].axhline(math.dist(START, GOAL), ls="--", c="k", lw=0.8, label="straight line")
+    axes[2].set_xlabel("seconds")
+    axes[2].set_ylabel("best tree cost")
+    axes[2].legend(fontsize=8)
+    axes[2].set_title("best cost over time (never increases)", fontsize=9)
+    save_figure(fig, path)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer maps, shorter budgets")
     parser.add_argument("--skip-rrt", action="store_true", help="grid A* only")
     parser.add_argument("--skip-grid", action="store_true", help="RRT* only")
+    parser.add_argument("--figure", action="store_true",
+                        help="only draw benchmarks/results/path_rrt_star.png")
     args = parser.parse_args()
+    if args.figure:
+        figure(ROOT / "benchmarks" / "results" / "path_rrt_star.png")
+        return
     out = {"machine": platform.platform(), "python": platform.python_version(),
            "quick": args.quick}
     if not args.skip_grid:
