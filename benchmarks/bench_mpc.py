@@ -30,6 +30,7 @@ from planners.mpc import MPPI
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mpc.json"
 SAMPLES, HORIZON, STEPS, LAMBDA, SIGMA = 1000, 15, 200, 1.0, 1.0
+NAMES = ("ours", "ours_compiled", "pytorch_mppi")
 
 
 def _episode(env, act, seed: int) -> tuple[float, float]:
@@ -58,46 +59,58 @@ def mppi_side_by_side(seeds: list[int]) -> dict:
         # state before it plus the terminal cost: the same objective up to a constant.
         return tm.state_cost(state) + tm.action_cost(action)
 
+    def ours_planner(compile_: bool) -> MPPI:
+        return MPPI(tm.step, tm.cost, tm.action_low, tm.action_high, HORIZON,
+                    terminal_cost=tm.terminal_cost, samples=SAMPLES, temperature=LAMBDA,
+                    noise_sigma=SIGMA**2, compile=compile_)
+
+    planners = {"ours": ours_planner(False), "ours_compiled": ours_planner(True)}
+    peer = PeerMPPI(tm.step, peer_cost, 3, torch.tensor([[SIGMA**2]]), num_samples=SAMPLES,
+                    horizon=HORIZON, lambda_=LAMBDA, u_min=tm.action_low, u_max=tm.action_high)
+    start = time.perf_counter()
+    with torch.no_grad():
+        planners["ours_compiled"].plan(torch.tensor([[1.0, 0.0, 0.0]]))
+    compile_s = time.perf_counter() - start
+    print(f"  torch.compile of our rollout: {compile_s:.1f} s (once, not in the timings)")
+
+    def act_ours(obs: np.ndarray, planner: MPPI) -> np.ndarray:
+        with torch.no_grad():
+            return planner.act(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+
+    def act_peer(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return peer.command(torch.as_tensor(obs, dtype=torch.float32)).numpy()
+
     rows = []
     for seed in seeds:
-        ours = MPPI(tm.step, tm.cost, tm.action_low, tm.action_high, HORIZON,
-                    terminal_cost=tm.terminal_cost, samples=SAMPLES, temperature=LAMBDA,
-                    noise_sigma=SIGMA**2, seed=seed)
-
-        def act_ours(obs: np.ndarray, planner: MPPI = ours) -> np.ndarray:
-            with torch.no_grad():
-                state = torch.as_tensor(obs, dtype=torch.float32)[None]
-                return planner.act(state)[0].numpy()
-
+        for planner in planners.values():
+            planner.reset(seed=seed)
         torch.manual_seed(seed)  # pytorch_mppi draws from the global generator
-        peer = PeerMPPI(tm.step, peer_cost, 3, torch.tensor([[SIGMA**2]]),
-                        num_samples=SAMPLES, horizon=HORIZON, lambda_=LAMBDA,
-                        u_min=tm.action_low, u_max=tm.action_high)
-
-        def act_peer(obs: np.ndarray, planner: PeerMPPI = peer) -> np.ndarray:
-            with torch.no_grad():
-                return planner.command(torch.as_tensor(obs, dtype=torch.float32)).numpy()
-
-        # alternate who goes first so that machine load drifts hit both alike
-        order = [("ours", act_ours), ("pytorch_mppi", act_peer)]
-        if seed % 2:
+        peer.reset()
+        order = [("ours", lambda o: act_ours(o, planners["ours"])),
+                 ("ours_compiled", lambda o: act_ours(o, planners["ours_compiled"])),
+                 ("pytorch_mppi", act_peer)]
+        if seed % 2:  # alternate the order so that drifts in machine load hit all alike
             order.reverse()
         row = {"seed": seed}
         for name, act in order:
             ret, ms = _episode(env, act, seed)
             row[f"{name}_return"], row[f"{name}_ms"] = ret, ms
         rows.append(row)
-        print(f"  seed {seed}: ours {row['ours_return']:8.1f} ({row['ours_ms']:.2f} ms/step)   "
-              f"pytorch_mppi {row['pytorch_mppi_return']:8.1f} "
-              f"({row['pytorch_mppi_ms']:.2f} ms/step)", flush=True)
+        print(f"  seed {seed}: " + "   ".join(
+            f"{n} {row[n + '_return']:7.1f} ({row[n + '_ms']:.2f} ms)" for n in NAMES),
+            flush=True)
     env.close()
     out = {"settings": {"samples": SAMPLES, "horizon": HORIZON, "steps": STEPS,
-                        "lambda": LAMBDA, "noise_sigma": SIGMA}, "episodes": rows}
-    for name in ("ours", "pytorch_mppi"):
+                        "lambda": LAMBDA, "noise_sigma": SIGMA}, "episodes": rows,
+           "compile_seconds": compile_s}
+    for name in NAMES:
         out[f"{name}_mean_return"] = float(np.mean([r[f"{name}_return"] for r in rows]))
         out[f"{name}_worst_return"] = float(np.min([r[f"{name}_return"] for r in rows]))
         out[f"{name}_ms_per_step"] = float(np.mean([r[f"{name}_ms"] for r in rows]))
-    out["time_ratio_ours_over_peer"] = out["ours_ms_per_step"] / out["pytorch_mppi_ms_per_step"]
+    for name in ("ours", "ours_compiled"):
+        out[f"time_ratio_{name}_over_peer"] = (out[f"{name}_ms_per_step"]
+                                               / out["pytorch_mppi_ms_per_step"])
     return out
 
 
@@ -164,10 +177,11 @@ def main() -> None:
           f"{STEPS} steps, torch threads 1")
     side = mppi_side_by_side(seeds)
     print(f"\n{'':14s}{'mean return':>12s}{'worst':>10s}{'ms/step':>10s}")
-    for name in ("ours", "pytorch_mppi"):
+    for name in NAMES:
         print(f"{name:14s}{side[f'{name}_mean_return']:12.1f}{side[f'{name}_worst_return']:10.1f}"
               f"{side[f'{name}_ms_per_step']:10.2f}")
-    print(f"time ratio ours / pytorch_mppi: {side['time_ratio_ours_over_peer']:.2f}\n")
+    print(f"time ratio ours / pytorch_mppi: {side['time_ratio_ours_over_peer']:.2f}; "
+          f"compiled: {side['time_ratio_ours_compiled_over_peer']:.2f}\n")
     print("Planning latency per control step, learned InvertedPendulum-v5 model "
           "(untrained weights; latency does not depend on them)")
     lat = latency([1, 64], repeats=3 if args.quick else 10)

@@ -338,3 +338,12 @@ def test_float64_and_device_follow_the_state() -> None:
 def test_cuda_plan() -> None:  # pragma: no cover - no GPU on the CI machine
     plan = MPPI(linear, quad, -1.0, 1.0, 4, samples=20).plan(X0.cuda())
     assert plan.is_cuda
+
+
+@pytest.mark.slow
+def test_compiled_rollout_matches_eager() -> None:
+    eager = MPPI(linear, quad, -1.0, 1.0, 5, samples=64, seed=0)
+    fused = MPPI(linear, quad, -1.0, 1.0, 5, samples=64, seed=0, compile=True)
+    plan = torch.rand(3, 4, 5, 1, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    torch.testing.assert_close(fused.objective(X0, plan), eager.objective(X0, plan))
+    torch.testing.assert_close(fused.plan(X0), eager.plan(X0))

@@ -102,6 +102,9 @@ class Planner:
         discount: per-step discount ``gamma`` in (0, 1].
         action_dim: needed only when both bounds are scalars and ``A > 1``.
         seed: seed of the planner's own random generator.
+        compile: fuse the rollout (dynamics + costs over the horizon) with
+            ``torch.compile`` on first use (slow to compile, then faster per step; falls
+            back to eager execution if compilation fails).
     """
 
     def __init__(self, dynamics: Dynamics, cost: Cost, action_low: BoundLike,
@@ -109,7 +112,8 @@ class Planner:
                  terminal_cost: TerminalCost | None = None, *, latent_dim: int = 0,
                  z_samples: int = 1, z_reduce: Literal["mean", "min"] = "mean",
                  uncertainty: Uncertainty | None = None, uncertainty_weight: float = 0.0,
-                 discount: float = 1.0, action_dim: int | None = None, seed: int = 0) -> None:
+                 discount: float = 1.0, action_dim: int | None = None, seed: int = 0,
+                 compile: bool = False) -> None:
         for name, fn in (("dynamics", dynamics), ("cost", cost)):
             if not callable(fn):
                 raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
@@ -136,6 +140,8 @@ class Planner:
             raise ValueError(f"discount must be in (0, 1], got {discount}")
         self.discount = discount
         self.seed = int(seed)
+        self.compile = bool(compile)
+        self._compiled: Callable | None = None
         self._generator: torch.Generator | None = None
         self._plan: torch.Tensor | None = None  # warm start [B, T, A]
         self._validated: tuple | None = None  # (state_dim, device, dtype) already checked
@@ -244,9 +250,30 @@ class Planner:
         u_all = actions[:, :, None].expand(b, n, k, t, a).reshape(b * n * k, t, a)
         if self.latent_dim > 0 and z is None:
             z = self._sample_z(b * n * k, state)
-        total = torch.zeros(b * n * k, device=state.device, dtype=state.dtype)
+        rollout = self._rollout_impl
+        if self.compile:
+            if self._compiled is None:
+                self._compiled = torch.compile(self._rollout_impl, dynamic=False)
+            rollout = self._compiled
+        try:
+            total = rollout(x, u_all, z)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly
+            if rollout is self._rollout_impl:
+                raise
+            log.warning("torch.compile of the rollout failed (%s); running eagerly", exc)
+            self.compile = False
+            total = self._rollout_impl(x, u_all, z)
+        total = total.reshape(b, n, k)
+        if k == 1:
+            return total[..., 0]
+        return total.mean(-1) if self.z_reduce == "mean" else total.amin(-1)
+
+    def _rollout_impl(self, x: torch.Tensor, u_all: torch.Tensor,
+                      z: torch.Tensor | None) -> torch.Tensor:
+        """Summed cost ``[M]`` of ``u_all [M, T, A]`` from ``x [M, S]`` (``z [T, M, Z]``)."""
+        total = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
         weight = 1.0
-        for i in range(t):
+        for i in range(u_all.shape[1]):
             u = u_all[:, i]
             step_cost = self.cost(x, u)
             if self.uncertainty is not None and self.uncertainty_weight > 0:
@@ -256,10 +283,7 @@ class Planner:
             weight *= self.discount
         if self.terminal_cost is not None:
             total = total + weight * self.terminal_cost(x)
-        total = total.reshape(b, n, k)
-        if k == 1:
-            return total[..., 0]
-        return total.mean(-1) if self.z_reduce == "mean" else total.amin(-1)
+        return total
 
     # -- validation -----------------------------------------------------------------------
     def _validate(self, state: torch.Tensor) -> None:
