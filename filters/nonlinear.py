@@ -171,12 +171,10 @@ class _GaussianFilter:
                     else:
                         obs = observed[t]
                         m = torch.where(obs[:, None], m_u, m)
-                        p = torch.where(obs[:, None, None], p_u, symmetrise(p))
-                else:
-                    p = symmetrise(p)
+                        p = torch.where(obs[:, None, None], p_u, p)
                 means[t], covs[t] = m, p
             self.last_loglikelihood = _innovation_loglik(innovs, innov_covs, observed)
-        means, covs = means.transpose(0, 1), covs.transpose(0, 1)
+        means, covs = means.transpose(0, 1), symmetrise(covs.transpose(0, 1))
         return finish(means, squeeze, as_numpy), finish(covs, squeeze, as_numpy)
 
 
@@ -198,11 +196,16 @@ def _innovation_loglik(
     return torch.where(observed, ll, torch.zeros_like(ll)).sum(0)
 
 
+def _failed(info: torch.Tensor) -> bool:
+    """Whether a batched factorisation reported a failure (cheap for one track)."""
+    return int(info) != 0 if info.numel() == 1 else bool((info != 0).any())
+
+
 def _gain(s: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
     """Kalman gain ``cross S^-1`` for innovation covariance ``s`` [B, M, M] and cross
     covariance ``cross`` [B, S, M] (Cholesky solve; pseudo-inverse if S is singular)."""
     chol, info = torch.linalg.cholesky_ex(s)
-    if not bool(info.any()):
+    if not _failed(info):
         return torch.cholesky_solve(cross.mT, chol).mT
     return cross @ torch.linalg.pinv(symmetrise(s), hermitian=True)
 
@@ -283,17 +286,18 @@ class UnscentedKalmanFilter(_GaussianFilter):
         """``[B, S, S] -> [B, 2S + 1, S]``: sigma points minus the mean."""
         scaled = self._scale * p
         chol, info = torch.linalg.cholesky_ex(scaled)
-        if bool(info.any()):  # not numerically PD: symmetric square root instead
+        if _failed(info):  # not numerically PD: symmetric square root instead
             evals, evecs = torch.linalg.eigh(symmetrise(scaled))
             chol = evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)
-        return torch.matmul(self._cast(p)[2], chol.mT)  # rows: 0, +columns, -columns
+        cols = chol.mT  # row j = column j of the square root
+        return torch.cat([torch.zeros_like(cols[:, :1]), cols, -cols], dim=1)
 
     def _cast(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean weights, covariance weights ``[K, 1]`` and the selection matrix in the
-        dtype/device of ``like`` (cached)."""
+        """Mean weights ``[K, 1]``, covariance weights ``[K, 1]`` and the selection matrix
+        in the dtype/device of ``like`` (cached)."""
         key = (like.dtype, like.device)
         if self._cache_key != key:
-            self._cached = (self.wm.to(like), self.wc.to(like).unsqueeze(-1),
+            self._cached = (self.wm.to(like).unsqueeze(-1), self.wc.to(like).unsqueeze(-1),
                             self._select.to(like))
             self._cache_key = key
         return self._cached
@@ -317,10 +321,10 @@ class UnscentedKalmanFilter(_GaussianFilter):
         pts = m.unsqueeze(1) + self._offsets(p)
         pts = self._propagate(self.transition, pts, u, "transition", self.state_dim)
         wm, wc, _ = self._cast(pts)
-        mean = torch.matmul(wm, pts)  # [B, S]
+        mean = (wm * pts).sum(1)  # [B, S]
         dev = pts - mean.unsqueeze(1)
-        # symmetric up to rounding; the update (or the loop, for a missing row) symmetrises
-        return mean, dev.mT @ (wc * dev) + q
+        # symmetric up to rounding; stored covariances are symmetrised at the end
+        return mean, torch.baddbmm(q, dev.mT, wc * dev)
 
     def _update(
         self, m: torch.Tensor, p: torch.Tensor, z: torch.Tensor, r: torch.Tensor
@@ -329,12 +333,14 @@ class UnscentedKalmanFilter(_GaussianFilter):
         zpts = self._propagate(self.measure, m.unsqueeze(1) + offsets, None, "measure",
                                self.obs_dim)
         wm, wc, _ = self._cast(zpts)
-        z_hat = torch.matmul(wm, zpts)  # [B, M]
+        z_hat = (wm * zpts).sum(1)  # [B, M]
         dz = zpts - z_hat.unsqueeze(1)
         wdz = wc * dz  # [B, K, M]
-        s = dz.mT @ wdz + r
-        gain = _gain(s, offsets.mT @ wdz)  # cross covariance sum_k wc dx dz^T
+        s = torch.baddbmm(r, dz.mT, wdz)
+        gain = _gain(s, torch.bmm(offsets.mT, wdz))  # cross covariance sum_k wc dx dz^T
         innov = z - z_hat
-        m_new = m + (gain @ innov.unsqueeze(-1)).squeeze(-1)
-        p_new = symmetrise(p - gain @ s @ gain.mT)
+        m_new = torch.baddbmm(m.unsqueeze(-1), gain, innov.unsqueeze(-1)).squeeze(-1)
+        # left unsymmetrised per step: the next sigma points read only its lower triangle
+        # (Cholesky), and filter() symmetrises every stored covariance at the end
+        p_new = p - torch.bmm(torch.bmm(gain, s), gain.mT)
         return m_new, p_new, innov, s

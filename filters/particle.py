@@ -107,6 +107,10 @@ _RESAMPLE_FN: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]]
 }
 
 
+def _any(flags: torch.Tensor) -> bool:
+    return bool(flags) if flags.numel() == 1 else bool(flags.any())
+
+
 def _randn(shape: Any, gen: torch.Generator, kw: dict[str, Any]) -> torch.Tensor:
     """Standard normals; float64 ones are drawn in float32 and widened (4x faster on CPU,
     and the noise needs no more precision)."""
@@ -273,7 +277,7 @@ class ParticleFilter:
             quad = (w * w).sum(0).reshape(b, n)
             logdet = 2.0 * torch.log(torch.diagonal(chol)).sum()
             ll = -0.5 * (quad + logdet + r.shape[0] * math.log(2 * math.pi))
-        return torch.where(torch.isnan(ll), torch.full_like(ll, -math.inf), ll)
+        return torch.nan_to_num(ll, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
 
     def _roughen(
         self, particles: torch.Tensor, gen: torch.Generator
@@ -340,6 +344,8 @@ class ParticleFilter:
         hist_w = torch.empty(t_sz, b, n, **kw) if keep_history else None
         self.degenerate_steps = []
         resample = _RESAMPLE_FN[self.resampling]
+        observed = (~missing).T  # [T, B]
+        n_obs = observed.sum(1).tolist()  # host-side: skip masking when every track observes
         for t in range(t_sz):
             if t > 0:
                 flat = parts.reshape(b * n, s)
@@ -350,17 +356,22 @@ class ParticleFilter:
                 noise = _randn((b * n, s), gen, kw)
                 noise = noise * q_diag if q_diag is not None else noise @ q_chol.mT
                 parts = (moved + noise).reshape(b, n, s)
-            obs = ~missing[:, t]
-            if bool(obs.any()):
+            if n_obs[t] > 0:
+                obs = observed[t]
                 ll = self._loglik(parts, z[:, t])
-                ll = torch.where(obs[:, None], ll, torch.zeros_like(ll))
+                if n_obs[t] < b:
+                    ll = torch.where(obs[:, None], ll, torch.zeros_like(ll))
                 new = logw + ll
                 norm = torch.logsumexp(new, dim=-1)  # [B]
                 dead = ~torch.isfinite(norm)
-                if bool(dead.any()):
+                if _any(dead):
                     parts, new, norm = self._recover(t, dead, parts, logw, new, norm,
                                                      init_parts)
-                loglik = loglik + torch.where(obs & ~dead, norm, torch.zeros_like(norm))
+                    loglik = loglik + torch.where(obs & ~dead, norm, torch.zeros_like(norm))
+                elif n_obs[t] < b:
+                    loglik = loglik + torch.where(obs, norm, torch.zeros_like(norm))
+                else:
+                    loglik = loglik + norm
                 logw = new - norm.unsqueeze(-1)
             w = torch.exp(logw)
             means[t], covs[t] = weighted_mean_cov(parts, w)
@@ -369,13 +380,17 @@ class ParticleFilter:
             ess = 1.0 / (w * w).sum(-1)
             ess_all[t] = ess
             need = ess < self.ess_threshold * n
-            if bool(need.any()):
+            n_need = int(need.sum())
+            if n_need > 0:
                 idx = resample(w, gen)
                 new_parts = torch.gather(parts, 1, idx.unsqueeze(-1).expand(-1, -1, s))
                 if self.roughening > 0:
                     new_parts = self._roughen(new_parts, gen)
-                parts = torch.where(need[:, None, None], new_parts, parts)
-                logw = torch.where(need[:, None], torch.full_like(logw, -log_n), logw)
+                if n_need == b:
+                    parts, logw = new_parts, torch.full_like(logw, -log_n)
+                else:
+                    parts = torch.where(need[:, None, None], new_parts, parts)
+                    logw = torch.where(need[:, None], torch.full_like(logw, -log_n), logw)
                 res_all[t] = need
         self.ess, self.resampled = ess_all.T, res_all.T
         self.last_loglikelihood = loglik
