@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from experiments.common import resolve_device, save_figure, seed_everything
 from experiments.runs import Run
@@ -143,7 +144,7 @@ def pendulum_comparison(
     }
     estimates: dict[str, np.ndarray] = {}
     metrics: dict[str, Any] = {}
-    for name, flt in filters_.items():
+    for name, flt in tqdm(filters_.items(), desc="pendulum filters", leave=False):
         means, _ = flt.filter(zt)
         est = means.cpu().numpy()
         per_track = angle_rmse(est, truth)
