@@ -35,6 +35,7 @@ from planners.path import NoPathError, Space, astar, rrt_star, shortcut
 log = logging.getLogger(__name__)
 
 PLANNERS = ("astar", "rrt_star")
+TRACKERS = ("pursuit", "mppi")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class NavigationConfig:
     rrt_time: float = 0.5  # s, budget when planner == rrt_star
     margin: float = 0.1  # m, added to the robot radius when inflating the map
     plan_resolution: float = 0.1  # m, the map is split to about this cell size to plan
+    tracker: str = "pursuit"  # pursuit | mppi (planners.mpc.MPPI on the task model)
     speed: float = 0.7  # m/s, tracker cruise speed
     lookahead: float = 0.5  # m, pure-pursuit lookahead along the path
     n_particles: int = 400
@@ -130,6 +132,56 @@ class PurePursuit:
         if dist < 1e-9:
             return np.zeros(2)
         return delta / dist * speed
+
+
+class MPPITracker:
+    """Path following by MPPI (:class:`planners.mpc.MPPI`) on the task model's dynamics:
+    each step the pure-pursuit point ``lookahead`` metres ahead becomes the target, and
+    the running cost is the distance to it plus a steep penalty where the robot disc comes
+    within ``clearance`` metres of a wall (looked up in a distance map of the map)."""
+
+    def __init__(self, path: np.ndarray, task_model, grid: OccupancyGrid, robot_radius: float,
+                 config: NavigationConfig, seed: int, clearance: float = 0.05) -> None:
+        from scipy.ndimage import distance_transform_edt
+
+        from planners.mpc import MPPI
+
+        self.pursuit = PurePursuit(path, config.speed, 2 * config.lookahead,
+                                   task_model.params.dt)
+        fine = grid.upsample(max(1, math.ceil(grid.resolution / 0.05 - 1e-9)))
+        self.res = fine.resolution
+        self.origin = torch.tensor(fine.origin, dtype=torch.float32)
+        dist = distance_transform_edt(~fine.occupied) * fine.resolution
+        self.dist = torch.tensor(dist, dtype=torch.float32)  # [H, W] metres to a wall
+        self.limit = robot_radius + clearance
+        self.target = torch.zeros(2)
+        self.goal = torch.tensor(path[-1], dtype=torch.float32)
+        self.tm = task_model
+        self.mppi = MPPI(task_model.step, self._cost, task_model.action_low,
+                         task_model.action_high, horizon=10, samples=128, temperature=0.05,
+                         noise_sigma=0.3**2, seed=seed)
+
+    def _cost(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        pos = state[:, :2]
+        idx = torch.floor((pos - self.origin.to(pos)) / self.res).long()
+        h, w = self.dist.shape
+        col = idx[:, 0].clamp(0, w - 1)
+        row = idx[:, 1].clamp(0, h - 1)
+        clearance = self.dist.to(pos)[row, col]
+        wall = torch.relu(self.limit - clearance) * 100.0
+        return torch.linalg.norm(pos - self.target.to(pos), dim=1) + wall + 0.01 * (
+            action**2).sum(1)
+
+    def __call__(self, estimate: np.ndarray) -> np.ndarray:
+        self.pursuit.progress = max(self.pursuit.progress, self.pursuit._project(estimate[:2]))
+        target = self.pursuit.point_at(self.pursuit.progress + self.pursuit.lookahead)
+        self.target = torch.tensor(target, dtype=torch.float32)
+        state = torch.tensor(estimate, dtype=torch.float32)[None]
+        action = self.mppi.act(state)[0].numpy().astype(np.float64)
+        to_goal = float(np.linalg.norm(self.pursuit.path[-1] - estimate[:2]))
+        cap = min(self.pursuit.speed, to_goal / (2 * self.pursuit.dt) + 0.05)
+        norm = float(np.linalg.norm(action))
+        return action * (cap / norm) if norm > cap else action
 
 
 class OnlineParticleFilter:
@@ -223,7 +275,10 @@ def run_episode(env: Navigation2DEnv, config: NavigationConfig, seed: int,
     t0 = time.perf_counter()
     path = plan_path(env.grid, env.start, env.goal, config, env.params.radius, rng)
     plan_seconds = time.perf_counter() - t0
-    tracker = PurePursuit(path, config.speed, config.lookahead, env.params.dt)
+    if config.tracker == "mppi":
+        tracker = MPPITracker(path, tm, env.grid, env.params.radius, config, seed)
+    else:
+        tracker = PurePursuit(path, config.speed, config.lookahead, env.params.dt)
     pf = OnlineParticleFilter(tm, info["state"], config.n_particles, config.init_std, seed,
                               robot_radius=env.params.radius)
     estimate = info["state"].copy()
@@ -232,7 +287,7 @@ def run_episode(env: Navigation2DEnv, config: NavigationConfig, seed: int,
     if snapshots:
         clouds.append((0, pf.particles.numpy()[:, :2].astype(np.float32)))
     for step in range(config.max_steps):
-        action = tracker(estimate[:2])
+        action = tracker(estimate) if config.tracker == "mppi" else tracker(estimate[:2])
         obs, _, terminated, truncated, info = env.step(action)
         estimate, particles = pf.update(action, obs[:k])
         true.append(info["state"][:2].copy())
@@ -334,6 +389,8 @@ def evaluate(config: NavigationConfig, run: Run) -> dict:
         raise ValueError(f"episodes must be positive, got {config.episodes}")
     if config.planner not in PLANNERS:
         raise ValueError(f"planner must be one of {', '.join(PLANNERS)}, got {config.planner!r}")
+    if config.tracker not in TRACKERS:
+        raise ValueError(f"tracker must be one of {', '.join(TRACKERS)}, got {config.tracker!r}")
     if config.device != "cpu":
         log.info("navigation runs on the CPU (small per-step batches); ignoring --device %s",
                  config.device)
@@ -356,6 +413,7 @@ def evaluate(config: NavigationConfig, run: Run) -> dict:
     metrics = {
         "episodes": total,
         "planner": config.planner,
+        "tracker": config.tracker,
         "success_rate": successes / total,
         "planning_failures": failures_to_plan,
         "mean_localisation_error_m": float(errors.mean()) if len(errors) else math.nan,

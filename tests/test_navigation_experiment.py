@@ -66,3 +66,16 @@ def test_quick_evaluation_writes_metrics_and_figures(tmp_path) -> None:
         assert (run.figures / name).stat().st_size > 10_000
     with pytest.raises(ValueError, match="episodes"):
         evaluate(NavigationConfig(episodes=0), run)
+    with pytest.raises(ValueError, match="tracker"):
+        evaluate(NavigationConfig(tracker="teleport"), run)
+
+
+def test_mppi_tracker_reaches_the_goal_without_contacts() -> None:
+    from envs.navigation import Navigation2DEnv
+    from experiments.navigation import run_episode
+
+    cfg = NavigationConfig(tracker="mppi", n_particles=100)
+    env = Navigation2DEnv(map_config=cfg.map, max_steps=cfg.max_steps)
+    rec = run_episode(env, cfg, seed=1)
+    assert rec.success and rec.collisions == 0
+    assert np.linalg.norm(rec.true[-1] - rec.goal) <= env.params.goal_radius
