@@ -345,7 +345,11 @@ def test_ensemble_checkpoint_and_disagreement(toy: Path, tmp_path: Path) -> None
     # rollout steps the members' mean state; its first step is the mean of the members'
     torch.testing.assert_close(again.rollout(ctx, acts)[:, 0], members[:, :, 0].mean(0))
     assert (again.disagreement(ctx, acts) > 0).all()
-    np.testing.assert_allclose(again.members[2].state_mean.numpy(), ds.stats.state_mean)
+    np.testing.assert_allclose(again.state_mean.numpy(), ds.stats.state_mean)
+    # members differ (independent initialisations) and each is a working model
+    assert members.var(0).mean() > 0
+    with pytest.raises(ValueError, match=r"k \(ensemble size\) must be"):
+        Ensemble(3, 2, k=1)
 
 
 def test_train_stochastic_two_phases_and_resume(toy: Path, tmp_path: Path) -> None:
