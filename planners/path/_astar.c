@@ -6,74 +6,94 @@
  * both orthogonal neighbours free. Heuristic: octile (8) or Manhattan (4) distance,
  * times `weight` (0 = Dijkstra). goal < 0 runs Dijkstra to every reachable cell.
  *
- * Open list: a 4-ary heap with lazy deletion; ties on f are broken toward larger g
- * (deeper nodes), which expands far fewer cells on open grids.
+ * Open list: a radix heap over f quantised to integers, with lazy deletion; children
+ * whose key equals the key being expanded skip it and go on a LIFO stack (depth first
+ * among ties, which expands far fewer cells on open grids).
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    int64_t key; /* f quantised to 2^-24: sums of 1s and sqrt(2)s that are equal in exact
-                    arithmetic but differ in the last bits of a double compare equal, so the
-                    tie-break toward larger g works (it saves most expansions on open grids) */
-    float g; /* tie-break only; the exact cost-to-come lives in g[] */
-    int32_t idx;
-} node_t; /* 16 bytes */
-
 #define KEY_SCALE 16777216.0
-/* f >= 0 always, so adding 0.5 and truncating rounds to nearest (llround is a libm call) */
+/* f >= 0 always, so adding 0.5 and truncating rounds to nearest (llround is a libm call).
+ * f is quantised to 2^-24 so that sums of 1s and sqrt(2)s that are equal in exact
+ * arithmetic but differ in the last bits of a double compare equal. */
 #define KEY(f) ((int64_t)((f) * KEY_SCALE + 0.5))
 
+/* A radix heap (Ahuja et al. 1990) over the integer keys: exact and amortised O(1) per
+ * operation for monotone keys (every key pushed >= the last key popped), which A* with a
+ * consistent heuristic produces; a key below the last popped one (weighted A*, rounding)
+ * is clamped up to it, i.e. expanded next, as the minimum it is. Ties are not ordered. */
 typedef struct {
-    node_t *data;
-    int64_t size;
-    int64_t cap;
-} heap_t;
+    int64_t key;
+    int32_t idx;
+} item_t;
 
-static int before(const node_t *a, const node_t *b) {
-    if (a->key != b->key) return a->key < b->key;
-    return a->g > b->g;
+typedef struct {
+    item_t *data[65];
+    int64_t size[65];
+    int64_t cap[65];
+    int64_t last;
+    int64_t count;
+} radix_t;
+
+static int radix_bucket(int64_t key, int64_t last) {
+    uint64_t x = (uint64_t)key ^ (uint64_t)last;
+    if (x == 0) return 0;
+#if defined(__GNUC__) || defined(__clang__)
+    return 64 - __builtin_clzll(x);
+#else
+    int b = 0;
+    while (x) {
+        x >>= 1;
+        ++b;
+    }
+    return b;
+#endif
 }
 
-static int heap_push(heap_t *h, double f, double g, int32_t idx) {
-    if (h->size == h->cap) {
-        int64_t cap = h->cap ? h->cap * 2 : 1024;
-        node_t *d = (node_t *)realloc(h->data, (size_t)cap * sizeof(node_t));
+static int radix_put(radix_t *q, int b, item_t it) {
+    if (q->size[b] == q->cap[b]) {
+        int64_t cap = q->cap[b] ? q->cap[b] * 2 : 256;
+        item_t *d = (item_t *)realloc(q->data[b], (size_t)cap * sizeof(item_t));
         if (!d) return -1;
-        h->data = d;
-        h->cap = cap;
+        q->data[b] = d;
+        q->cap[b] = cap;
     }
-    int64_t i = h->size++;
-    node_t n = {KEY(f), (float)g, idx};
-    while (i > 0) {
-        int64_t p = (i - 1) >> 2; /* a 4-ary heap: shallower, and children share a line */
-        if (!before(&n, &h->data[p])) break;
-        h->data[i] = h->data[p];
-        i = p;
-    }
-    h->data[i] = n;
+    q->data[b][q->size[b]++] = it;
     return 0;
 }
 
-static node_t heap_pop(heap_t *h) {
-    node_t top = h->data[0];
-    node_t last = h->data[--h->size];
-    int64_t i = 0, n = h->size;
-    for (;;) {
-        int64_t l = 4 * i + 1;
-        if (l >= n) break;
-        int64_t c = l;
-        int64_t end = l + 4 < n ? l + 4 : n;
-        for (int64_t k = l + 1; k < end; ++k)
-            if (before(&h->data[k], &h->data[c])) c = k;
-        if (!before(&h->data[c], &last)) break;
-        h->data[i] = h->data[c];
-        i = c;
+static int radix_push(radix_t *q, int64_t key, int32_t idx) {
+    if (key < q->last) key = q->last;
+    item_t it = {key, idx};
+    ++q->count;
+    return radix_put(q, radix_bucket(key, q->last), it);
+}
+
+/* Pops an item with the smallest key (q->count > 0); returns -1 on allocation failure. */
+static int radix_pop(radix_t *q, item_t *out) {
+    if (q->size[0] == 0) {
+        int b = 1;
+        while (q->size[b] == 0) ++b;
+        item_t *d = q->data[b];
+        int64_t n = q->size[b];
+        int64_t m = d[0].key;
+        for (int64_t i = 1; i < n; ++i)
+            if (d[i].key < m) m = d[i].key;
+        q->last = m;
+        q->size[b] = 0;
+        for (int64_t i = 0; i < n; ++i)
+            if (radix_put(q, radix_bucket(d[i].key, m), d[i]) < 0) return -1;
     }
-    if (n > 0) h->data[i] = last;
-    return top;
+    *out = q->data[0][--q->size[0]];
+    --q->count;
+    return 0;
+}
+
+static void radix_free(radix_t *q) {
+    for (int b = 0; b < 65; ++b) free(q->data[b]);
 }
 
 static const int DR[8] = {-1, 1, 0, 0, -1, -1, 1, 1};
@@ -93,7 +113,8 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
     /* st: the grid padded by a border of walls; bit 0 = occupied, bit 1 = closed. One
      * load per neighbour answers both questions and no bounds checks are needed. */
     uint8_t *st = (uint8_t *)malloc((size_t)((H + 2) * WP));
-    int32_t *stack = (int32_t *)malloc((size_t)n * sizeof(int32_t));
+    int64_t stack_cap = n > 1024 ? n : 1024;
+    int32_t *stack = (int32_t *)malloc((size_t)stack_cap * sizeof(int32_t));
     if (!st || !stack) {
         free(st);
         free(stack);
@@ -119,7 +140,8 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
     }
     const int32_t gr = goal >= 0 ? goal / W : 0, gc = goal >= 0 ? goal % W : 0;
     const int use_h = goal >= 0 && weight > 0.0;
-    heap_t heap = {NULL, 0, 0};
+    radix_t heap;
+    memset(&heap, 0, sizeof(heap));
     int found = goal < 0 ? 1 : 0;
     int64_t count = 0;
     g[start] = 0.0;
@@ -133,17 +155,24 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
      * a LIFO stack that is emptied before the heap (no heap traffic on open stretches). */
     int64_t top = 0;
     int64_t cur_key = 0;
-    if (heap_push(&heap, h0, 0.0, start) < 0) {
+    if (radix_push(&heap, KEY(h0), start) < 0) {
         free(stack);
         free(st);
+        radix_free(&heap);
         return -1;
     }
-    while (top > 0 || heap.size > 0) {
+    while (top > 0 || heap.count > 0) {
         int32_t u;
         if (top > 0) {
             u = stack[--top];
         } else {
-            node_t cur = heap_pop(&heap);
+            item_t cur;
+            if (radix_pop(&heap, &cur) < 0) {
+                free(stack);
+                free(st);
+                radix_free(&heap);
+                return -1;
+            }
             u = cur.idx;
             cur_key = cur.key;
         }
@@ -176,11 +205,24 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
                     h = conn == 8 ? (dr + dc) + OCT * (dr < dc ? dr : dc) : (double)(dr + dc);
                     h *= weight;
                 }
-                if (KEY(ng + h) == cur_key) {
+                const int64_t key = KEY(ng + h);
+                if (key <= cur_key) { /* a minimum already: expand it next */
+                    if (top == stack_cap) { /* only weighted A* can get here */
+                        int32_t *grown = (int32_t *)realloc(stack, (size_t)(2 * stack_cap) *
+                                                                       sizeof(int32_t));
+                        if (!grown) {
+                            free(stack);
+                            radix_free(&heap);
+                            free(st);
+                            return -1;
+                        }
+                        stack = grown;
+                        stack_cap *= 2;
+                    }
                     stack[top++] = v;
-                } else if (heap_push(&heap, ng + h, ng, v) < 0) {
+                } else if (radix_push(&heap, key, v) < 0) {
                     free(stack);
-                    free(heap.data);
+                    radix_free(&heap);
                     free(st);
                     return -1;
                 }
@@ -188,7 +230,7 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
         }
     }
     free(stack);
-    free(heap.data);
+    radix_free(&heap);
     free(st);
     *expanded = count;
     return found;
