@@ -702,13 +702,12 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
                          f"{ev.ncond}, {ev.max_steps}")
     ds = _open_dataset(run)
     device = resolve_device(config.device)
-    rec_path = run.data / ds.manifest["generator"]["config"]["recording"]
-    rec = Recording.load(rec_path)
     # load everything first so that a missing checkpoint fails before any episode runs
     policies = {m: _load_policy(run, m, ds, device) for m in ev.methods if m in POLICY_METHODS}
     need_model = any(m in POLICY_METHODS for m in ev.methods) or _model_path(
         run, "stochastic").is_file()
     sto = _load_world_model(run, "stochastic", ds, device) if need_model else None
+    rec = Recording.load(run.data / ds.manifest["generator"]["config"]["recording"])
     cars, starts = _test_cars(ds, config.episodes)
     view = View(**ds.manifest["generator"]["config"]["view"])
     context = sto.ncond if sto is not None else 1

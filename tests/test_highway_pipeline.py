@@ -1,0 +1,195 @@
+"""The highway data pipeline (tracking, smoothing, episodes), the policy learners, and the
+experiment's bad-input errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from envs.highway import Recording, View, actions_from_states, record_traffic, step_state_torch
+from envs.highway.episodes import build_episodes
+from experiments.highway import (
+    HighwayConfig,
+    evaluate_stage,
+    extraction_errors,
+    quick_config,
+    smooth_tracks,
+    tracker_noise,
+    train_policy_stage,
+)
+from experiments.runs import Run
+from planners.policy.imitation import ContextPolicy, ImitationConfig, train_imitation
+from planners.policy.mpur import MPURConfig, UncertaintyStats, train_mpur
+from worldmodels.checkpoint import CheckpointError, save_checkpoint
+from worldmodels.dataset import write_dataset
+
+
+@pytest.fixture(scope="module")
+def recording() -> Recording:
+    return record_traffic(steps=650, warmup=250, seed=5, progress=False)
+
+
+def test_rts_smoothing_makes_actions_recoverable(recording: Recording) -> None:
+    r = recording
+    rng = np.random.default_rng(0)
+    sigma = (0.3, 0.15)
+    det = tracker_noise(r.pos, r.valid, sigma, rng)
+    assert np.isnan(det[~r.valid]).all()
+    pos, vel = smooth_tracks(det, r.valid, r.dt, (0.5, 0.005), sigma)
+    cars = r.complete_cars()[:10]
+    spans = [r.span(c) for c in cars]
+    m = min(b - a + 1 for a, b in spans)
+    truth = np.stack([r.pos[a:a + m, c] for c, (a, _) in zip(cars, spans, strict=True)])
+    raw = np.stack([det[a:a + m, c] for c, (a, _) in zip(cars, spans, strict=True)])
+    smooth = np.stack([pos[a:a + m, c] for c, (a, _) in zip(cars, spans, strict=True)])
+    e_raw, e_smooth = extraction_errors(truth, raw, r.dt), extraction_errors(truth, smooth, r.dt)
+    # raw detections differentiated twice: noise / dt^2 swamps the signal
+    assert e_raw["accel_rmse"] > 10 * e_raw["accel_true_std"]
+    assert e_smooth["accel_rmse"] < 0.02 * e_raw["accel_rmse"]
+    assert e_smooth["accel_rmse"] < e_smooth["accel_true_std"]
+    assert e_smooth["steer_rmse"] < 0.01 * e_raw["steer_rmse"]
+    # the smoothed tracks stay on the true ones to well within the noise
+    err = np.abs(smooth - truth).reshape(-1, 2).mean(0)
+    assert err[0] < 0.5 * sigma[0] and err[1] < 0.5 * sigma[1]
+
+
+def test_episodes_line_up_states_actions_images_costs(recording: Recording) -> None:
+    r = recording
+    cars = r.complete_cars()[:3]
+    eps = build_episodes(r.pos, r.heading, r.valid, r.size, cars, r.road, r.dt, View(),
+                         progress=False)
+    for ep, car in zip(eps, cars, strict=True):
+        t = len(ep["actions"])
+        assert ep["states"].shape == (t + 1, 4) and ep["images"].shape == (t + 1, 3, 117, 24)
+        assert ep["images"].dtype == np.uint8 and ep["costs"].shape == (t,)
+        a, b = r.span(car)
+        assert ep["start"] == a and t + 2 == b - a + 1
+        # the ego is in the middle of its own images, the actions replay the states
+        assert (ep["images"][:, 2, 58, 12] == 255).all()
+        np.testing.assert_allclose(actions_from_states(ep["states"].astype(np.float64)),
+                                   ep["actions"], atol=1e-3)
+        nxt = step_state_torch(torch.as_tensor(ep["states"][:-1], dtype=torch.float64),
+                               torch.as_tensor(ep["actions"], dtype=torch.float64), 1e-3)
+        # (to float32 rounding; steering is unobservable below 5 cm/s and reads 0 there)
+        np.testing.assert_allclose(nxt.numpy(), ep["states"][1:], atol=5e-3)
+        assert ep["collision"].max() < 0.25  # the recorded drivers do not crash
+
+
+def _policy() -> ContextPolicy:
+    return ContextPolicy(4, 2, (3, 117, 24), 2, np.zeros(4), np.ones(4), np.zeros(2),
+                         np.array([1.0, 0.01]), hidden=16, channels=(4, 4))
+
+
+def _batches(rng: np.random.Generator, n: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
+    ctx = torch.randn(n, 2, 4, generator=g)
+    return {"context": ctx, "context_images": torch.rand(n, 2, 3, 117, 24, generator=g),
+            "actions": torch.stack([ctx[:, -1, 0:1].repeat(1, 3), 0.01 * ctx[:, -1, 1:2]
+                                    .repeat(1, 3)], -1),
+            "targets": torch.randn(n, 3, 4, generator=g),
+            "target_images": torch.rand(n, 3, 3, 117, 24, generator=g)}
+
+
+def test_policy_bounds_and_imitation_learns() -> None:
+    torch.manual_seed(0)
+    pol = _policy()
+    out = pol(torch.randn(5, 2, 4) * 100, torch.rand(5, 2, 3, 117, 24))
+    assert out.shape == (5, 2)
+    assert (out[:, 0].abs() <= 3.0 + 1e-5).all() and (out[:, 1].abs() <= 0.03 + 1e-7).all()
+    with pytest.raises(ValueError, match="frames"):
+        pol(torch.randn(5, 2, 4), torch.rand(5, 3, 117, 24))
+    losses = train_imitation(pol, _batches, ImitationConfig(steps=50, batch_size=16, lr=3e-3),
+                             np.random.default_rng(0), progress=False)
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+
+
+class _ToyModel(torch.nn.Module):
+    """next speed = speed + action; frame: an obstacle whose brightness grows with speed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def step(self, ctx, action, z=None, image=None):
+        s = ctx[:, -1].clone()
+        s = torch.cat([s[:, :2], s[:, 2:3] + self.w * action[:, :1], s[:, 3:]], 1)
+        img = torch.zeros_like(image[:, -1])
+        img[:, 1, 40:50, 10:14] = torch.sigmoid(s[:, 2:3, None] - 2.0)
+        return s, img
+
+
+def test_bptt_learner_lowers_the_predicted_cost_and_needs_uncertainty_for_lam() -> None:
+    torch.manual_seed(1)
+    pol = _policy()
+
+    def cost(images, states):
+        return images[:, 1].flatten(1).amax(1)
+
+    cfg = MPURConfig(steps=40, batch_size=16, horizon=3, lr=3e-3, lam=0.0)
+    hist = train_mpur(pol, _ToyModel(), _batches, cost, cfg, np.random.default_rng(0),
+                      lambda b, t: None, progress=False)
+    assert np.mean(hist["cost"][-5:]) < np.mean(hist["cost"][:5])
+    with pytest.raises(ValueError, match="uncertainty"):
+        train_mpur(pol, _ToyModel(), _batches, cost, dataclasses.replace(cfg, lam=0.5),
+                   np.random.default_rng(0), lambda b, t: None, progress=False)
+    stats = UncertaintyStats(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0]))
+    np.testing.assert_allclose(stats.hinge(torch.tensor([[0.5, 4.0]])).numpy(), [[0.0, 2.0]])
+
+
+# -- bad input ---------------------------------------------------------------------------
+def _run(tmp_path, task_of_data: str = "highway", images: bool = True) -> Run:
+    run = Run.create(tmp_path / "run", "highway")
+    rng = np.random.default_rng(0)
+    eps = []
+    for _ in range(10):
+        ep = {"states": rng.normal(size=(8, 4)).astype(np.float32),
+              "actions": rng.normal(size=(7, 2)).astype(np.float32)}
+        if images:
+            ep["images"] = rng.integers(0, 255, (8, 3, 117, 24), dtype=np.uint8)
+        eps.append(ep)
+    meta = {"car_ids": list(range(10)), "start_steps": [0] * 10, "recording": "recording.npz",
+            "view": dataclasses.asdict(View())}
+    write_dataset(run.data / "dataset", eps, task=task_of_data, dt=0.1, config=meta)
+    return run
+
+
+def test_unknown_method_fails_before_any_work(tmp_path) -> None:
+    run = Run.create(tmp_path / "empty", "highway")  # no data set at all
+    cfg = quick_config()
+    cfg.evaluate.methods = ("mpur", "teleport")
+    with pytest.raises(ValueError, match="teleport"):
+        evaluate_stage(cfg, run)
+    cfg.policy.methods = ("dagger",)
+    with pytest.raises(ValueError, match="dagger"):
+        train_policy_stage(cfg, run)
+
+
+def test_dataset_of_another_task_is_rejected(tmp_path) -> None:
+    run = _run(tmp_path, task_of_data="truck", images=False)
+    with pytest.raises(ValueError, match="truck"):
+        train_policy_stage(quick_config(), run)
+
+
+def test_missing_or_mismatched_checkpoints_are_rejected(tmp_path) -> None:
+    run = _run(tmp_path)
+    cfg: HighwayConfig = quick_config()
+    with pytest.raises(CheckpointError, match="world model not found"):
+        train_policy_stage(cfg, run)
+    cfg.evaluate.methods = ("imitation",)
+    with pytest.raises(CheckpointError, match="policy 'imitation' not found"):
+        evaluate_stage(cfg, run)
+    wrong = ContextPolicy(4, 2, (4, 117, 24), 2, np.zeros(4), np.ones(4), np.zeros(2),
+                          np.ones(2))
+    save_checkpoint(run.checkpoints / "policy-imitation.pt",
+                    {"kind": "highway-policy", "config": wrong.config(),
+                     "state_dict": wrong.state_dict(),
+                     "stats": {"state_mean": [0.0] * 4, "state_std": [1.0] * 4,
+                               "action_mean": [0.0] * 2, "action_std": [1.0] * 2}})
+    with pytest.raises(CheckpointError, match="expects images"):
+        evaluate_stage(cfg, run)
+    (run.checkpoints / "policy-imitation.pt").write_bytes(b"torn")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        evaluate_stage(cfg, run)
