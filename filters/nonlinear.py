@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch.func import jacrev, vmap
 
@@ -116,6 +117,34 @@ class _GaussianFilter:
         self.Q, self.R, self.x0, self.P0 = q, r, x, p0
         self.last_loglikelihood: torch.Tensor | None = None
 
+    def _torch_loop(
+        self, m: torch.Tensor, p: torch.Tensor, z: torch.Tensor, u: torch.Tensor | None,
+        q: torch.Tensor, r: torch.Tensor, n_obs: list[int], observed: torch.Tensor,
+        means: torch.Tensor, covs: torch.Tensor, innovs: torch.Tensor, innov_covs: torch.Tensor,
+    ) -> None:
+        """Predict/update over time for all tracks, filling the time-major output buffers."""
+        b_sz = z.shape[0]
+        for t in range(z.shape[1]):
+            if t > 0:
+                m, p = self._predict(m, p, None if u is None else u[:, t - 1], q)
+            if n_obs[t] > 0:
+                m_u, p_u, innovs[t], innov_covs[t] = self._update(m, p, z[:, t], r)
+                if n_obs[t] == b_sz:
+                    m, p = m_u, p_u
+                else:
+                    obs = observed[t]
+                    m = torch.where(obs[:, None], m_u, m)
+                    p = torch.where(obs[:, None, None], p_u, p)
+            means[t], covs[t] = m, p
+
+    def _use_numpy_core(self, z: torch.Tensor) -> bool:
+        """Whether to run the loop in numpy (subclasses that support it, few tracks, CPU
+        float64: there numpy's per-call cost on tiny arrays is a fraction of torch's)."""
+        return False
+
+    def _numpy_loop(self, *args: Any) -> None:
+        raise NotImplementedError
+
     # subclasses implement one predict and one update, batched over tracks
     def _predict(
         self, m: torch.Tensor, p: torch.Tensor, u: torch.Tensor | None, q: torch.Tensor
@@ -161,18 +190,12 @@ class _GaussianFilter:
         observed = (~missing).T  # [T, B]
         n_obs = observed.sum(1).tolist()  # host-side, decides the branch per step
         with torch.no_grad():
-            for t in range(t_sz):
-                if t > 0:
-                    m, p = self._predict(m, p, None if u is None else u[:, t - 1], q)
-                if n_obs[t] > 0:
-                    m_u, p_u, innovs[t], innov_covs[t] = self._update(m, p, z[:, t], r)
-                    if n_obs[t] == b_sz:
-                        m, p = m_u, p_u
-                    else:
-                        obs = observed[t]
-                        m = torch.where(obs[:, None], m_u, m)
-                        p = torch.where(obs[:, None, None], p_u, p)
-                means[t], covs[t] = m, p
+            if self._use_numpy_core(z):
+                self._numpy_loop(m, p, z, u, q, r, n_obs, observed, means, covs, innovs,
+                                 innov_covs)
+            else:
+                self._torch_loop(m, p, z, u, q, r, n_obs, observed, means, covs, innovs,
+                                 innov_covs)
             self.last_loglikelihood = _innovation_loglik(innovs, innov_covs, observed)
         means, covs = means.transpose(0, 1), symmetrise(covs.transpose(0, 1))
         return finish(means, squeeze, as_numpy), finish(covs, squeeze, as_numpy)
@@ -344,3 +367,77 @@ class UnscentedKalmanFilter(_GaussianFilter):
         # (Cholesky), and filter() symmetrises every stored covariance at the end
         p_new = p - torch.bmm(torch.bmm(gain, s), gain.mT)
         return m_new, p_new, innov, s
+
+    # -- numpy core: the same arithmetic for a few tracks on the CPU in float64 -------------
+    def _use_numpy_core(self, z: torch.Tensor) -> bool:
+        return z.device.type == "cpu" and z.dtype == torch.float64 and z.shape[0] <= 4
+
+    def _np_offsets(self, p: np.ndarray) -> np.ndarray:
+        scaled = self._scale * p
+        try:
+            chol = np.linalg.cholesky(scaled)
+        except np.linalg.LinAlgError:  # not numerically PD: symmetric square root instead
+            evals, evecs = np.linalg.eigh(0.5 * (scaled + scaled.swapaxes(-1, -2)))
+            chol = evecs * np.sqrt(np.clip(evals, 0, None))[..., None, :]
+        cols = chol.swapaxes(-1, -2)
+        return np.concatenate([np.zeros((cols.shape[0], 1, cols.shape[2])), cols, -cols], axis=1)
+
+    def _np_call(
+        self, fn: Callable[..., torch.Tensor], pts: np.ndarray, u: np.ndarray | None, name: str,
+        width: int,
+    ) -> np.ndarray:
+        b_sz, k, s = pts.shape
+        x = torch.from_numpy(pts.reshape(b_sz * k, s))
+        uu = None if u is None else torch.from_numpy(np.repeat(u, k, axis=0))
+        out = _check_output(name, _call(fn, x, uu), b_sz * k, width)
+        return out.detach().numpy().reshape(b_sz, k, width)
+
+    def _numpy_loop(
+        self, m_t: torch.Tensor, p_t: torch.Tensor, z_t: torch.Tensor, u_t: torch.Tensor | None,
+        q_t: torch.Tensor, r_t: torch.Tensor, n_obs: list[int], observed: torch.Tensor,
+        means: torch.Tensor, covs: torch.Tensor, innovs: torch.Tensor, innov_covs: torch.Tensor,
+    ) -> None:
+        """The filter loop of :meth:`filter` in numpy; fills the (numpy views of the) output
+        buffers in place."""
+        m, p = m_t.numpy().copy(), p_t.numpy().copy()
+        z, q, r = z_t.numpy(), q_t.numpy(), r_t.numpy()
+        u = None if u_t is None else u_t.numpy()
+        obs = observed.numpy()
+        out_m, out_c, out_v, out_s = means.numpy(), covs.numpy(), innovs.numpy(), innov_covs.numpy()
+        wm = self.wm.numpy()  # [K]: wm @ pts [B, K, S] -> [B, S]
+        wc = self.wc.numpy()[:, None]
+        b_sz = z.shape[0]
+        for t in range(z.shape[1]):
+            if t > 0:
+                pts = self._np_call(self.transition, m[:, None] + self._np_offsets(p),
+                                    None if u is None else u[:, t - 1], "transition",
+                                    self.state_dim)
+                m = wm @ pts
+                dev = pts - m[:, None]
+                p = dev.swapaxes(-1, -2) @ (wc * dev) + q
+            if n_obs[t] > 0:
+                offsets = self._np_offsets(p)
+                zpts = self._np_call(self.measure, m[:, None] + offsets, None, "measure",
+                                     self.obs_dim)
+                z_hat = wm @ zpts
+                dz = zpts - z_hat[:, None]
+                wdz = wc * dz
+                s = dz.swapaxes(-1, -2) @ wdz + r
+                cross = offsets.swapaxes(-1, -2) @ wdz
+                if s.shape[-1] == 1 and bool((s > 0).all()):  # scalar measurement
+                    gain = cross / s
+                else:
+                    try:
+                        gain = np.linalg.solve(s, cross.swapaxes(-1, -2)).swapaxes(-1, -2)
+                    except np.linalg.LinAlgError:
+                        gain = cross @ np.linalg.pinv(s, hermitian=True)
+                innov = z[:, t] - z_hat
+                m_u = m + (gain @ innov[..., None])[..., 0]
+                p_u = p - gain @ s @ gain.swapaxes(-1, -2)
+                out_v[t], out_s[t] = innov, s
+                if n_obs[t] == b_sz:
+                    m, p = m_u, p_u
+                else:
+                    m = np.where(obs[t][:, None], m_u, m)
+                    p = np.where(obs[t][:, None, None], p_u, p)
+            out_m[t], out_c[t] = m, p

@@ -131,3 +131,29 @@ def test_ekf_with_a_network_as_the_transition() -> None:
     ukf_m, _ = UnscentedKalmanFilter(transition, lambda x: x[:, :1], 0.01 * np.eye(2),
                                      0.1 * np.eye(1), np.zeros(2), np.eye(2)).filter(z)
     assert torch.isfinite(ukf_m).all()
+
+
+def test_ukf_numpy_core_and_torch_loop_agree() -> None:
+    """Few float64 CPU tracks run a numpy loop; more tracks run the batched torch loop."""
+    p = random_model(6, 3, 2)
+    kf = KalmanFilter(**{**p, "transition_offset": np.zeros(3), "observation_offset": np.zeros(2)})
+    _, z = kf.sample(30, n_tracks=6, seed=2)
+    z[4, 3] = np.nan
+    a = torch.tensor(p["transition_matrix"])
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(x) @ a.T.to(x) + 0.5 * x
+
+    def h(x: torch.Tensor) -> torch.Tensor:
+        return x[:, :2] ** 2 * 0.1 + x[:, 1:]
+
+    args = (f, h, p["transition_covariance"], p["observation_covariance"],
+            p["initial_state_mean"], p["initial_state_covariance"])
+    many = UnscentedKalmanFilter(*args)
+    m6, c6 = many.filter(z)  # torch loop
+    few = UnscentedKalmanFilter(*args)
+    m2, c2 = few.filter(z[3:5])  # numpy loop
+    np.testing.assert_allclose(m2, m6[3:5], atol=1e-10)
+    np.testing.assert_allclose(c2, c6[3:5], atol=1e-10)
+    np.testing.assert_allclose(few.last_loglikelihood.numpy(),
+                               many.last_loglikelihood.numpy()[3:5], atol=1e-9)
