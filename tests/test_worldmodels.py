@@ -403,3 +403,26 @@ def test_trained_model_keeps_its_normaliser_when_fine_tuned(toy: Path, tmp_path:
     np.testing.assert_allclose(m.state_mean.numpy(), ds.stats.state_mean)
     train_model(m, other, TrainConfig(epochs=1), progress=False)
     np.testing.assert_allclose(m.state_mean.numpy(), ds.stats.state_mean)
+
+
+def test_image_model_two_phase_warm_start(tmp_path: Path) -> None:
+    from worldmodels.images import ImageModel
+    from worldmodels.training import train_stochastic
+
+    ds = load_dataset(write_dataset(tmp_path / "img", toy_episodes(n=6, T=8, images=True),
+                                    task="t", dt=0.1))
+    torch.manual_seed(0)
+    det = ImageModel(3, 2, (1, 8, 8), ncond=2, hidden=16, channels=(4,))
+    batch = ds.windows("test", 2, 1).get_batch([0, 1])
+    cfg = TrainConfig(epochs=1, batch_size=16)
+    train_model(det, ds, cfg, progress=False)
+    warm = ImageModel.from_deterministic(det, z_dim=2, p_z=0.5, z_dropout="prior").eval()
+    det.eval()
+    a0, z0 = batch["actions"][:, 0], torch.randn(2, 2)
+    for x, y in zip(warm.step(batch["context"], a0, z=z0, image=batch["context_images"]),
+                    det.step(batch["context"], a0, image=batch["context_images"]), strict=True):
+        torch.testing.assert_close(x, y)
+    sto, hist = train_stochastic(det, ds, TrainConfig(epochs=0), cfg, z_dim=2, progress=False)
+    assert isinstance(sto, ImageModel) and sto.z_dim == 2 and hist["stochastic"]["steps"] > 0
+    with pytest.raises(TypeError, match="z_dim=0"):
+        ImageModel.from_deterministic(sto)

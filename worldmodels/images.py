@@ -138,6 +138,26 @@ class ImageModel(WorldModel):
                 "z_dim": self.z_dim, "beta": self.beta, "p_z": self.p_z,
                 "z_dropout": self.z_dropout, "learned_prior": self.learned_prior}
 
+    @classmethod
+    def from_deterministic(cls, model: ImageModel, **latent: Any) -> ImageModel:
+        """A cVAE image model (``latent``: ``z_dim`` >= 1, ``beta``, ``p_z``, ``z_dropout``,
+        ``learned_prior``) warm-started from a trained ``z_dim=0`` one: shared weights and
+        normaliser copied, so it predicts exactly what ``model`` did until trained."""
+        if not isinstance(model, ImageModel) or model.z_dim:
+            raise TypeError("model must be an ImageModel with z_dim=0")
+        allowed = {"z_dim", "beta", "p_z", "z_dropout", "learned_prior"}
+        unknown = sorted(set(latent) - allowed)
+        if unknown:
+            raise ValueError(f"{unknown} cannot change at warm start; only {sorted(allowed)}")
+        config = {**model.config(), "z_dim": 4, **latent}
+        if config["z_dim"] < 1:
+            raise ValueError(f"z_dim must be >= 1 for a stochastic model, got {config['z_dim']}")
+        new = cls(**config)
+        missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith(("latent.", "target_encoder."))
+                                      for k in missing)
+        return new.to(next(model.parameters()).device)
+
     # -- inputs ----------------------------------------------------------------------
     def _as_frames(self, image: Any, batch: int, name: str = "image") -> torch.Tensor:
         """``[B, C, H, W]`` (ncond == 1) or ``[B, ncond, C, H, W]`` -> float

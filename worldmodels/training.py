@@ -487,18 +487,23 @@ def train_stochastic(
     progress: bool = True,
     **latent: Any,
 ) -> tuple[WorldModel, dict[str, Any]]:
-    """PPUU's schedule: train ``deterministic`` (a :class:`DeterministicModel`), then a
-    :class:`StochasticModel` warm-started from it (``latent``: ``z_dim``, ``beta``,
+    """PPUU's schedule: train ``deterministic`` (a :class:`DeterministicModel`, or an
+    ``ImageModel`` with ``z_dim=0``), then a :class:`StochasticModel` (or a cVAE
+    ``ImageModel``) warm-started from it (``latent``: ``z_dim``, ``beta``,
     ``p_z``, ``z_dropout``, ``learned_prior``). Checkpoints go to
     ``checkpoint_dir/deterministic`` and ``checkpoint_dir/stochastic``; ``resume``
     continues whichever phase was interrupted. Returns ``(stochastic model, {"deterministic":
     history, "stochastic": history})``."""
+    from worldmodels.images import ImageModel
     from worldmodels.stochastic import StochasticModel
 
     root = Path(checkpoint_dir) if checkpoint_dir is not None else None
     h_det = train_model(deterministic, dataset, det_config, root / "deterministic" if root
                         else None, writer, resume, progress, tag="deterministic")
-    sto = StochasticModel.from_deterministic(deterministic, **latent)
+    if isinstance(deterministic, ImageModel):
+        sto = ImageModel.from_deterministic(deterministic, **latent)
+    else:
+        sto = StochasticModel.from_deterministic(deterministic, **latent)
     h_sto = train_model(sto, dataset, sto_config, root / "stochastic" if root else None,
                         writer, resume, progress, tag="stochastic")
     return sto, {"deterministic": h_det, "stochastic": h_sto}
