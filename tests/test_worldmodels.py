@@ -426,3 +426,20 @@ def test_image_model_two_phase_warm_start(tmp_path: Path) -> None:
     assert isinstance(sto, ImageModel) and sto.z_dim == 2 and hist["stochastic"]["steps"] > 0
     with pytest.raises(TypeError, match="z_dim=0"):
         ImageModel.from_deterministic(sto)
+
+
+def test_custom_image_key_and_impossible_windows(tmp_path: Path) -> None:
+    eps = toy_episodes(n=4, T=5, images=True)
+    for ep in eps:
+        ep["frames"] = ep.pop("images")
+    ds = load_dataset(write_dataset(tmp_path / "f", eps, task="t", dt=0.1, image_key="frames"))
+    assert ds.image_shape == (1, 8, 8)
+    np.testing.assert_array_equal(ds.episode(0)["images"], eps[0]["frames"])
+    with pytest.raises(ValueError, match=r"no window of ncond=5 \+ npred=3"):
+        ds.windows("train", 5, 3)
+    with pytest.raises(ValueError, match="unknown split 'training'"):
+        ds.windows("training", 1, 1)
+    with pytest.raises(ValueError, match="ncond must be an int >= 1"):
+        ds.windows("train", 0, 1)
+    with pytest.raises(ValueError, match="dt must be a positive number"):
+        write_dataset(tmp_path / "g", eps, task="t", dt=0.0, image_key="frames")
