@@ -128,7 +128,8 @@ def prepare_measurements(
                 f"mask must have shape [T], [B, T] or the measurements' shape, got {list(m.shape)}"
             )
         missing = missing | m
-    z = torch.where(missing.unsqueeze(-1), torch.zeros((), dtype=z.dtype, device=z.device), z)
+    if bool(missing.any()):
+        z = z.masked_fill(missing.unsqueeze(-1), 0.0)
     return z, missing, squeeze, as_numpy
 
 

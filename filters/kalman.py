@@ -303,13 +303,20 @@ class KalmanFilter:
 
     # -- core passes --------------------------------------------------------------------
     def _forward(
-        self, z: torch.Tensor, missing: torch.Tensor, p: dict[str, torch.Tensor]
+        self,
+        z: torch.Tensor,
+        missing: torch.Tensor,
+        p: dict[str, torch.Tensor],
+        predicted: bool = True,
+        loglik: bool = True,
     ) -> KalmanPass:
         """Forward pass over ``z`` ``[B, T, M]`` with ``missing`` ``[B, T]``.
 
         Two stages: the covariance recursion (data-independent; once for all tracks when
         they share the initial covariance and the missing pattern), which yields the gains;
         then the mean recursion, one fused multiply-add per step for all tracks.
+        ``predicted=False`` skips the predicted means (only the smoother and the
+        log-likelihood use them), ``loglik=False`` the log-likelihood (left at zero).
         """
         b_sz, t_sz, _ = z.shape
         s = self.n_dim_state
@@ -393,10 +400,15 @@ class KalmanFilter:
                 m = torch.baddbmm(c[t].unsqueeze(-1), w[t], m.unsqueeze(-1)).squeeze(-1)
                 fm[t] = m
         pm = torch.empty_like(fm)
+        no_loglik = torch.zeros(b_sz, **kw)
+        if not (predicted or loglik):
+            return KalmanPass(pm, pc, fm, fc, no_loglik, cov_index=index)
         pm[0] = m0
         if t_sz > 1:
             pm[1:] = fm[:-1] @ a.mT + off_a
 
+        if not loglik:
+            return KalmanPass(pm, pc, fm, fc, no_loglik, cov_index=index)
         # 3) log-likelihood of the observed rows, all steps at once
         innov = zt - pm @ h.mT - off_h  # [T, B, M]
         if s_invs.shape[1] == 1:
@@ -404,8 +416,8 @@ class KalmanFilter:
         else:
             quad = ((s_invs @ innov.unsqueeze(-1)).squeeze(-1) * innov).sum(-1)
         ll = -0.5 * (m_sz * math.log(2.0 * math.pi) + logdets + quad)  # [T, B]
-        loglik = torch.where(missing.T, torch.zeros_like(ll), ll).sum(0)
-        return KalmanPass(pm, pc, fm, fc, loglik, cov_index=index)
+        total = torch.where(missing.T, torch.zeros_like(ll), ll).sum(0)
+        return KalmanPass(pm, pc, fm, fc, total, cov_index=index)
 
     def _backward(self, res: KalmanPass, p: dict[str, torch.Tensor]) -> KalmanPass:
         """Rauch-Tung-Striebel pass, filling the smoothed fields of ``res`` (time-major)."""
@@ -450,11 +462,12 @@ class KalmanFilter:
         return res
 
     def _run(
-        self, measurements: ArrayLike, mask: ArrayLike | None, smooth: bool
+        self, measurements: ArrayLike, mask: ArrayLike | None, smooth: bool,
+        need_loglik: bool = False,
     ) -> tuple[KalmanPass, bool, bool, torch.Tensor, torch.Tensor]:
         z, missing, squeeze, as_numpy = prepare_measurements(measurements, self.n_dim_obs, mask)
         p = self._params_for(z.dtype, z.device, z.shape[0])
-        res = self._forward(z, missing, p)
+        res = self._forward(z, missing, p, predicted=smooth, loglik=need_loglik)
         if smooth:
             res = self._backward(res, p)
         return res, squeeze, as_numpy, z, missing
@@ -491,7 +504,8 @@ class KalmanFilter:
     def loglikelihood(self, measurements: ArrayLike, mask: ArrayLike | None = None) -> Any:
         """Log-likelihood of the observed rows: a float for ``[T, M]``, ``[B]`` per track for
         ``[B, T, M]`` (numpy or torch following the measurements)."""
-        res, squeeze, as_numpy, _, _ = self._run(measurements, mask, smooth=False)
+        res, squeeze, as_numpy, _, _ = self._run(measurements, mask, smooth=False,
+                                                 need_loglik=True)
         if squeeze:
             return float(res.loglik[0]) if as_numpy else res.loglik[0]
         return finish(res.loglik, False, as_numpy)
