@@ -241,6 +241,15 @@ def main() -> None:
                  "ours": 1e3 * t_ours, "peer": 1e3 * t_peer if t_peer else None,
                  "peer_name": "mbrl GaussianMLP forward (no dropout), 60 rows x 30 steps",
                  "lower_is_better": True})
+    def mc_vec_traj() -> None:
+        with torch.no_grad():
+            mc_uncertainty(det, ctx, acts, n=10, masks="trajectory")
+
+    t_ours, t_peer = paired(mc_vec_traj, peer_roll, r)
+    rows.append({"what": "... same, masks fixed per trajectory (ms, no grad)",
+                 "ours": 1e3 * t_ours, "peer": 1e3 * t_peer if t_peer else None,
+                 "lower_is_better": True,
+                 "peer_name": "mbrl GaussianMLP forward (no dropout), 60 rows x 30 steps"})
     t_ours, t_peer = paired(plain_roll, peer_roll, r)
     rows.append({"what": "... same, dropout off (60 rows x 30 steps, ms)", "ours": 1e3 * t_ours,
                  "peer": 1e3 * t_peer if t_peer else None, "lower_is_better": True,

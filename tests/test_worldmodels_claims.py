@@ -191,3 +191,21 @@ def test_truck_rollouts_stay_close_to_the_kinematics(tmp_path: Path) -> None:
     assert position[29] < TRUCK_POSITION_RMS_30
     assert (heading[29] < TRUCK_HEADING_RMS_30).all()
     assert position[0] < position[9] < position[29]  # errors compound with the horizon
+
+
+def test_frozen_masks_make_each_sample_one_network() -> None:
+    torch.manual_seed(0)
+    m = DeterministicModel(3, 2, hidden=32, dropout=0.3).eval()
+    s, a = torch.randn(8, 3), torch.randn(8, 2)
+    m.mc_dropout = True
+    with m.frozen_masks():
+        torch.testing.assert_close(m.step(s, a), m.step(s, a))  # same masks every call
+    assert not torch.allclose(m.step(s, a), m.step(s, a))  # fresh masks again
+    m.mc_dropout = False
+    acts = torch.randn(8, 5, 2, requires_grad=True)
+    u = mc_uncertainty(m, s, acts, n=6, masks="trajectory")
+    assert (u.var > 0).all()
+    u.total(m).sum().backward()
+    assert acts.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="masks must be"):
+        mc_uncertainty(m, s, acts, n=6, masks="layer")

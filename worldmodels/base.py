@@ -8,9 +8,10 @@ first). Models work internally on normalised quantities (statistics held as buff
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,14 +42,21 @@ class MCDropout(nn.Module):
         self.p = float(p)
         self.channelwise = bool(channelwise)
         self.force = False
+        self.frozen = False  # reuse one mask per input shape (see WorldModel.frozen_masks)
+        self._mask: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not (self.training or self.force):
             return x
         shape = (*x.shape[:2], 1, 1) if self.channelwise and x.ndim == 4 else x.shape
+        if self.frozen and self._mask is not None and self._mask.shape == shape:
+            return x * self._mask
         # a uniform threshold is cheaper on CPU than F.dropout's Bernoulli draw
         keep = torch.rand(shape, device=x.device, dtype=x.dtype) >= self.p
-        return x * keep * (1.0 / (1.0 - self.p))
+        mask = keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+        if self.frozen:
+            self._mask = mask
+        return x * mask
 
 
 def mlp(
@@ -125,6 +133,20 @@ class WorldModel(nn.Module):
         for m in self.modules():
             if isinstance(m, MCDropout):
                 m.force = bool(flag)
+
+    @contextlib.contextmanager
+    def frozen_masks(self) -> Iterator[None]:
+        """Inside, every dropout layer draws its mask once and reuses it for inputs of the
+        same shape: each row of a rollout is one sampled network for the whole
+        trajectory (instead of fresh masks at every step, as PPUU does)."""
+        layers = [m for m in self.modules() if isinstance(m, MCDropout)]
+        for m in layers:
+            m.frozen, m._mask = True, None
+        try:
+            yield
+        finally:
+            for m in layers:
+                m.frozen, m._mask = False, None
 
     def dropout_active(self) -> bool:
         return self.training or self.mc_dropout

@@ -4,6 +4,7 @@ an estimate separates in-distribution inputs from ones outside the data support.
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import numpy as np
@@ -34,7 +35,8 @@ class MCUncertainty(NamedTuple):
 def mc_uncertainty(model: WorldModel, context: torch.Tensor, actions: torch.Tensor,
                    n: int = 10, z: torch.Tensor | None = None,
                    images: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None) -> MCUncertainty:
+                   generator: torch.Generator | None = None,
+                   masks: str = "step") -> MCUncertainty:
     """Roll ``model`` out ``n`` times with dropout on, the same ``z`` and actions for every
     sample, batched (the batch is repeated ``n`` times, one forward pass per step).
 
@@ -42,7 +44,12 @@ def mc_uncertainty(model: WorldModel, context: torch.Tensor, actions: torch.Tens
     ``[B, T, Z]`` or ``[B, Z]`` (drawn once from the prior when None for a stochastic
     model), ``images`` the context frames of an image model. Differentiable with respect
     to ``actions`` (and the context). The model's train/eval mode is left unchanged.
+    ``masks``: ``step`` draws fresh dropout masks at every step (PPUU); ``trajectory``
+    keeps each sample's masks for the whole rollout (one sampled network per sample;
+    several times cheaper on CPU, where drawing masks dominates).
     """
+    if masks not in ("step", "trajectory"):
+        raise ValueError(f"masks must be 'step' or 'trajectory', got {masks!r}")
     if not isinstance(model, WorldModel):
         raise TypeError(f"model must be a WorldModel, got {type(model).__name__}")
     if not isinstance(n, int) or n < 2:
@@ -62,8 +69,10 @@ def mc_uncertainty(model: WorldModel, context: torch.Tensor, actions: torch.Tens
     kwargs = {} if images is None else {"images": rep(images)}
     previous = model.mc_dropout
     model.mc_dropout = True
+    frozen = model.frozen_masks() if masks == "trajectory" else contextlib.nullcontext()
     try:
-        out = model.rollout(rep(ctx), rep(actions), z=rep(z), **kwargs)
+        with frozen:
+            out = model.rollout(rep(ctx), rep(actions), z=rep(z), **kwargs)
     finally:
         model.mc_dropout = previous
     states, frames = (out if isinstance(out, tuple) else (out, None))
