@@ -412,10 +412,13 @@ def train(config: MujocoConfig, run: Run) -> None:
             episodes.append(ep)
             collected += len(ep["actions"])
             env_steps += len(ep["actions"])
-            returns.append(float(res.returns[0]))
+            limit = env.spec.max_episode_steps or 10**9
+            if res.lengths[0] < cap or cap >= limit:  # not cut short by the round's budget
+                returns.append(float(res.returns[0]))
+                writer.add_scalar("mujoco/return", returns[-1], env_steps)
             plan_ms.append(res.mean_plan_ms)
-            writer.add_scalar("mujoco/return", returns[-1], env_steps)
             writer.add_scalar("mujoco/plan_ms", plan_ms[-1], env_steps)
+        returns = returns or [float("nan")]
         point = {"round": rnd, "env_steps": env_steps, "mean_return": float(np.mean(returns)),
                  "max_return": float(np.max(returns)), "episodes": len(returns),
                  "plan_ms": float(np.mean(plan_ms)), "train_s": train_s}
