@@ -151,8 +151,9 @@ class InvertedPendulumTaskModel(GymTaskModel):
     """``InvertedPendulum-v5``: state ``[x, th, xdot, thdot]`` (m, rad), force ``[-3, 3]``.
 
     Reward 1 per step while ``|th| <= 0.2``; the episode terminates otherwise. The
-    differentiable surrogate cost is ``(th / 0.2)^2 + 0.01 x^2 + 0.001 (xdot^2 + thdot^2)``
-    (0 upright and still, 1 at the termination boundary), no action cost.
+    differentiable surrogate cost is ``(th / 0.2)^2 + 0.5 x^2 + 0.01 xdot^2 + 0.001 thdot^2``
+    (0 upright and still, 1 at the termination boundary; the cart terms keep it off the
+    rail ends at ``x = +-1``, where the pole is lost), no action cost.
     """
 
     env_id = "InvertedPendulum-v5"
@@ -165,8 +166,8 @@ class InvertedPendulumTaskModel(GymTaskModel):
         super().__init__(torch.tensor([-3.0]), torch.tensor([3.0]))
 
     def state_cost(self, state: torch.Tensor) -> torch.Tensor:
-        return (state[:, 1] / self.max_angle) ** 2 + 0.01 * state[:, 0] ** 2 + \
-            0.001 * (state[:, 2] ** 2 + state[:, 3] ** 2)
+        return (state[:, 1] / self.max_angle) ** 2 + 0.5 * state[:, 0] ** 2 + \
+            0.01 * state[:, 2] ** 2 + 0.001 * state[:, 3] ** 2
 
     def action_cost(self, action: torch.Tensor) -> torch.Tensor:
         return torch.zeros(action.shape[0], dtype=action.dtype, device=action.device)
