@@ -57,7 +57,7 @@ class CollectConfig:
 
 @dataclass
 class EmulatorConfig:
-    hidden: int = 128
+    hidden: int = 64
     layers: int = 3
     dropout: float = 0.0
     epochs: int = 30
@@ -70,7 +70,7 @@ class EmulatorConfig:
 @dataclass
 class PolicyConfig:
     hidden: tuple[int, ...] = (64, 64)
-    batch_size: int = 512
+    batch_size: int = 256
     lr: float = 3e-3
     lessons: int = 8  # lessons from near the dock to the widened evaluation region
     iterations_per_lesson: int = 120
@@ -102,6 +102,7 @@ class TruckConfig:
     mpc: MPCConfig = field(default_factory=MPCConfig)
     video_episodes: int = 4
     progress: bool = True
+    threads: int = 1  # torch CPU threads: the truck's small tensors run fastest on one
 
     def params(self) -> TruckParams:
         if not self.dt > 0:
@@ -114,7 +115,7 @@ def quick_config() -> TruckConfig:
     return TruckConfig(
         episodes=200,
         collect=CollectConfig(episodes=800),
-        emulator=EmulatorConfig(hidden=96, epochs=6),
+        emulator=EmulatorConfig(epochs=8),
         policy=PolicyConfig(lessons=5, iterations_per_lesson=40, final_iterations=80,
                             batch_size=256, train_truth=False),
         mpc=MPCConfig(starts=40, first_iterations=30, iterations=3),
@@ -153,6 +154,11 @@ def collect_episodes(cfg: TruckConfig, rng: np.random.Generator) -> list[dict[st
     return [{"states": S[i, : length[i] + 1].astype(np.float32),
              "actions": A[i, : length[i], None].astype(np.float32)}
             for i in range(n) if length[i] >= 2]
+
+
+def _threads(cfg: TruckConfig) -> None:
+    if cfg.threads >= 1:
+        torch.set_num_threads(cfg.threads)
 
 
 def stage_collect(cfg: TruckConfig, run: Run) -> None:
@@ -225,6 +231,7 @@ def horizon_errors(model, data, horizon: int) -> dict[str, np.ndarray]:
 
 
 def stage_train_model(cfg: TruckConfig, run: Run) -> None:
+    _threads(cfg)
     from worldmodels.deterministic import DeterministicModel
     from worldmodels.training import TrainConfig, train_model
 
@@ -316,6 +323,7 @@ def load_policy(run: Run, source: str, cfg: TruckConfig) -> MLPPolicy:
 
 
 def stage_train_policy(cfg: TruckConfig, run: Run) -> None:
+    _threads(cfg)
     device = resolve_device(cfg.device)
     tm = TruckTaskModel(cfg.params())
     sources = ["emulator"] + (["truth"] if cfg.policy.train_truth else [])
@@ -388,6 +396,7 @@ def summarise(tm: TruckTaskModel, result, criteria: DockingCriteria = DockingCri
 
 
 def stage_evaluate(cfg: TruckConfig, run: Run) -> None:
+    _threads(cfg)
     p = cfg.params()
     tm = TruckTaskModel(p)
     starts = evaluation_starts(cfg)
