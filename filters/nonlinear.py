@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from filters._common import (
     symmetrise,
     to_tensor,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from envs.interface import TaskModel
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +147,16 @@ class _GaussianFilter:
 
     def _numpy_loop(self, *args: Any) -> None:
         raise NotImplementedError
+
+    @classmethod
+    def from_task_model(
+        cls, model: TaskModel, x0: ArrayLike, P0: ArrayLike, **kwargs: Any  # noqa: N803
+    ) -> _GaussianFilter:
+        """A filter on a task's differentiable model: ``transition = model.step`` (the
+        actions go in as ``controls``), ``measure = model.observe``, ``Q =
+        model.process_noise``, ``R = model.measurement_noise``."""
+        return cls(model.step, model.observe, model.process_noise, model.measurement_noise,
+                   x0, P0, **kwargs)
 
     # subclasses implement one predict and one update, batched over tracks
     def _predict(

@@ -13,7 +13,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,9 @@ from filters._common import (
     single_threaded,
     to_tensor,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from envs.interface import TaskModel
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +245,16 @@ class ParticleFilter:
         self.particle_history: torch.Tensor | None = None  # [B, T, N, S]
         self.weight_history: torch.Tensor | None = None  # [B, T, N]
         self.degenerate_steps: list[tuple[int, list[int]]] = []
+
+    @classmethod
+    def from_task_model(
+        cls, model: TaskModel, x0: ArrayLike, P0: ArrayLike, **kwargs: Any  # noqa: N803
+    ) -> ParticleFilter:
+        """A bootstrap filter on a task's model: ``transition = model.step`` (actions as
+        ``controls``), ``measure = model.observe``, ``Q = model.process_noise``,
+        ``R = model.measurement_noise``."""
+        return cls(model.step, model.observe, model.process_noise, model.measurement_noise,
+                   x0, P0, **kwargs)
 
     # -- pieces ---------------------------------------------------------------------------
     def _initial(
