@@ -235,3 +235,18 @@ int wp_astar(const uint8_t *occ, int32_t H, int32_t W, int32_t start, int32_t go
     *expanded = count;
     return found;
 }
+
+/* Follows parent[] from goal back to start into out[] (goal first); returns the number
+ * of cells written, or -1 if the chain is longer than cap or broken. */
+int64_t wp_trace(const int32_t *parent, int32_t start, int32_t goal, int32_t *out,
+                 int64_t cap) {
+    int64_t k = 0;
+    int32_t node = goal;
+    while (k < cap) {
+        out[k++] = node;
+        if (node == start) return k;
+        node = parent[node];
+        if (node < 0) return -1;
+    }
+    return -1;
+}

@@ -94,5 +94,9 @@ def load() -> ctypes.CDLL | None:
         ctypes.c_void_p,  # parent int32 [H*W]
         ctypes.POINTER(ctypes.c_int64),  # expanded
     ]
+    trace = lib.wp_trace
+    trace.restype = ctypes.c_int64
+    trace.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p,
+                      ctypes.c_int64]
     _LIB = lib
     return lib

@@ -178,6 +178,22 @@ def _search(
     return bool(status), g, parent, int(expanded.value)
 
 
+def _trace(parent: np.ndarray, start: int, goal: int) -> np.ndarray:
+    """Cell indices ``[K]`` start ... goal along ``parent`` (in C when available)."""
+    lib = _native.load()
+    if lib is not None and parent.dtype == np.int32 and parent.flags.c_contiguous:
+        out = np.empty(parent.size, dtype=np.int32)
+        k = lib.wp_trace(parent.ctypes.data, start, goal, out.ctypes.data, out.size)
+        if k > 0:
+            return out[:k][::-1].astype(np.int64)
+    chain = [goal]
+    node = goal
+    while node != start:
+        node = int(parent[node])
+        chain.append(node)
+    return np.asarray(chain[::-1], dtype=np.int64)
+
+
 def astar(
     grid: OccupancyGrid | np.ndarray,
     start: tuple[int, int],
@@ -215,12 +231,7 @@ def astar(
     )
     if not found:
         raise NoPathError(f"no path from {(sr, sc)} to {(gr, gc)} ({expanded} cells searched)")
-    chain = [g_idx]
-    node = g_idx
-    while node != s_idx:
-        node = int(parent[node])
-        chain.append(node)
-    idx = np.asarray(chain[::-1], dtype=np.int64)
+    idx = _trace(parent, s_idx, g_idx)
     cells = np.stack([idx // w, idx % w], axis=1)
     return Path(
         cells=cells,
