@@ -561,7 +561,9 @@ class KalmanFilter:
         s, m = self.n_dim_state, self.n_dim_obs
         mu0 = np.broadcast_to(p["initial_state_mean"], (b, s))
         p0 = np.broadcast_to(p["initial_state_covariance"], (b, s, s))
-        x = np.stack([rng.multivariate_normal(mu0[i], p0[i]) for i in range(b)])
+        evals, evecs = np.linalg.eigh(p0)  # a square root that also works for singular P0
+        root = evecs * np.sqrt(np.clip(evals, 0.0, None))[..., None, :]
+        x = mu0 + (root @ rng.normal(size=(b, s, 1)))[..., 0]
         xs = np.empty((b, n_timesteps, s))
         zs = np.empty((b, n_timesteps, m))
         for t in range(n_timesteps):
