@@ -124,12 +124,19 @@ class _GaussianFilter:
         self, m: torch.Tensor, p: torch.Tensor, z: torch.Tensor, u: torch.Tensor | None,
         q: torch.Tensor, r: torch.Tensor, n_obs: list[int], observed: torch.Tensor,
         means: torch.Tensor, covs: torch.Tensor, innovs: torch.Tensor, innov_covs: torch.Tensor,
+        store: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Predict/update over time for all tracks, filling the time-major output buffers."""
+        """Predict/update over time for all tracks, filling the time-major output buffers
+        (and, for the smoother, ``store``'s predicted means/covariances and the cross
+        covariances ``Cov(x_{t-1}, x_t)``)."""
         b_sz = z.shape[0]
+        if store is not None:
+            store["pm"][0], store["pc"][0] = m, p
         for t in range(z.shape[1]):
             if t > 0:
-                m, p = self._predict(m, p, None if u is None else u[:, t - 1], q)
+                m, p, cross = self._predict(m, p, None if u is None else u[:, t - 1], q)
+                if store is not None:
+                    store["pm"][t], store["pc"][t], store["cross"][t] = m, p, cross
             if n_obs[t] > 0:
                 m_u, p_u, innovs[t], innov_covs[t] = self._update(m, p, z[:, t], r)
                 if n_obs[t] == b_sz:
@@ -161,7 +168,8 @@ class _GaussianFilter:
     # subclasses implement one predict and one update, batched over tracks
     def _predict(
         self, m: torch.Tensor, p: torch.Tensor, u: torch.Tensor | None, q: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns the predicted ``(mean, cov)`` and ``Cov(x_t, x_{t+1})`` ``[B, S, S]``."""
         raise NotImplementedError
 
     def _update(
@@ -169,6 +177,49 @@ class _GaussianFilter:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(mean, cov, innovation [B, M], innovation covariance [B, M, M])``."""
         raise NotImplementedError
+
+    def _run(
+        self, measurements: ArrayLike, controls: ArrayLike | None, mask: ArrayLike | None,
+        smooth: bool,
+    ) -> tuple[Any, Any]:
+        z, missing, squeeze, as_numpy = prepare_measurements(measurements, self.obs_dim, mask)
+        b_sz, t_sz, m_sz = z.shape
+        s_sz = self.state_dim
+        kw = {"dtype": z.dtype, "device": z.device}
+        u = prepare_controls(controls, b_sz, t_sz, z.dtype, z.device)
+        q, r = self.Q.to(**kw), self.R.to(**kw)
+        m = self.x0.to(**kw)
+        m = m.expand(b_sz, -1) if m.ndim == 1 else m
+        p = self.P0.to(**kw)
+        p = p.expand(b_sz, -1, -1) if p.ndim == 2 else p
+        if m.shape[0] != b_sz or p.shape[0] != b_sz:
+            raise ValueError(
+                f"x0/P0 are given for {m.shape[0]}/{p.shape[0]} tracks, measurements have {b_sz}"
+            )
+        means = torch.empty(t_sz, b_sz, s_sz, **kw)
+        covs = torch.empty(t_sz, b_sz, s_sz, s_sz, **kw)
+        innovs = torch.zeros(t_sz, b_sz, m_sz, **kw)
+        innov_covs = torch.eye(m_sz, **kw).repeat(t_sz, b_sz, 1, 1)
+        observed = (~missing).T  # [T, B]
+        n_obs = observed.sum(1).tolist()  # host-side, decides the branch per step
+        store = None
+        if smooth:
+            store = {"pm": torch.empty_like(means), "pc": torch.empty_like(covs),
+                     "cross": torch.zeros_like(covs)}
+        with torch.no_grad():
+            if store is None and self._use_numpy_core(z):
+                self._numpy_loop(m, p, z, u, q, r, n_obs, observed, means, covs, innovs,
+                                 innov_covs)
+            else:
+                self._torch_loop(m, p, z, u, q, r, n_obs, observed, means, covs, innovs,
+                                 innov_covs, store)
+            self.last_loglikelihood = _innovation_loglik(innovs, innov_covs, observed)
+            covs = symmetrise(covs)
+            if store is not None:
+                means, covs = _rts(means, covs, store["pm"], symmetrise(store["pc"]),
+                                   store["cross"])
+        means, covs = means.transpose(0, 1), covs.transpose(0, 1)
+        return finish(means, squeeze, as_numpy), finish(covs, squeeze, as_numpy)
 
     @single_threaded
     def filter(
@@ -183,35 +234,41 @@ class _GaussianFilter:
         The summed Gaussian log-likelihood of the innovations per track ends up in
         ``self.last_loglikelihood`` ``[B]``.
         """
-        z, missing, squeeze, as_numpy = prepare_measurements(measurements, self.obs_dim, mask)
-        b_sz, t_sz, m_sz = z.shape
-        kw = {"dtype": z.dtype, "device": z.device}
-        u = prepare_controls(controls, b_sz, t_sz, z.dtype, z.device)
-        q, r = self.Q.to(**kw), self.R.to(**kw)
-        m = self.x0.to(**kw)
-        m = m.expand(b_sz, -1) if m.ndim == 1 else m
-        p = self.P0.to(**kw)
-        p = p.expand(b_sz, -1, -1) if p.ndim == 2 else p
-        if m.shape[0] != b_sz or p.shape[0] != b_sz:
-            raise ValueError(
-                f"x0/P0 are given for {m.shape[0]}/{p.shape[0]} tracks, measurements have {b_sz}"
-            )
-        means = torch.empty(t_sz, b_sz, self.state_dim, **kw)
-        covs = torch.empty(t_sz, b_sz, self.state_dim, self.state_dim, **kw)
-        innovs = torch.zeros(t_sz, b_sz, m_sz, **kw)
-        innov_covs = torch.eye(m_sz, **kw).repeat(t_sz, b_sz, 1, 1)
-        observed = (~missing).T  # [T, B]
-        n_obs = observed.sum(1).tolist()  # host-side, decides the branch per step
-        with torch.no_grad():
-            if self._use_numpy_core(z):
-                self._numpy_loop(m, p, z, u, q, r, n_obs, observed, means, covs, innovs,
-                                 innov_covs)
-            else:
-                self._torch_loop(m, p, z, u, q, r, n_obs, observed, means, covs, innovs,
-                                 innov_covs)
-            self.last_loglikelihood = _innovation_loglik(innovs, innov_covs, observed)
-        means, covs = means.transpose(0, 1), symmetrise(covs.transpose(0, 1))
-        return finish(means, squeeze, as_numpy), finish(covs, squeeze, as_numpy)
+        return self._run(measurements, controls, mask, smooth=False)
+
+    @single_threaded
+    def smooth(
+        self,
+        measurements: ArrayLike,
+        controls: ArrayLike | None = None,
+        mask: ArrayLike | None = None,
+    ) -> tuple[Any, Any]:
+        """Rauch-Tung-Striebel smoothed ``(means [B, T, S], covs [B, T, S, S])``: the
+        extended RTS smoother (Jacobians) for the EKF, the unscented RTS smoother (sigma-point
+        cross covariances) for the UKF. Same arguments as :meth:`filter`."""
+        return self._run(measurements, controls, mask, smooth=True)
+
+
+def _rts(
+    fm: torch.Tensor, fc: torch.Tensor, pm: torch.Tensor, pc: torch.Tensor, cross: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward pass on time-major filtered ``fm`` ``[T, B, S]``/``fc``, predicted ``pm``/
+    ``pc`` and cross covariances ``cross[t] = Cov(x_{t-1}, x_t)``: gains
+    ``G_t = cross[t+1] pc[t+1]^-1``."""
+    t_sz = fm.shape[0]
+    sm, sc = fm.clone(), fc.clone()
+    if t_sz < 2:
+        return sm, sc
+    rhs = cross[1:].mT  # solve pc G^T = cross^T
+    sol, info = torch.linalg.solve_ex(pc[1:], rhs)
+    if bool((info != 0).any()):
+        sol = torch.linalg.pinv(pc[1:], hermitian=True) @ rhs
+    gains = sol.mT  # [T-1, B, S, S]
+    for t in range(t_sz - 2, -1, -1):
+        g = gains[t]
+        sm[t] = fm[t] + (g @ (sm[t + 1] - pm[t + 1]).unsqueeze(-1)).squeeze(-1)
+        sc[t] = symmetrise(fc[t] + g @ (sc[t + 1] - pc[t + 1]) @ g.mT)
+    return sm, sc
 
 
 def _innovation_loglik(
@@ -258,10 +315,12 @@ class ExtendedKalmanFilter(_GaussianFilter):
 
     def _predict(
         self, m: torch.Tensor, p: torch.Tensor, u: torch.Tensor | None, q: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m_new, f = jacobian(self.transition, m, u)
         _check_output("transition", m_new, m.shape[0], self.state_dim)
-        return m_new.detach(), symmetrise(f @ p @ f.mT + q).detach()
+        f = f.detach()
+        cross = p @ f.mT
+        return m_new.detach(), symmetrise(f @ cross + q), cross
 
     def _update(
         self, m: torch.Tensor, p: torch.Tensor, z: torch.Tensor, r: torch.Tensor
@@ -353,14 +412,16 @@ class UnscentedKalmanFilter(_GaussianFilter):
 
     def _predict(
         self, m: torch.Tensor, p: torch.Tensor, u: torch.Tensor | None, q: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        pts = m.unsqueeze(1) + self._offsets(p)
-        pts = self._propagate(self.transition, pts, u, "transition", self.state_dim)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        offsets = self._offsets(p)
+        pts = self._propagate(self.transition, m.unsqueeze(1) + offsets, u, "transition",
+                              self.state_dim)
         wm, wc, _ = self._cast(pts)
         mean = (wm * pts).sum(1)  # [B, S]
-        dev = pts - mean.unsqueeze(1)
+        wdev = wc * (pts - mean.unsqueeze(1))
+        cross = torch.bmm(offsets.mT, wdev)  # sum_k wc (x_k - m)(f(x_k) - mean)^T
         # symmetric up to rounding; stored covariances are symmetrised at the end
-        return mean, torch.baddbmm(q, dev.mT, wc * dev)
+        return mean, torch.baddbmm(q, (pts - mean.unsqueeze(1)).mT, wdev), cross
 
     def _update(
         self, m: torch.Tensor, p: torch.Tensor, z: torch.Tensor, r: torch.Tensor

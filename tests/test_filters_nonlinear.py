@@ -207,3 +207,36 @@ def test_filters_from_a_task_model_beat_the_raw_measurements() -> None:
         est_range = model.observe(means)[:, 0]
         assert (est_range - model.observe(truth)[:, 0]).abs()[10:].mean() < raw
         assert (means[-20:, 2] - truth[-20:, 2]).abs().mean() < 0.1  # heading, unobserved
+
+
+@pytest.mark.parametrize("cls", [ExtendedKalmanFilter, UnscentedKalmanFilter])
+def test_smoother_equals_rts_on_linear_model(cls) -> None:
+    kf, z, args = linear_case(7)
+    ref_m, ref_c = kf.smooth(z)
+    m, c = cls(*args).smooth(z)
+    np.testing.assert_allclose(m, ref_m, atol=1e-8, rtol=0)
+    np.testing.assert_allclose(c, ref_c, atol=1e-8, rtol=0)
+    single_m, _ = cls(*args).smooth(z[1])
+    np.testing.assert_allclose(single_m, ref_m[1], atol=1e-8, rtol=0)
+
+
+def test_nonlinear_smoother_beats_filter() -> None:
+    model = _Unicycle()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.tensor([[3.0, 1.0, 0.5]])
+    actions = torch.stack([torch.tensor([1.0, 0.3])] * 39)[:, None]
+    states = [x]
+    for t in range(39):
+        x = model.step(x, actions[t])
+        states.append(x)
+    truth = torch.cat(states)
+    z = model.observe(truth) + torch.randn(40, 2, generator=gen) * torch.tensor([0.1, 0.01])
+    x0, p0 = np.array([3.2, 0.9, 0.3]), np.diag([0.1, 0.1, 0.2])
+    for cls in (ExtendedKalmanFilter, UnscentedKalmanFilter):
+        flt = cls.from_task_model(model, x0, p0)
+        fm, _ = flt.filter(z, controls=actions[:, 0])
+        sm, sc = flt.smooth(z, controls=actions[:, 0])
+        err_f = (fm - truth)[:, :2].norm(dim=-1).mean()
+        err_s = (sm - truth)[:, :2].norm(dim=-1).mean()
+        assert err_s < 0.8 * err_f, (cls.__name__, err_s, err_f)
+        assert torch.equal(sc, sc.mT)
