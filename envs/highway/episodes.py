@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from envs.highway.costs import DEFAULT_COSTS, CostConfig, image_costs_np
-from envs.highway.kinematics import actions_from_states, states_from_tracks
+from envs.highway.kinematics import MAX_ACCEL, actions_from_states, states_from_tracks
 from envs.highway.render import DEFAULT_VIEW, View, render_views
 from envs.highway.road import Road
 
@@ -29,7 +29,7 @@ def headings_from_velocity(vel: np.ndarray, min_speed: float = 0.2) -> np.ndarra
 
 def build_episodes(pos: np.ndarray, heading: np.ndarray, valid: np.ndarray, size: np.ndarray,
                    cars: np.ndarray, road: Road, dt: float, view: View = DEFAULT_VIEW,
-                   costs: CostConfig = DEFAULT_COSTS,
+                   costs: CostConfig = DEFAULT_COSTS, steer_min_speed: float = 0.5,
                    progress: bool = True) -> list[dict[str, np.ndarray]]:
     """One episode per car in ``cars``.
 
@@ -77,7 +77,13 @@ def build_episodes(pos: np.ndarray, heading: np.ndarray, valid: np.ndarray, size
     out = []
     for ep in eps:
         parts = ep.pop("cost_parts")
-        ep["actions"] = actions_from_states(ep["states"], dt).astype(np.float32)
+        # below ``steer_min_speed`` the heading of a tracked car is noise, so its steering
+        # reads 0; both actions are clipped to the kinematic limits
+        acts = actions_from_states(ep["states"], dt, min_speed=steer_min_speed)
+        length = float(size[ep["car"], 0])
+        acts[:, 0] = np.clip(acts[:, 0], -MAX_ACCEL, MAX_ACCEL)
+        acts[:, 1] = np.clip(acts[:, 1], -1.0 / length, 1.0 / length)
+        ep["actions"] = acts.astype(np.float32)
         ep["states"] = ep["states"].astype(np.float32)
         # the cost of action t is the cost of the frame it leads to (t + 1)
         ep["costs"] = parts[1:, 0].astype(np.float32)

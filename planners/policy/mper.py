@@ -67,7 +67,7 @@ def train_mper(policy: nn.Module, model: Any, sample: BatchSampler, posterior: P
         loss.backward()
         nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if writer is not None:
-            writer.add_scalar(f"{tag}/loss", float(loss), step)
+            writer.add_scalar(f"{tag}/loss", loss.item(), step)
     return losses
