@@ -334,6 +334,13 @@ def stage_evaluate(config: FiltersConfig, run: Run) -> None:
     for name in ("episodes", "pendulum_steps", "pf_particles", "loc_particles", "loc_steps"):
         if getattr(config, name) < 2:
             raise ValueError(f"{name} must be at least 2, got {getattr(config, name)}")
+    for name in ("dt", "process_noise", "measurement_noise", "loc_dt", "range_std",
+                 "sensor_range"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be positive and finite, got {value}")
+    if not (math.isfinite(config.initial_std) and config.initial_std >= 0):
+        raise ValueError(f"initial_std must be >= 0, got {config.initial_std}")
     device = resolve_device(config.device)
     rng = seed_everything(config.seed)
     metrics, arrays = pendulum_comparison(config, rng, device)

@@ -57,3 +57,10 @@ def test_bad_config_is_named() -> None:
     run_config.loc_particles = 1
     with pytest.raises(ValueError, match="loc_particles"):
         TASK.stages["evaluate"](run_config, None)  # type: ignore[arg-type]
+
+
+def test_bad_noise_config_is_named() -> None:
+    config = quick_config()
+    config.measurement_noise = -1.0
+    with pytest.raises(ValueError, match="measurement_noise must be positive"):
+        TASK.stages["evaluate"](config, None)  # type: ignore[arg-type]
