@@ -238,7 +238,8 @@ class Planner:
         return self.dynamics(state, action)
 
     def _rollout_cost(self, state: torch.Tensor, actions: torch.Tensor,
-                      z: torch.Tensor | None = None) -> torch.Tensor:
+                      z: torch.Tensor | None = None, allow_compile: bool = True
+                      ) -> torch.Tensor:
         """Objective ``[B, N]`` of candidate plans ``actions [B, N, T, A]`` from ``state [B, S]``.
 
         With a latent, each candidate is rolled out under ``z_samples`` draws (``z`` may be
@@ -251,7 +252,7 @@ class Planner:
         if self.latent_dim > 0 and z is None:
             z = self._sample_z(b * n * k, state)
         rollout = self._rollout_impl
-        if self.compile:
+        if self.compile and allow_compile:
             if self._compiled is None:
                 self._compiled = torch.compile(self._rollout_impl, dynamic=False)
             rollout = self._compiled

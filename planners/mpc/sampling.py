@@ -181,6 +181,7 @@ class MPPI(Planner):
         self.noise_sigma = sigma
         self._sigma_inv = torch.cholesky_inverse(self._chol)
         self._cache: dict = {}
+        self._compiled_update = None
 
     def _mats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (like.device, like.dtype)
@@ -195,24 +196,46 @@ class MPPI(Planner):
         b, t, a = init.shape
         g = self.generator(state.device)
         plan = init.clone()
+        update = self._update
+        if self.compile:  # fuse the whole update (noise shaping, rollout, weights) into one
+            if self._compiled_update is None:
+                self._compiled_update = torch.compile(self._update, dynamic=False)
+            update = self._compiled_update
         for _ in range(self.iterations):
             white = torch.randn(b, self.samples, t, a, generator=g, device=state.device,
                                 dtype=state.dtype)
-            eps = white @ chol.T
-            if self.include_mean:
-                eps[:, 0] = 0
-            cand = torch.max(torch.min(plan[:, None] + eps, high), low)
-            eps = cand - plan[:, None]  # the noise actually applied
-            costs = self._rollout_cost(state, cand)  # [B, K]
-            if self.control_cost > 0:
-                ctrl = torch.einsum("bta,ac,bkta->bk", plan, sigma_inv, eps)
-                costs = costs + self.control_cost * self.temperature * ctrl
-            costs = costs.nan_to_num(float("inf"))
-            if not torch.isfinite(costs).any(dim=1).all():
+            try:
+                plan, finite = update(state, plan, white, low, high, chol, sigma_inv)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly
+                if update is self._update:
+                    raise
+                log.warning("torch.compile of the MPPI update failed (%s); running eagerly",
+                            exc)
+                self.compile, update = False, self._update
+                plan, finite = update(state, plan, white, low, high, chol, sigma_inv)
+            if not bool(finite):
                 raise ValueError("MPPI: every sampled plan had a non-finite cost; the dynamics "
                                  "or cost returned NaN/inf")
-            weights = torch.softmax(-(costs - costs.amin(1, keepdim=True)) / self.temperature,
-                                    dim=1)
-            plan = plan + torch.einsum("bk,bkta->bta", weights, eps)
-            plan = torch.max(torch.min(plan, high), low)
         return plan
+
+    def _update(self, state: torch.Tensor, plan: torch.Tensor, white: torch.Tensor,
+                low: torch.Tensor, high: torch.Tensor, chol: torch.Tensor,
+                sigma_inv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One MPPI update of ``plan [B, T, A]`` with standard-normal ``white [B, K, T, A]``;
+        returns the new plan and whether every problem had a finite-cost sample."""
+        eps = white @ chol.T
+        if self.include_mean:  # sample 0 is the unperturbed plan
+            keep = torch.ones(white.shape[1], 1, 1, device=white.device, dtype=white.dtype)
+            keep[0] = 0
+            eps = eps * keep
+        cand = torch.max(torch.min(plan[:, None] + eps, high), low)
+        eps = cand - plan[:, None]  # the noise actually applied
+        costs = self._rollout_cost(state, cand, allow_compile=False)  # [B, K]
+        if self.control_cost > 0:
+            ctrl = torch.einsum("bta,ac,bkta->bk", plan, sigma_inv, eps)
+            costs = costs + self.control_cost * self.temperature * ctrl
+        costs = costs.nan_to_num(float("inf"))
+        finite = torch.isfinite(costs).any(dim=1).all()
+        weights = torch.softmax(-(costs - costs.amin(1, keepdim=True)) / self.temperature, dim=1)
+        plan = plan + torch.einsum("bk,bkta->bta", weights, eps)
+        return torch.max(torch.min(plan, high), low), finite
