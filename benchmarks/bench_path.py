@@ -248,8 +248,8 @@ def bench_rrt(quick: bool) -> list[dict]:
 
 
 def figure(path: Path, budget: float = 1.0) -> None:
-    """One RRT* run on map 1 (map 0 has a straight-line solution): the tree, its best path, the shortcut path, and the best cost
-    over time for RRT* and informed RRT*."""
+    """One RRT* run on map 1 (map 0 has a straight-line solution): the tree, its best
+    path, the shortcut path, and the best cost over time for RRT* and informed RRT*."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,6 +305,14 @@ def main() -> None:
     if not args.skip_rrt:
         out["rrt_star"] = bench_rrt(args.quick)
     path = ROOT / "benchmarks" / "results" / "path.json"
+    if (args.skip_grid or args.skip_rrt) and path.is_file():  # keep the part not re-run
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:
+            previous = {}
+        for key in ("grid_astar", "rrt_star"):
+            if key not in out and key in previous:
+                out[key] = previous[key]
     atomic_write_text(path, json.dumps(out, indent=2) + "\n")
     print(f"\nwrote {path}")
 
