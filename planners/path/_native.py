@@ -4,7 +4,7 @@
 compiler (``$CC``, else ``cc``) into a cache folder (``$WORLDPLAN_CACHE`` or
 ``~/.cache/worldplan``), keyed by a hash of the source, so it is built once per machine
 and version. Without a compiler, or with ``WORLDPLAN_NO_NATIVE=1``, :func:`load` returns
-``None`` and the planners fall back to pure Python (same results, about 40x slower).
+``None`` and the planners fall back to pure Python (same results, about 50x slower).
 """
 
 from __future__ import annotations
