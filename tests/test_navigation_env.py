@@ -58,6 +58,7 @@ def test_ranges_are_noisy_landmark_distances() -> None:
     env = Navigation2DEnv(params=NavigationParams(range_noise=0.1))
     errors = []
     obs, info = env.reset(seed=5)
+    env.action_space.seed(5)
     for _ in range(30):
         true = np.linalg.norm(env.landmarks - info["state"][:2], axis=1)
         errors.append(obs[:-2] - true)
