@@ -8,7 +8,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401  (registers the environments)
+import envs  # registers the environments
 from envs.maps import OccupancyGrid
 from envs.navigation import Navigation2DEnv, NavigationParams, mjcf_from_grid
 
@@ -22,6 +22,7 @@ def test_check_env_and_render() -> None:
     frame = env.render()
     assert frame.shape == (400, 400, 3) and frame.dtype == np.uint8
     tm = env.unwrapped.task_model
+    assert isinstance(tm, envs.TaskModel)
     assert isinstance(tm.occupancy, OccupancyGrid)
     assert tm.occupancy is env.unwrapped.grid
 
