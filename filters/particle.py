@@ -55,19 +55,17 @@ def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 def systematic_resample(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One uniform per track, ``N`` evenly spaced draws ``u_k = (k + U) / N``.
 
-    Computed without a search: particle ``i`` gets ``#{k : u_k < c_i} - #{k : u_k < c_{i-1}}``
-    copies (``c`` the cumulative weights), and ``#{k : u_k < c} = ceil(N c - U)`` clamped.
+    Computed without a search: particle ``i`` covers the draws ``k`` in
+    ``[c_{i-1}, c_i)`` with ``c_i = #{k : u_k < cdf_i} = ceil(N cdf_i - U)`` (clamped), so
+    the ancestor of draw ``k`` is ``#{i : c_i <= k}``: a scatter of ones and a cumulative sum.
     """
     b, n = weights.shape
     u0 = torch.rand(b, 1, generator=generator, dtype=weights.dtype, device=weights.device)
     cdf = torch.cumsum(weights, dim=-1)
-    below = torch.ceil(cdf * n - u0).clamp_(0, n)
-    below[:, -1] = n
-    counts = torch.diff(below, dim=-1, prepend=torch.zeros_like(below[:, :1])).long()
-    flat = torch.repeat_interleave(
-        torch.arange(b * n, device=weights.device), counts.flatten(), output_size=b * n
-    )
-    return flat.reshape(b, n) - torch.arange(b, device=weights.device).unsqueeze(1) * n
+    ends = torch.ceil(cdf * n - u0).clamp_(0, n).long()  # [B, N], non-decreasing
+    marks = torch.zeros(b, n + 1, dtype=torch.long, device=weights.device)
+    marks.scatter_add_(1, ends[:, :-1], torch.ones_like(ends[:, :-1]))
+    return torch.cumsum(marks[:, :n], dim=-1).clamp_(max=n - 1)
 
 
 def stratified_resample(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -290,7 +288,7 @@ class ParticleFilter:
             quad = (w * w).sum(0).reshape(b, n)
             logdet = 2.0 * torch.log(torch.diagonal(chol)).sum()
             ll = -0.5 * (quad + logdet + r.shape[0] * math.log(2 * math.pi))
-        return torch.nan_to_num(ll, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+        return ll
 
     def _roughen(
         self, particles: torch.Tensor, gen: torch.Generator
@@ -362,7 +360,12 @@ class ParticleFilter:
         for t in range(t_sz):
             if t > 0:
                 flat = parts.reshape(b * n, s)
-                uu = None if u is None else u[:, t - 1, None].expand(b, n, -1).reshape(b * n, -1)
+                if u is None:
+                    uu = None
+                elif b == 1:  # a stride-0 view, no copy
+                    uu = u[0, t - 1].expand(n, -1)
+                else:
+                    uu = u[:, t - 1, None].expand(b, n, -1).reshape(b * n, -1)
                 moved = self.transition(flat) if uu is None else self.transition(flat, uu)
                 if not isinstance(moved, torch.Tensor) or moved.shape != (b * n, s):
                     raise ValueError(f"transition must map [B*N, S] to [B*N, {s}]")
@@ -377,6 +380,11 @@ class ParticleFilter:
                 new = logw + ll
                 norm = torch.logsumexp(new, dim=-1)  # [B]
                 dead = ~torch.isfinite(norm)
+                if _any(dead):  # NaN log-likelihoods count as -inf; then look again
+                    new = torch.nan_to_num(new, nan=-math.inf, posinf=math.inf,
+                                           neginf=-math.inf)
+                    norm = torch.logsumexp(new, dim=-1)
+                    dead = ~torch.isfinite(norm)
                 if _any(dead):
                     parts, new, norm = self._recover(t, dead, parts, logw, new, norm,
                                                      init_parts)

@@ -149,3 +149,19 @@ def test_bad_input() -> None:
         pf.filter(np.zeros((3, 1)), initial_particles=np.zeros((5, 1)))
     with pytest.raises(ValueError, match="measurements contains inf"):
         pf.filter(np.full((3, 1), np.inf), initial_particles=np.zeros((10, 1)))
+
+
+def test_nan_log_likelihood_counts_as_zero_weight() -> None:
+    def some_nan(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        ll = -0.5 * (p[..., 0] - z[:, None, 0]) ** 2
+        return torch.where(p[..., 0] > 1.0, torch.full_like(ll, math.nan), ll)
+
+    pf = ParticleFilter(lambda x: x, Q=np.eye(1) * 1e-6, x0=np.zeros(1), P0=np.eye(1),
+                        n_particles=2000, log_likelihood=some_nan, ess_threshold=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no degeneracy: other particles carry the weight
+        m, _ = pf.filter(np.zeros((1, 1)), keep_history=True)
+    w = pf.weight_history[0, 0]
+    parts = pf.particle_history[0, 0, :, 0]
+    assert float(w[parts > 1.0].sum()) == 0.0
+    assert np.isfinite(m).all() and m[0, 0] < 0.1
