@@ -107,3 +107,19 @@ def test_bad_input() -> None:
         env.reset(options={"map": grid})
     with pytest.raises(ValueError, match="render_mode"):
         Navigation2DEnv(render_mode="human")
+
+
+def test_task_model_is_differentiable_and_checks_shapes() -> None:
+    env = Navigation2DEnv()
+    env.reset(seed=2)
+    tm = env.task_model
+    state = torch.zeros(3, 4, requires_grad=True)
+    action = torch.full((3, 2), 0.5, requires_grad=True)
+    total = tm.cost(tm.step(state, action), action).sum() + tm.terminal_cost(state).sum()
+    total.backward()
+    assert torch.isfinite(state.grad).all() and action.grad.abs().sum() > 0
+    assert tm.observe(state.detach()).shape == (3, 6)
+    with pytest.raises(ValueError, match="action"):
+        tm.step(state.detach(), torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="state"):
+        tm.cost(torch.full((1, 4), float("nan")), torch.zeros(1, 2))
