@@ -88,6 +88,7 @@ def bench_kalman(quick: bool) -> dict[str, Any]:
     _, z = kf.sample(steps, n_tracks=tracks, seed=0)
     repeats = 2 if quick else 3
     t_ours, (means, covs) = best_of(lambda: kf.filter(z), repeats)
+    cpu_ours = best_cpu_of(lambda: kf.filter(z), repeats)
     t_ours_smooth, (smeans, _) = best_of(lambda: kf.smooth(z), repeats)
     zt = torch.from_numpy(z)
     t_torch, _ = best_of(lambda: kf.filter(zt), repeats)
@@ -134,6 +135,7 @@ def bench_kalman(quick: bool) -> dict[str, Any]:
         "tracks": tracks,
         "steps": steps,
         "ours_filter_s": t_ours,
+        "ours_filter_cpu_s": cpu_ours,
         "ours_filter_torch64_s": t_torch,
         "ours_filter_torch32_s": t_torch32,
         "ours_smooth_s": t_ours_smooth,
@@ -197,6 +199,7 @@ def bench_ukf(quick: bool) -> dict[str, Any]:
 
     ukf = UnscentedKalmanFilter(f_t, h_t, q, r, x0, p0, alpha=alpha, beta=beta, kappa=kappa)
     t_ours, (m_ours, _) = best_of(lambda: ukf.filter(z), repeats)
+    cpu_ours = best_cpu_of(lambda: ukf.filter(z), repeats)
 
     def f_np(x: np.ndarray, *_: Any) -> np.ndarray:
         return np.array([x[0] + x[1] * dt, x[1] - g * math.sin(x[0]) * dt])
@@ -223,6 +226,7 @@ def bench_ukf(quick: bool) -> dict[str, Any]:
         return out
 
     t_fp, m_fp = best_of(filterpy_run, repeats)
+    cpu_fp = best_cpu_of(filterpy_run, repeats)
 
     def rmse(m: np.ndarray) -> float:
         return float(np.sqrt(((m[:, 0] - xs[:, 0]) ** 2).mean()))
@@ -239,6 +243,9 @@ def bench_ukf(quick: bool) -> dict[str, Any]:
         "batch_speedup_vs_filterpy": t_fp * n_batch / t_batch,
         "steps": steps,
         "ours_s": t_ours,
+        "ours_cpu_s": cpu_ours,
+        "filterpy_cpu_s": cpu_fp,
+        "cpu_speedup_vs_filterpy": cpu_fp / cpu_ours,
         "pykalman_s": t_pyk,
         "filterpy_s": t_fp,
         "speedup_vs_pykalman": t_pyk / t_ours,
@@ -360,7 +367,8 @@ def main() -> None:
     k = bench_kalman(args.quick)
     results["kalman"] = k
     ext = k["peers_extrapolated_from_tracks"]
-    print(f"  ours (numpy float64 in)  filter {k['ours_filter_s']:.3f} s   smooth "
+    print(f"  ours (numpy float64 in)  filter {k['ours_filter_s']:.3f} s "
+          f"(CPU {k['ours_filter_cpu_s']:.3f} s)   smooth "
           f"{k['ours_smooth_s']:.3f} s   (torch f64 {k['ours_filter_torch64_s']:.3f} s, "
           f"torch f32 {k['ours_filter_torch32_s']:.3f} s)")
     print(f"  pykalman track by track  filter {k['pykalman_filter_s']:.1f} s   smooth "
@@ -383,6 +391,8 @@ def main() -> None:
           f"   ({uk['speedup_vs_pykalman']:.1f}x)")
     print(f"  {'filterpy':10s} {uk['filterpy_s']:9.3f} {uk['rmse_filterpy']:11.4f}"
           f"   ({uk['speedup_vs_filterpy']:.1f}x)")
+    print(f"  CPU time: ours {uk['ours_cpu_s']:.3f} s, filterpy {uk['filterpy_cpu_s']:.3f} s "
+          f"({uk['cpu_speedup_vs_filterpy']:.1f}x)")
     print(f"  {uk['batch_tracks']} tracks: ours batched {uk['ours_batch_s']:.2f} s, filterpy "
           f"{uk['filterpy_batch_s_extrapolated']:.1f} s (one track x{uk['batch_tracks']}): "
           f"{uk['batch_speedup_vs_filterpy']:.0f}x")
