@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("stage", nargs="?", help="stage: " + ", ".join((*STAGES, "all")))
     p.add_argument("--preset", default=None, help="config preset (default, quick, ...)")
     p.add_argument("--run", type=Path, default=None, help="run folder to create or continue")
-    p.add_argument("--resume", type=Path, default=None, help="continue RUN_DIR from its checkpoints")
+    p.add_argument("--resume", type=Path, default=None,
+                   help="continue RUN_DIR from its checkpoints")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes")
@@ -50,12 +51,14 @@ def _build_config(task: Task, args: argparse.Namespace, rest: list[str], run_pat
         preset = args.preset or "default"
         if preset not in task.presets:
             raise UnknownNameError(
-                f"unknown preset {preset!r} for task {task.name}; available: {', '.join(task.presets)}"
+                f"unknown preset {preset!r} for task {task.name}; "
+                f"available: {', '.join(task.presets)}"
             )
         config = task.presets[preset]()
     if rest:
         config = tyro.cli(task.config_cls, default=config, args=rest, prog=f"worldplan {task.name}")
-    updates = {k: getattr(args, k) for k in ("seed", "device", "episodes") if getattr(args, k) is not None}
+    updates = {k: getattr(args, k) for k in ("seed", "device", "episodes")
+               if getattr(args, k) is not None}
     if updates:
         config = from_dict(task.config_cls, {**to_dict(config), **updates})
     return config
@@ -114,7 +117,8 @@ def run_cli(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     debug = "--debug" in argv
     try:
         code = run_cli(argv)

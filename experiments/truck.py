@@ -282,7 +282,8 @@ def curriculum(cfg: TruckConfig, p: TruckParams, device: torch.device) -> list[L
     fractions = np.linspace(0.0, 1.0, pc.lessons)
     for k, frac in enumerate(fractions):
         region = target.scaled(float(frac))
-        horizon = min(pc.max_horizon, int(math.ceil(2.2 * region.rear_x[1] / abs(p.speed * p.dt))) + 5)
+        reach = int(math.ceil(2.2 * region.rear_x[1] / abs(p.speed * p.dt))) + 5
+        horizon = min(pc.max_horizon, reach)
         its = pc.iterations_per_lesson + (pc.final_iterations if k == len(fractions) - 1 else 0)
 
         def sample(rng: np.random.Generator, n: int, region=region) -> torch.Tensor:
@@ -345,7 +346,8 @@ def evaluation_starts(cfg: TruckConfig) -> np.ndarray:
     """The seeded evaluation set: fixed for a given ``seed`` and ``episodes``."""
     if cfg.episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {cfg.episodes}")
-    return StartRegion().sample(np.random.default_rng(10_000 + cfg.seed), cfg.episodes, cfg.params())
+    rng = np.random.default_rng(10_000 + cfg.seed)
+    return StartRegion().sample(rng, cfg.episodes, cfg.params())
 
 
 def torch_controller(policy: torch.nn.Module):
@@ -376,7 +378,7 @@ class GradientMPCController:
         return action.detach().numpy()[:, 0]
 
 
-def summarise(tm: TruckTaskModel, result, criteria: DockingCriteria = DockingCriteria()) -> dict:
+def summarise(tm: TruckTaskModel, result, criteria: DockingCriteria | None = None) -> dict:
     jack = result.outcome == Outcome.JACKKNIFE
     at_wall_ = result.outcome == Outcome.WALL
     docked = tm.docked(result.final, jack, criteria) & at_wall_
@@ -405,7 +407,8 @@ def stage_evaluate(cfg: TruckConfig, run: Run) -> None:
         if policy_path(run, source).exists():
             controllers[f"bptt_{source}"] = torch_controller(load_policy(run, source, cfg))
     if not controllers:
-        raise FileNotFoundError(f"no policy in {run.checkpoints}: run `worldplan truck train-policy`")
+        raise FileNotFoundError(
+            f"no policy in {run.checkpoints}: run `worldplan truck train-policy`")
     controllers["lqr"] = LQRController(p)
     controllers["cascade"] = CascadeController(p)
     results, metrics = {}, {}
@@ -417,9 +420,11 @@ def stage_evaluate(cfg: TruckConfig, run: Run) -> None:
     if cfg.mpc.enabled:
         n = min(cfg.mpc.starts, len(starts))
         mpc = GradientMPCController(cfg, load_emulator(run, torch.device("cpu")))
-        results["gradient_mpc"] = simulate(starts[:n], mpc, p, full_batch=True, progress=cfg.progress)
+        results["gradient_mpc"] = simulate(starts[:n], mpc, p, full_batch=True,
+                                           progress=cfg.progress)
         metrics["gradient_mpc"] = summarise(tm, results["gradient_mpc"])
-        log.info("gradient_mpc   docked %.1f%% on %d starts", 100 * metrics["gradient_mpc"]["success_rate"], n)
+        log.info("gradient_mpc   docked %.1f%% on %d starts",
+                 100 * metrics["gradient_mpc"]["success_rate"], n)
     metrics["_setup"] = {"episodes": len(starts), "seed": cfg.seed, "dt": p.dt,
                          "yard": [list(p.yard_x), list(p.yard_y)],
                          "start_region": {k: list(v) for k, v in vars(StartRegion()).items()}}

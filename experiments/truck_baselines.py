@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import solve_discrete_are
 
 from envs.truck.kinematics import TruckParams, trailer_rear, wrap_angle
+from planners.mpc.lqr import dlqr
 
 
 def _lateral_state(states: np.ndarray, p: TruckParams) -> np.ndarray:
@@ -29,10 +29,13 @@ class LQRController:
     With z = [rear y, theta1, psi] and psi = theta0 - theta1 the hitch angle, small
     angles give z' = [s theta1, (s/d) psi, (s/L) phi - (s/d) psi]; Euler-discretised with
     the model's dt, the discrete Riccati equation gives phi = -K z (then clipped).
+    Default weights: the best of a grid search on starts drawn with another seed than the
+    evaluation set's (docs/truck.md); no weighting docks much more than 45%, because
+    the linearisation is poor far from the dock line and wide starts jackknife.
     """
 
     params: TruckParams
-    q: tuple[float, float, float] = (1.0, 30.0, 10.0)
+    q: tuple[float, float, float] = (10.0, 1.0, 100.0)
     r: float = 100.0
 
     def __post_init__(self) -> None:
@@ -41,9 +44,7 @@ class LQRController:
         a_c = np.array([[0.0, s, 0.0], [0.0, 0.0, s / d], [0.0, 0.0, -s / d]])
         b_c = np.array([[0.0], [0.0], [s / L]])
         self.A, self.B = np.eye(3) + dt * a_c, dt * b_c
-        Q, R = np.diag(self.q), np.array([[self.r]])
-        P = solve_discrete_are(self.A, self.B, Q, R)
-        self.K = np.linalg.solve(R + self.B.T @ P @ self.B, self.B.T @ P @ self.A)
+        self.K = dlqr(self.A, self.B, np.diag(self.q), np.array([[self.r]]))
 
     def __call__(self, states: np.ndarray) -> np.ndarray:
         phi = -(_lateral_state(states, self.params) @ self.K.T)[:, 0]
@@ -64,11 +65,11 @@ class CascadeController:
     """
 
     params: TruckParams
-    lookahead_gain: float = 0.3
+    lookahead_gain: float = 0.6
     min_lookahead: float = 2.0
     k_heading: float = 5.0
     max_hitch: float = np.radians(75.0)
-    k_psi: float = 1.0
+    k_psi: float = 0.8
 
     def __call__(self, states: np.ndarray) -> np.ndarray:
         p = self.params
@@ -81,3 +82,41 @@ class CascadeController:
         rate = -(self.k_psi / p.dt) * (psi - psi_ref) + (p.speed / p.trailer_length) * np.sin(psi)
         phi = np.arctan(p.cab_length / p.speed * rate)
         return np.clip(phi, -p.max_steer, p.max_steer)
+
+
+def tune(seed: int = 1, n: int = 1000, dt: float = 1.0) -> dict[str, dict]:
+    """Grid-search both baselines' gains on ``n`` starts drawn with ``seed`` (not the
+    evaluation set's); returns the best gains and docking rate of each."""
+    import itertools
+
+    from envs.truck import StartRegion, TruckTaskModel, simulate
+    from envs.truck.episode import Outcome
+
+    p = TruckParams(dt=dt, max_steps=int(round(150 / dt)))
+    tm = TruckTaskModel(p)
+    starts = StartRegion().sample(np.random.default_rng(seed), n, p)
+
+    def rate(controller) -> float:
+        r = simulate(starts, controller, p)
+        return float((tm.docked(r.final, r.outcome == Outcome.JACKKNIFE)
+                      & (r.outcome == Outcome.WALL)).mean())
+
+    best: dict[str, dict] = {"lqr": {"rate": -1.0}, "cascade": {"rate": -1.0}}
+    for qy, qt, qp, r in itertools.product([0.1, 1, 10], [1, 10, 100], [0.1, 1, 10, 100],
+                                           [1, 10, 100]):
+        score = rate(LQRController(p, q=(qy, qt, qp), r=r))
+        if score > best["lqr"]["rate"]:
+            best["lqr"] = {"rate": score, "q": (qy, qt, qp), "r": r}
+    for lg, ml, kh, mh, kp in itertools.product([0.15, 0.3, 0.6], [2.0, 4.0], [1.0, 3.0, 5.0],
+                                                [45.0, 60.0, 75.0], [0.8, 1.0]):
+        score = rate(CascadeController(p, lg, ml, kh, np.radians(mh), kp))
+        if score > best["cascade"]["rate"]:
+            best["cascade"] = {"rate": score, "lookahead_gain": lg, "min_lookahead": ml,
+                               "k_heading": kh, "max_hitch_deg": mh, "k_psi": kp}
+    return best
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(tune(), indent=2))

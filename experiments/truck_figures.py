@@ -72,7 +72,7 @@ def success_bars(metrics: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.bar(x - 0.2, rate, 0.4, label="docked (1 unit, 10 deg)")
     ax.bar(x + 0.2, strict, 0.4, label="strict (0.5 unit, 5 deg)")
-    for xi, r in zip(x, rate):
+    for xi, r in zip(x, rate, strict=True):
         ax.text(xi - 0.2, r + 1, f"{r:.1f}", ha="center", fontsize=8)
     ax.set_xticks(x, names, rotation=15)
     ax.set_ylim(0, 110)
@@ -96,7 +96,7 @@ def trajectory_grid(controller: Callable, p: TruckParams, path: Path) -> Path:
     result = simulate(grid_starts(p), controller, p)
     canvas = YardCanvas(p, scale=6.0)
     img = canvas.background()
-    for traj, steps in zip(result.trajectory, result.steps):
+    for traj, steps in zip(result.trajectory, result.steps, strict=True):
         canvas.draw_path(img, trailer_rear(traj[: steps + 1], p), (120, 120, 120))
         for k in range(0, steps + 1, max(1, int(6 / p.dt))):
             canvas.draw_truck(img, traj[k], faded=True)
@@ -118,7 +118,7 @@ def docking_video(controller: Callable, p: TruckParams, starts: np.ndarray, path
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps,
                              (canvas.width, canvas.height))
     try:
-        for traj, steps in zip(result.trajectory, result.steps):
+        for traj, steps in zip(result.trajectory, result.steps, strict=True):
             for k in range(steps + 1):
                 img = canvas.background()
                 canvas.draw_path(img, trailer_rear(traj[: k + 1], p))

@@ -65,15 +65,20 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a torn or foreign file
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({exc.__class__.__name__})") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({exc.__class__.__name__})"
+        ) from None
     if not isinstance(payload, dict) or "schema" not in payload:
         raise CheckpointError(f"{path} is not a worldplan checkpoint (no schema version)")
     if payload["schema"] != CHECKPOINT_SCHEMA:
         raise CheckpointError(
-            f"checkpoint {path} has schema {payload['schema']}, this worldplan reads {CHECKPOINT_SCHEMA}"
+            f"checkpoint {path} has schema {payload['schema']}, "
+            f"this worldplan reads {CHECKPOINT_SCHEMA}"
         )
     if kind is not None and payload.get("kind") != kind:
-        raise CheckpointError(f"checkpoint {path} holds a {payload.get('kind')!r}, expected {kind!r}")
+        raise CheckpointError(
+            f"checkpoint {path} holds a {payload.get('kind')!r}, expected {kind!r}"
+        )
     missing = [k for k in required if k not in payload]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")

@@ -44,7 +44,8 @@ class TruckBackerUpperEnv(gym.Env):
     def _obs(self) -> np.ndarray:
         obs = self._state.copy()
         obs[2:] = wrap_angle(obs[2:])
-        return np.clip(obs, self.observation_space.low, self.observation_space.high).astype(np.float32)
+        space = self.observation_space
+        return np.clip(obs, space.low, space.high).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

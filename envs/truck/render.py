@@ -33,7 +33,8 @@ class YardCanvas:
         wall = self.px(np.array([[0.0, self.p.yard_y[0]], [0.0, self.p.yard_y[1]]]))
         cv2.line(img, tuple(wall[0]), tuple(wall[1]), (60, 60, 60), 3, cv2.LINE_AA, shift=2)
         dock = self.px(np.array([[0.0, 0.0]]))[0]
-        cv2.circle(img, tuple(dock), int(4 * 1.5 * self.scale), (0, 160, 0), -1, cv2.LINE_AA, shift=2)
+        radius = int(4 * 1.5 * self.scale)
+        cv2.circle(img, tuple(dock), radius, (0, 160, 0), -1, cv2.LINE_AA, shift=2)
         return img
 
     def _box(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:

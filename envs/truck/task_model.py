@@ -37,7 +37,7 @@ class StartRegion:
     def scaled(self, fraction: float, near: StartRegion | None = None) -> StartRegion:
         """Interpolate from ``near`` (the easiest lesson) to this region by ``fraction``."""
         near = near or StartRegion((4.0, 8.0), (-1.0, 1.0), (-0.1, 0.1), (-0.05, 0.05))
-        mix = lambda a, b: tuple(float(u + fraction * (v - u)) for u, v in zip(a, b))  # noqa: E731
+        mix = lambda a, b: tuple(float(u + fraction * (v - u)) for u, v in zip(a, b, strict=True))  # noqa: E731
         return StartRegion(*(mix(getattr(near, f), getattr(self, f)) for f in
                              ("rear_x", "rear_y", "theta1", "hitch")))
 
@@ -151,6 +151,7 @@ class TruckTaskModel:
         rear = trailer_rear(state, self.params)
         return np.linalg.norm(rear, axis=-1), np.degrees(np.abs(wrap_angle(state[..., 3])))
 
-    def docked(self, state, jackknifed, criteria: DockingCriteria = DockingCriteria()) -> np.ndarray:
+    def docked(self, state, jackknifed, criteria: DockingCriteria | None = None) -> np.ndarray:
+        criteria = criteria or DockingCriteria()
         pos, ang = self.docking_errors(state)
         return (pos <= criteria.position) & (ang <= criteria.angle_deg) & ~np.asarray(jackknifed)
