@@ -186,15 +186,15 @@ class OccupancyGrid:
         counts = np.ceil(lengths / step).astype(np.int64) + 1  # samples per segment (>= 2 w/ ends)
         counts = np.maximum(counts, 2)
         # Process in chunks of about a million samples to bound memory.
-        budget = 1_000_000
-        start = 0
-        while start < n:
-            total = 0
-            stop = start
-            while stop < n and (total + counts[stop] <= budget or stop == start):
-                total += counts[stop]
-                stop += 1
+        ends = np.cumsum(counts)
+        bounds = [0]
+        while bounds[-1] < n:
+            base = ends[bounds[-1] - 1] if bounds[-1] > 0 else 0
+            stop = int(np.searchsorted(ends, base + 1_000_000, side="right"))
+            bounds.append(max(stop, bounds[-1] + 1))
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
             c = counts[start:stop]
+            total = int(c.sum())
             seg = np.repeat(np.arange(start, stop), c)
             offsets = np.cumsum(c) - c
             k = np.arange(total) - np.repeat(offsets, c)
@@ -202,7 +202,6 @@ class OccupancyGrid:
             pts = pa[seg] + t[:, None] * (pb[seg] - pa[seg])
             ok = self._free_np(pts)
             result[start:stop] = np.logical_and.reduceat(ok, offsets)
-            start = stop
         return _out(result, is_torch, device)
 
     # -- transforms --------------------------------------------------------------------
