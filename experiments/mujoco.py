@@ -62,8 +62,8 @@ MODELS = ("ensemble", "cvae", "deterministic", "true")
 # that planning with the learned ensemble stays within 50 ms per control step on one core.
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "Pendulum-v1": {"horizon": 30, "hidden": 64},
-    "InvertedPendulum-v5": {"horizon": 12, "hidden": 64, "cem_samples": 100,
-                            "cem_iterations": 3, "mppi_samples": 200},
+    "InvertedPendulum-v5": {"horizon": 15, "hidden": 64, "cem_samples": 100,
+                            "cem_iterations": 3, "mppi_samples": 200, "cem_return": "mean"},
     "Reacher-v5": {"horizon": 20, "hidden": 128},
     "HalfCheetah-v5": {"horizon": 20, "hidden": 200, "cem_samples": 400,
                        "cem_iterations": 5},
@@ -88,6 +88,7 @@ class MPCSettings:
     noise_sigma: float = 0.5  # MPPI exploration std, fraction of the action half-range
     beta: float = 2.0  # iCEM coloured-noise exponent
     keep_elites: float = 0.3  # iCEM fraction of elites kept
+    cem_return: str = "auto"  # CEM acts on the "best" sample or the elite "mean" (auto: per env)
     lr: float = 0.3  # gradient MPC (Adam, tanh-space units)
     restarts: int = 4  # gradient MPC parallel restarts
     z_samples: int = 4  # latent samples per plan (cVAE)
@@ -176,8 +177,13 @@ def build_planner(name: str, dynamics: Callable[..., torch.Tensor], tm: GymTaskM
     half = (tm.action_high - tm.action_low) / 2
     if name == "cem":
         elites = settings.elites or max(2, min(pd["elites"], samples // 10))
+        which = settings.cem_return if settings.cem_return != "auto" else ed.get(
+            "cem_return", "best")
+        if which not in ("best", "mean"):
+            raise ValueError(f"mpc.cem_return must be auto, best or mean, got {which!r}")
         return CEM(*args, samples=samples, elites=elites, iterations=iterations,
-                   beta=settings.beta, keep_elites=settings.keep_elites, **common)
+                   beta=settings.beta, keep_elites=settings.keep_elites,
+                   return_best=which == "best", **common)
     if name == "mppi":
         return MPPI(*args, samples=samples, temperature=settings.temperature,
                     noise_sigma=(settings.noise_sigma * half) ** 2, iterations=iterations,
