@@ -193,3 +193,26 @@ def test_missing_or_mismatched_checkpoints_are_rejected(tmp_path) -> None:
     (run.checkpoints / "policy-imitation.pt").write_bytes(b"torn")
     with pytest.raises(CheckpointError, match="corrupt"):
         evaluate_stage(cfg, run)
+
+
+@pytest.mark.slow
+def test_quick_preset_runs_the_whole_pipeline(tmp_path) -> None:
+    """`worldplan highway all --preset quick` end to end (about 3-5 min on 2 cores)."""
+    import json
+
+    from experiments.cli import run_cli
+
+    run_dir = tmp_path / "hw"
+    assert run_cli(["highway", "all", "--preset", "quick", "--run", str(run_dir)]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    ev = metrics["evaluate"]
+    assert set(ev) == {"no-action", "expert-replay", "imitation", "vg", "svg", "mpur", "mper"}
+    for m in ev.values():
+        assert {"success_rate", "mean_distance_m", "mean_uncertainty"} <= set(m)
+    assert ev["expert-replay"]["success_rate"] == 1.0  # the recorded drivers get through
+    assert ev["no-action"]["success_rate"] <= 0.3  # dense enough that doing nothing fails
+    c = metrics["collect"]
+    assert 4.0 < c["traffic"]["mean_speed"] < 9.0
+    assert c["action_extraction"]["with_smoothing"]["accel_rmse"] < \
+        0.05 * c["action_extraction"]["without_smoothing"]["accel_rmse"]
+    assert (run_dir / "videos" / "mpur_episode.mp4").stat().st_size > 0
