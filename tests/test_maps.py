@@ -45,6 +45,9 @@ def test_segment_free() -> None:
     t = np.linspace(0, 1, 2001)
     dense = np.array([grid.is_free(a[i] + t[:, None] * (b[i] - a[i])).all() for i in range(200)])
     np.testing.assert_array_equal(grid.segment_free(a, b), dense)
+    out = grid.segment_free(torch.tensor(a), torch.tensor(b))
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.bool
+    np.testing.assert_array_equal(out.numpy(), dense)
     with pytest.raises(ValueError, match="same shape"):
         grid.segment_free(a, b[:3])
 
