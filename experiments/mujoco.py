@@ -259,10 +259,10 @@ def model_dynamics(model, config: MujocoConfig):
         def dynamics(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
             return model.step(x, u)
     uncertainty = None
-    if hasattr(model, "members"):
+    if hasattr(model, "disagreement"):  # ensemble: members' variance, in delta-std units
         def uncertainty(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-            preds = torch.stack([m.step(x, u) for m in model.members])
-            return (preds.var(0) / model.delta_std**2).sum(-1)
+            var = model.disagreement(x, u[:, None])[:, 0]  # [B, S]
+            return (var / model.delta_std**2).sum(-1)
     return dynamics, latent, uncertainty
 
 

@@ -327,7 +327,7 @@ class Planner:
     def _call(name: str, fn: Callable[[], object], given: str) -> object:
         try:
             return fn()
-        except (RuntimeError, IndexError, TypeError, ValueError) as exc:
+        except (RuntimeError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{name} failed on {given}: {exc}") from exc
 
     @staticmethod
