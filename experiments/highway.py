@@ -100,16 +100,21 @@ class EvalConfig:
     ncond: int = 20  # steps the ego replays its own recording before the policy drives
     max_steps: int = 800
     methods: tuple[str, ...] = ("no-action", "expert-replay", "imitation", "vg", "svg",
-                                "mpur", "mper")
+                                "mpur", "mper", "mpc")
     mc_samples: int = 4
     uncertainty_every: int = 5  # steps between MC-dropout uncertainty measurements
     video: bool = True
+    mpc_horizon: int = 5  # gradient MPC through the stochastic model (z = 0)
+    mpc_iterations: int = 5
+    mpc_lr: float = 0.1
+    mpc_u_weight: float = 0.1  # weight of the MC-dropout uncertainty in MPC's cost
 
 
 @dataclass
 class HighwayConfig:
     seed: int = 0
     device: str = "cpu"
+    threads: int = 1  # torch CPU threads (small convolutions run fastest on one thread)
     episodes: int = 0  # evaluation episodes (held-out cars); 0 = all of them
     collect: CollectConfig = field(default_factory=CollectConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -128,7 +133,8 @@ def quick_config() -> HighwayConfig:
                           det_steps=15, sto_steps=15, batch_size=16, horizon_error=False),
         policy=PolicyConfig(imitation_steps=60, bptt_steps=8, batch_size=8, horizon=4,
                             mc_samples=2, hidden=64, channels=(8, 8, 16)),
-        evaluate=EvalConfig(max_steps=800, mc_samples=2, uncertainty_every=10, video=True))
+        evaluate=EvalConfig(max_steps=800, mc_samples=2, uncertainty_every=10, video=True,
+                            mpc_horizon=3, mpc_iterations=2))
 
 
 # ----------------------------------------------------------------------------- smoothing
@@ -205,6 +211,7 @@ def extraction_errors(true_pos: np.ndarray, est_pos: np.ndarray, dt: float,
 # ----------------------------------------------------------------------------- collect
 def collect(config: HighwayConfig, run: Run) -> None:
     """Record traffic, track it, smooth it, and write one episode per car."""
+    _set_threads(config)
     from worldmodels.dataset import write_dataset
 
     c = config.collect
@@ -324,8 +331,14 @@ def _collect_figures(rec: Recording, truth: np.ndarray, raw: np.ndarray, smoothe
 
 
 # ----------------------------------------------------------------------------- shared
+def _set_threads(config: HighwayConfig) -> None:
+    if config.threads < 1:
+        raise ValueError(f"threads must be >= 1, got {config.threads}")
+    torch.set_num_threads(config.threads)
+
+
 POLICY_METHODS = ("imitation", "vg", "svg", "mpur", "mper")
-METHODS = ("no-action", "expert-replay", *POLICY_METHODS)
+METHODS = ("no-action", "expert-replay", *POLICY_METHODS, "mpc")
 MODEL_DIRS = {"deterministic": "model-deterministic", "stochastic": "model-stochastic"}
 # which world model each learned method trains through (None: no model)
 METHOD_MODEL = {"imitation": None, "vg": "deterministic", "svg": "stochastic",
@@ -477,6 +490,7 @@ def _load_policy(run: Run, method: str, ds, device: torch.device):
 # ----------------------------------------------------------------------------- train-model
 def train_model_stage(config: HighwayConfig, run: Run) -> None:
     """Deterministic ImageModel, then a stochastic one warm-started from it."""
+    _set_threads(config)
     from worldmodels.images import ImageModel
     from worldmodels.training import TrainConfig, evaluate_horizon_error, train_model
 
@@ -520,6 +534,7 @@ def train_model_stage(config: HighwayConfig, run: Run) -> None:
 # ----------------------------------------------------------------------------- train-policy
 def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     """Train every method in ``policy.methods`` and save ``checkpoints/policy-<m>.pt``."""
+    _set_threads(config)
     from planners.policy.imitation import ImitationConfig as ImCfg
     from planners.policy.imitation import train_imitation
     from planners.policy.mper import MPERConfig, train_mper
@@ -695,6 +710,7 @@ def _write_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> Path | 
 
 def evaluate_stage(config: HighwayConfig, run: Run) -> None:
     """Every method of ``evaluate.methods`` on the held-out cars; metrics.json, a video."""
+    _set_threads(config)
     ev = config.evaluate
     _check_methods(tuple(ev.methods), METHODS, "evaluate.methods")
     if ev.ncond < 1 or ev.max_steps < 1:
@@ -704,7 +720,7 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
     device = resolve_device(config.device)
     # load everything first so that a missing checkpoint fails before any episode runs
     policies = {m: _load_policy(run, m, ds, device) for m in ev.methods if m in POLICY_METHODS}
-    need_model = any(m in POLICY_METHODS for m in ev.methods) or _model_path(
+    need_model = any(m in (*POLICY_METHODS, "mpc") for m in ev.methods) or _model_path(
         run, "stochastic").is_file()
     sto = _load_world_model(run, "stochastic", ds, device) if need_model else None
     rec = Recording.load(run.data / ds.manifest["generator"]["config"]["recording"])
@@ -736,6 +752,12 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
                 return torch.zeros(len(st), 2)
         elif method == "expert-replay":
             act = None  # the recorded driver: see _run_expert
+        elif method == "mpc":
+            planner = _gradient_mpc(sto, ds, view, ev, config.policy.lane_weight, config.seed)
+
+            def act(st, fr, planner=planner):
+                packed = torch.cat([st.flatten(1), fr.float().div(255.0).flatten(1)], 1)
+                return planner.act(packed.to(device)).detach()
         else:
             pol = policies[method]
 
@@ -761,6 +783,46 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
         log.info("%-14s %s", method, results[method])
         run.update_metrics("evaluate", {method: results[method]})
     _print_table(results)
+
+
+def _gradient_mpc(model, ds, view: View, ev: EvalConfig, lane_weight: float, seed: int):
+    """``planners.mpc.GradientMPC`` through the stochastic image model (z = 0, its mean
+    prediction): the "state" is the packed context (states and frames, flattened), the
+    cost the image cost of each predicted frame plus ``mpc_u_weight`` x MC-dropout U."""
+    from planners.mpc import GradientMPC
+    from worldmodels.uncertainty import mc_uncertainty
+
+    nc, s_dim = model.ncond, model.state_dim
+    shape = tuple(model.image_shape)
+    n_state = nc * s_dim
+    cost_img = _cost_fn(view, lane_weight)
+
+    def unpack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (x[:, :n_state].view(-1, nc, s_dim), x[:, n_state:].view(-1, nc, *shape))
+
+    def dynamics(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        st, fr = unpack(x)
+        s, img = model.step(st, a, z=torch.zeros(len(x), model.z_dim), image=fr)
+        st = torch.cat([st[:, 1:], s[:, None]], 1)
+        fr = torch.cat([fr[:, 1:], img[:, None]], 1)
+        return torch.cat([st.flatten(1), fr.flatten(1)], 1)
+
+    def cost(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        st, fr = unpack(x)
+        return cost_img(fr[:, -1], st[:, -1])
+
+    def uncertainty(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        st, fr = unpack(x)
+        z = torch.zeros(len(x), 1, model.z_dim)
+        return mc_uncertainty(model, st, a[:, None], n=max(ev.mc_samples, 2), z=z,
+                              images=fr).total(model)[:, 0]
+
+    st = ds.stats
+    low = torch.as_tensor(st.action_mean - 3 * st.action_std)
+    high = torch.as_tensor(st.action_mean + 3 * st.action_std)
+    return GradientMPC(dynamics, cost, low, high, ev.mpc_horizon, iterations=ev.mpc_iterations,
+                       lr=ev.mpc_lr, uncertainty=uncertainty if ev.mpc_u_weight > 0 else None,
+                       uncertainty_weight=ev.mpc_u_weight, seed=seed)
 
 
 def _run_expert(rec: Recording, cars: np.ndarray, starts: np.ndarray, ev: EvalConfig,

@@ -206,7 +206,8 @@ def test_quick_preset_runs_the_whole_pipeline(tmp_path) -> None:
     assert run_cli(["highway", "all", "--preset", "quick", "--run", str(run_dir)]) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     ev = metrics["evaluate"]
-    assert set(ev) == {"no-action", "expert-replay", "imitation", "vg", "svg", "mpur", "mper"}
+    assert set(ev) == {"no-action", "expert-replay", "imitation", "vg", "svg", "mpur", "mper",
+                       "mpc"}
     for m in ev.values():
         assert {"success_rate", "mean_distance_m", "mean_uncertainty"} <= set(m)
     assert ev["expert-replay"]["success_rate"] == 1.0  # the recorded drivers get through
