@@ -63,7 +63,8 @@ MODELS = ("ensemble", "cvae", "deterministic", "true")
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "Pendulum-v1": {"horizon": 30, "hidden": 64},
     "InvertedPendulum-v5": {"horizon": 15, "hidden": 64, "cem_samples": 100,
-                            "cem_iterations": 3, "mppi_samples": 200, "cem_return": "mean"},
+                            "cem_iterations": 3, "mppi_samples": 200, "cem_return": "mean",
+                            "uncertainty_weight": 10.0},
     "Reacher-v5": {"horizon": 20, "hidden": 128},
     "HalfCheetah-v5": {"horizon": 20, "hidden": 200, "cem_samples": 400,
                        "cem_iterations": 5},
@@ -92,7 +93,7 @@ class MPCSettings:
     lr: float = 0.3  # gradient MPC (Adam, tanh-space units)
     restarts: int = 4  # gradient MPC parallel restarts
     z_samples: int = 4  # latent samples per plan (cVAE)
-    uncertainty_weight: float = 0.0  # penalty on the model's uncertainty (learned models)
+    uncertainty_weight: float = -1.0  # penalty on the ensemble's disagreement (<0: per env)
 
 
 @dataclass
@@ -171,8 +172,11 @@ def build_planner(name: str, dynamics: Callable[..., torch.Tensor], tm: GymTaskM
     common: dict[str, Any] = dict(terminal_cost=tm.terminal_cost, seed=seed,
                                   latent_dim=latent_dim,
                                   z_samples=settings.z_samples if latent_dim else 1)
-    if uncertainty is not None and settings.uncertainty_weight > 0:
-        common.update(uncertainty=uncertainty, uncertainty_weight=settings.uncertainty_weight)
+    weight = settings.uncertainty_weight
+    if weight < 0:
+        weight = ed.get("uncertainty_weight", 0.0)
+    if uncertainty is not None and weight > 0:
+        common.update(uncertainty=uncertainty, uncertainty_weight=weight)
     args = (dynamics, tm.cost, tm.action_low, tm.action_high, horizon)
     half = (tm.action_high - tm.action_low) / 2
     if name == "cem":
@@ -257,12 +261,16 @@ def model_dynamics(model, config: MujocoConfig):
             return model.step(x, u, z)
     else:
         def dynamics(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            if cache and cache[0] is x and cache[1] is u:  # members already run for (x, u)
+                return cache[2]
             return model.step(x, u)
     uncertainty = None
-    if hasattr(model, "disagreement"):  # ensemble: members' variance, in delta-std units
+    cache: list = []
+    if hasattr(model, "rollout_members"):  # ensemble: members' variance, in delta-std units
         def uncertainty(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-            var = model.disagreement(x, u[:, None])[:, 0]  # [B, S]
-            return (var / model.delta_std**2).sum(-1)
+            preds = model.rollout_members(x, u[:, None])[:, :, 0]  # [K, B, S]
+            cache[:] = [x, u, preds.mean(0)]  # the planners step (x, u) right after
+            return (preds.var(0) / model.delta_std**2).sum(-1)
     return dynamics, latent, uncertainty
 
 
