@@ -74,8 +74,12 @@ def run_cli(argv: list[str]) -> int:
     if args.help:
         import tyro
 
+        common = ("common options: --preset {" + ",".join(task.presets) + "}, --run DIR, "
+                  "--resume DIR, --seed N, --device D, --episodes N, --debug. "
+                  "Config fields below override the preset.")
         tyro.cli(task.config_cls, default=task.presets["default"](), args=["--help"],
-                 prog=f"worldplan {task.name} {args.stage}")
+                 prog=f"worldplan {task.name} {args.stage}",
+                 description=f"{task.description.strip()}\n\n{common}")
         return 0
     stages = task.stage_order() if args.stage == "all" else [args.stage]
     for stage in stages:

@@ -74,7 +74,10 @@ def success_bars(metrics: dict, path: Path) -> Path:
     ax.bar(x + 0.2, strict, 0.4, label="strict (0.5 unit, 5 deg)")
     for xi, r in zip(x, rate, strict=True):
         ax.text(xi - 0.2, r + 1, f"{r:.1f}", ha="center", fontsize=8)
-    ax.set_xticks(x, names, rotation=15)
+    n0 = metrics[names[0]]["episodes"]
+    labels = [k if metrics[k]["episodes"] == n0 else f"{k}\n(first {metrics[k]['episodes']})"
+              for k in names]
+    ax.set_xticks(x, labels, rotation=15)
     ax.set_ylim(0, 110)
     ax.set_ylabel("success (%)")
     ax.set_title(f"Docking success on {metrics[names[0]]['episodes']} seeded starts")
@@ -98,7 +101,7 @@ def trajectory_grid(controller: Callable, p: TruckParams, path: Path) -> Path:
     img = canvas.background()
     for traj, steps in zip(result.trajectory, result.steps, strict=True):
         canvas.draw_path(img, trailer_rear(traj[: steps + 1], p), (120, 120, 120))
-        for k in range(0, steps + 1, max(1, int(6 / p.dt))):
+        for k in range(0, steps + 1, max(1, int(15 / p.dt))):
             canvas.draw_truck(img, traj[k], faded=True)
         canvas.draw_truck(img, traj[0])
         canvas.draw_truck(img, traj[steps])
