@@ -495,7 +495,9 @@ def evaluate(config: MujocoConfig, run: Run) -> None:
     planner = make_planner(config, run, device)
     venv = make_vector_env(config.env, config.episodes)
     ctrl = RecedingHorizonController(planner, device=device)
-    max_steps = config.max_steps or make_env(config.env).spec.max_episode_steps
+    probe = make_env(config.env)
+    max_steps = config.max_steps or probe.spec.max_episode_steps
+    probe.close()
     result = ctrl.run(venv, seed=config.seed, max_steps=max_steps)
     venv.close()
     data_steps = 0 if config.model == "true" else run.metrics().get("train", {}).get(

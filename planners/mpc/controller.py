@@ -89,6 +89,8 @@ class RecedingHorizonController:
             if vector and getattr(env, "spec", None) is None:
                 max_steps = 1000
         self.planner.reset(seed=seed)
+        if rng is None:
+            rng = np.random.default_rng(seed)
         returns = np.zeros(n)
         lengths = np.zeros(n, dtype=np.int64)
         alive = np.ones(n, dtype=bool)
@@ -107,7 +109,7 @@ class RecedingHorizonController:
             result.plan_ms.append(1000 * (time.perf_counter() - start))
             action = action.detach().cpu().numpy().astype(np.float32)
             if self.exploration is not None:
-                action = self.exploration(action, rng or np.random.default_rng(seed))
+                action = self.exploration(action, rng)
             action = np.clip(action, low, high)
             nxt, reward, terminated, truncated, _ = env.step(action if vector else action[0])
             nxt = np.asarray(nxt, dtype=np.float32).reshape(n, -1)
