@@ -201,3 +201,20 @@ def test_pendulum_swing_up_true_dynamics(name: str) -> None:
     venv.close()
     assert (result.lengths == 200).all()
     assert result.returns.mean() >= -200, result.returns
+
+
+def test_controller_exploration_draws_fresh_noise_each_step() -> None:
+    tm = PendulumTaskModel()
+    planner = MPPI(tm.step, tm.cost, tm.action_low, tm.action_high, 3, samples=10, seed=0)
+    draws: list[np.ndarray] = []
+
+    def explore(action: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        draws.append(rng.normal(size=action.shape))
+        return action + draws[-1]
+
+    env = make_env("Pendulum-v1")
+    ctrl = RecedingHorizonController(planner, exploration=explore)
+    result = ctrl.run(env, seed=0, max_steps=5, progress=False, record=True)
+    env.close()
+    assert len(draws) == 5 and len({float(d[0, 0]) for d in draws}) == 5
+    assert (np.abs(result.transitions["action"]) <= 2.0).all()  # clipped to the bounds
