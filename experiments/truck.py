@@ -115,7 +115,7 @@ def quick_config() -> TruckConfig:
     return TruckConfig(
         episodes=200,
         collect=CollectConfig(episodes=1200),
-        emulator=EmulatorConfig(epochs=8),
+        emulator=EmulatorConfig(epochs=8, lr=3e-3, batch_size=128),
         policy=PolicyConfig(lessons=6, iterations_per_lesson=30, final_iterations=150,
                             max_horizon=70, train_truth=False),
         mpc=MPCConfig(starts=20, first_iterations=30, iterations=3),
