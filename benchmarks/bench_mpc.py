@@ -61,7 +61,7 @@ def mppi_side_by_side(seeds: list[int]) -> dict:
 
     def ours_planner(compile_: bool) -> MPPI:
         return MPPI(tm.step, tm.cost, tm.action_low, tm.action_high, HORIZON,
-                    terminal_cost=tm.terminal_cost, samples=SAMPLES, temperature=LAMBDA,
+                    terminal_cost=tm.state_cost, samples=SAMPLES, temperature=LAMBDA,
                     noise_sigma=SIGMA**2, compile=compile_)
 
     planners = {"ours": ours_planner(False), "ours_compiled": ours_planner(True)}

@@ -197,7 +197,8 @@ SWING_UP = {  # the settings of `worldplan mujoco evaluate --env Pendulum-v1 --m
 def test_pendulum_swing_up_true_dynamics(name: str) -> None:
     venv = make_vector_env("Pendulum-v1", 4)
     planner = SWING_UP[name](PendulumTaskModel())
-    result = RecedingHorizonController(planner).run(venv, seed=100, progress=False)
+    # the first 4 of the 10 seeded episodes of `worldplan mujoco evaluate` (seeds 0-3)
+    result = RecedingHorizonController(planner).run(venv, seed=0, progress=False)
     venv.close()
     assert (result.lengths == 200).all()
     assert result.returns.mean() >= -200, result.returns
