@@ -43,36 +43,32 @@ def wrap_angle(angle):
     return (angle + math.pi) % (2 * math.pi) - math.pi
 
 
-def step_np(state: np.ndarray, phi: np.ndarray, p: TruckParams) -> np.ndarray:
-    """One Euler step, ``[..., 4], [...] -> [..., 4]`` (float64 for the environment)."""
+def step(state, phi, p: TruckParams):
+    """One Euler step, ``[..., 4], [...] -> [..., 4]``, in numpy (the environment, float64)
+    or torch (batched and differentiable), whichever ``state`` is."""
+    torch_in = isinstance(state, torch.Tensor)
+    lib = torch if torch_in else np
     x, y, t0, t1 = state[..., 0], state[..., 1], state[..., 2], state[..., 3]
-    phi = np.clip(phi, -p.max_steer, p.max_steer)
+    phi = phi.clamp(-p.max_steer, p.max_steer) if torch_in else np.clip(phi, -p.max_steer,
+                                                                           p.max_steer)
     s, dt = p.speed, p.dt
-    return np.stack(
-        [
-            x + s * np.cos(t0) * dt,
-            y + s * np.sin(t0) * dt,
-            t0 + (s / p.cab_length) * np.tan(phi) * dt,
-            t1 + (s / p.trailer_length) * np.sin(t0 - t1) * dt,
-        ],
-        axis=-1,
-    )
+    columns = [
+        x + s * lib.cos(t0) * dt,
+        y + s * lib.sin(t0) * dt,
+        t0 + (s / p.cab_length) * lib.tan(phi) * dt,
+        t1 + (s / p.trailer_length) * lib.sin(t0 - t1) * dt,
+    ]
+    return torch.stack(columns, dim=-1) if torch_in else np.stack(columns, axis=-1)
+
+
+def step_np(state: np.ndarray, phi: np.ndarray, p: TruckParams) -> np.ndarray:
+    """:func:`step` for numpy arrays."""
+    return step(np.asarray(state), np.asarray(phi), p)
 
 
 def step_torch(state: torch.Tensor, phi: torch.Tensor, p: TruckParams) -> torch.Tensor:
-    """Batched, differentiable twin of :func:`step_np`: ``[B, 4], [B] -> [B, 4]``."""
-    x, y, t0, t1 = state.unbind(-1)
-    phi = phi.clamp(-p.max_steer, p.max_steer)
-    s, dt = p.speed, p.dt
-    return torch.stack(
-        [
-            x + s * torch.cos(t0) * dt,
-            y + s * torch.sin(t0) * dt,
-            t0 + (s / p.cab_length) * torch.tan(phi) * dt,
-            t1 + (s / p.trailer_length) * torch.sin(t0 - t1) * dt,
-        ],
-        dim=-1,
-    )
+    """:func:`step` for torch tensors ``[B, 4], [B] -> [B, 4]``."""
+    return step(state, phi, p)
 
 
 def trailer_rear(state, p: TruckParams):
