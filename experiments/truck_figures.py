@@ -86,26 +86,31 @@ def success_bars(metrics: dict, path: Path) -> Path:
 
 
 def grid_starts(p: TruckParams) -> np.ndarray:
-    """Starting poses on a grid, as in Nguyen & Widrow's figures."""
+    """Nine starting poses on a grid (rear 40 units out; offsets -18, 0, 18; trailer
+    headings -60, 0, 60 degrees), as in Nguyen & Widrow's figures."""
     from envs.truck.kinematics import pose_from_rear
 
-    xs, ys, headings = [25.0, 40.0], [-18.0, 0.0, 18.0], np.radians([-60.0, 0.0, 60.0])
-    rx, ry, th = np.meshgrid(xs, ys, headings, indexing="ij")
-    return pose_from_rear(rx.ravel(), ry.ravel(), th.ravel(), 0.0, p)
+    ys, headings = [18.0, 0.0, -18.0], np.radians([-60.0, 0.0, 60.0])
+    ry, th = np.meshgrid(ys, headings, indexing="ij")
+    return pose_from_rear(40.0, ry.ravel(), th.ravel(), 0.0, p)
 
 
 def trajectory_grid(controller: Callable, p: TruckParams, path: Path) -> Path:
-    """Every start of :func:`grid_starts`, the truck drawn every few steps."""
+    """One panel per start of :func:`grid_starts`: the truck every few steps, from the
+    start (solid) to where it meets the wall (solid)."""
     result = simulate(grid_starts(p), controller, p)
-    canvas = YardCanvas(p, scale=6.0)
-    img = canvas.background()
+    canvas = YardCanvas(p, scale=3.0)
+    panels = []
     for traj, steps in zip(result.trajectory, result.steps, strict=True):
+        img = canvas.background()
         canvas.draw_path(img, trailer_rear(traj[: steps + 1], p), (120, 120, 120))
-        for k in range(0, steps + 1, max(1, int(15 / p.dt))):
+        for k in range(0, steps + 1, max(1, int(8 / p.dt))):
             canvas.draw_truck(img, traj[k], faded=True)
         canvas.draw_truck(img, traj[0])
         canvas.draw_truck(img, traj[steps])
-    ok, png = cv2.imencode(".png", img[:, :, ::-1])
+        panels.append(cv2.copyMakeBorder(img, 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=(0, 0, 0)))
+    rows = [np.concatenate(panels[i:i + 3], axis=1) for i in range(0, len(panels), 3)]
+    ok, png = cv2.imencode(".png", np.concatenate(rows, axis=0)[:, :, ::-1])
     return atomic_write_bytes(path, png.tobytes())
 
 
