@@ -30,7 +30,7 @@ class LQRController:
     angles give z' = [s theta1, (s/d) psi, (s/L) phi - (s/d) psi]; Euler-discretised with
     the model's dt, the discrete Riccati equation gives phi = -K z (then clipped).
     Default weights: the best of a grid search on starts drawn with another seed than the
-    evaluation set's (docs/truck.md); no weighting docks much more than 45%, because
+    evaluation set's (README); no weighting docks much more than 45%, because
     the linearisation is poor far from the dock line and wide starts jackknife.
     """
 
@@ -61,7 +61,7 @@ class CascadeController:
     psi' = (s/L) tan(phi) - (s/d) sin(psi) so that psi tracks its reference at rate ``k_psi``.
 
     Default gains: the best of a grid search on 1,000 starts drawn with another seed than
-    the evaluation set's (see docs/truck.md).
+    the evaluation set's (README, "The truck backer-upper").
     """
 
     params: TruckParams
