@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from experiments.runs import Run
@@ -38,7 +38,6 @@ class Task:
     presets: dict[str, Callable[[], Any]]
     stages: dict[str, Stage]
     description: str = ""
-    extra_stages: tuple[str, ...] = field(default=())
 
     def stage_order(self) -> list[str]:
         return [s for s in STAGES if s in self.stages]
