@@ -57,15 +57,15 @@ def test_quick_preset_end_to_end(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_truth_trained_controller_converges_for_every_seed(seed):
-    """The curriculum trains reliably: every seed docks most of the evaluation starts."""
-    cfg = TruckConfig(seed=seed, episodes=300, policy=PolicyConfig(lessons=6,
-                      iterations_per_lesson=100, final_iterations=200))
+    """The default curriculum trains reliably: every seed docks almost every start."""
+    cfg = TruckConfig(seed=seed, episodes=300, policy=PolicyConfig())
     p = cfg.params()
     tm = TruckTaskModel(p)
     torch.manual_seed(seed)
     policy = make_policy(tm, cfg)
     train_bptt(policy, tm.stop_at_wall(tm.step), curriculum(cfg, p, torch.device("cpu")),
-               BPTTConfig(batch_size=256), np.random.default_rng(seed), cost=tm.cost,
+               BPTTConfig(batch_size=cfg.policy.batch_size, lr=cfg.policy.lr),
+               np.random.default_rng(seed), cost=tm.cost,
                terminal_cost=tm.terminal_cost, progress=False)
     result = simulate(evaluation_starts(cfg), torch_controller(policy.eval()), p)
-    assert summarise(tm, result)["success_rate"] >= 0.9
+    assert summarise(tm, result)["success_rate"] >= 0.97
