@@ -110,18 +110,26 @@ def in_yard(state, p: TruckParams):
     return (ok_x & ok_y).all(-1)
 
 
-def at_wall(state, p: TruckParams):
-    """True where the trailer rear or the hitch has reached the dock wall x = 0."""
-    rear_x = trailer_rear(state, p)[..., 0]
-    return (rear_x <= p.yard_x[0]) | (state[..., 0] <= p.yard_x[0])
+def rear_x(state, p: TruckParams):
+    """x of the trailer rear ``[...]``: all the wall tests need (cheaper than the point)."""
+    lib = torch if isinstance(state, torch.Tensor) else np
+    return state[..., 0] - p.trailer_length * lib.cos(state[..., 3])
 
 
-def wall_fraction(prev, nxt, p: TruckParams):
+def at_wall(state, p: TruckParams, state_rear_x=None):
+    """True where the trailer rear or the hitch has reached the dock wall x = 0.
+    ``state_rear_x`` may pass :func:`rear_x` of ``state`` when it is already known."""
+    x = rear_x(state, p) if state_rear_x is None else state_rear_x
+    return (x <= p.yard_x[0]) | (state[..., 0] <= p.yard_x[0])
+
+
+def wall_fraction(prev, nxt, p: TruckParams, prev_rear_x=None):
     """Fraction in [0, 1] of the step ``prev -> nxt`` at which the trailer rear meets the
-    wall (1 where it does not cross). Used to stop trajectories exactly at the wall."""
+    wall (1 where it does not cross). Used to stop trajectories exactly at the wall.
+    ``prev_rear_x`` may pass :func:`rear_x` of ``prev`` when it is already known."""
     lib = torch if isinstance(prev, torch.Tensor) else np
-    x0 = trailer_rear(prev, p)[..., 0]
-    x1 = trailer_rear(nxt, p)[..., 0]
+    x0 = rear_x(prev, p) if prev_rear_x is None else prev_rear_x
+    x1 = rear_x(nxt, p)
     crossing = (x0 > 0) & (x1 <= 0)
     denom = lib.where(crossing, x0 - x1, lib.ones_like(x0))
     frac = lib.where(crossing, x0 / denom, lib.ones_like(x0))

@@ -15,6 +15,7 @@ from envs.truck.kinematics import (
     at_wall,
     hitch_angle,
     pose_from_rear,
+    rear_x,
     step_torch,
     trailer_rear,
     wall_fraction,
@@ -94,9 +95,10 @@ class TruckTaskModel:
         p = self.params
 
         def stopped(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-            done = at_wall(state, p).unsqueeze(-1)
+            x0 = rear_x(state, p)  # shared by both wall tests: this is the BPTT inner loop
+            done = at_wall(state, p, x0).unsqueeze(-1)
             nxt = dynamics(state, action)
-            frac = wall_fraction(state, nxt, p).unsqueeze(-1)
+            frac = wall_fraction(state, nxt, p, x0).unsqueeze(-1)
             moved = state + frac * (nxt - state)
             return torch.where(done, state, moved)
 
