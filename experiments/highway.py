@@ -56,6 +56,14 @@ class CollectConfig:
     jerk_long: float = 0.5  # smoother's white-jerk intensity along the road, m^2/s^5
     jerk_lat: float = 0.005  # across (tuned on a quick recording: docs/highway.md)
     offroad_channel: bool = False
+    # counterfactual drives (envs/highway/counterfactual.py): each recorded car re-driven
+    # with perturbed actions among the non-reactive recorded traffic, for the world model
+    # only; 0 = the recorded episodes alone (PPUU's purely observational data)
+    drives_per_car: int = 3
+    drive_seconds: float = 10.0
+    drive_accel_std: float = 0.5  # m/s^2, OU perturbation of the recorded acceleration
+    drive_steer_std: float = 0.0015  # 1/m, of the recorded steering
+    drive_tau: float = 2.0  # s, the perturbation's time constant
 
 
 @dataclass
@@ -212,7 +220,8 @@ def extraction_errors(true_pos: np.ndarray, est_pos: np.ndarray, dt: float,
 def collect(config: HighwayConfig, run: Run) -> None:
     """Record traffic, track it, smooth it, and write one episode per car."""
     _set_threads(config)
-    from worldmodels.dataset import write_dataset
+    from envs.highway.counterfactual import DriveNoise, counterfactual_drives
+    from worldmodels.dataset import split_episode_ids, write_dataset
 
     c = config.collect
     rng = seed_everything(config.seed)
@@ -259,21 +268,44 @@ def collect(config: HighwayConfig, run: Run) -> None:
     episodes = build_episodes(np.nan_to_num(sm_pos), heading, rec.valid, rec.size, cars,
                               rec.road, dt, view, CostConfig())
     t_render = time.perf_counter() - t0
-    meta = {"car_ids": [int(e["car"]) for e in episodes],
-            "start_steps": [int(e["start"]) for e in episodes],
+    # split by car: a car's counterfactual drives go to the split of its recorded episode
+    split_ids = split_episode_ids(len(episodes), {"train": 0.8, "val": 0.1, "test": 0.1},
+                                  config.seed)
+    split_of_car = {int(episodes[i]["car"]): name for name, ids in split_ids.items()
+                    for i in ids}
+    drives: list[dict] = []
+    t0 = time.perf_counter()
+    if c.drives_per_car > 0:
+        noise = DriveNoise(c.drive_accel_std, c.drive_steer_std, c.drive_tau)
+        drives = counterfactual_drives(rec, np.array(sorted(split_of_car)), c.drives_per_car,
+                                       int(round(c.drive_seconds / dt)), rng, noise, view,
+                                       CostConfig(), min_steps=10)
+        for j, d in enumerate(drives):
+            split_ids[split_of_car[d["car"]]].append(len(episodes) + j)
+    t_drives = time.perf_counter() - t0
+    every = episodes + drives
+    meta = {"car_ids": [int(e["car"]) for e in every],
+            "start_steps": [int(e["start"]) for e in every],
+            "kinds": ["recorded"] * len(episodes) + ["drive"] * len(drives),
             "recording": RECORDING_FILE, "view": dataclasses.asdict(view),
             "config": dataclasses.asdict(config)}
     path = write_dataset(run.data / "dataset",
                          [{k: e[k] for k in ("states", "actions", "images", "costs")}
-                          for e in episodes],
+                          for e in every],
                          task=DATASET_TASK, dt=dt, config=meta, seed=config.seed,
-                         split={"train": 0.8, "val": 0.1, "test": 0.1}, overwrite=True)
+                         split_ids=split_ids, overwrite=True)
     frames = int(sum(len(e["images"]) for e in episodes))
     collisions = float(np.mean([e["collision"].max() > 0.5 for e in episodes]))
+    outcomes = [d["outcome"] for d in drives]
     metrics = {"cars_recorded": int(rec.cars), "episodes": len(episodes), "frames": frames,
                "expert_collision_rate": collisions, "traffic": stats,
                "action_extraction": extraction,
-               "seconds": {"simulate": t_sim, "smooth": t_smooth, "render": t_render},
+               "counterfactual_drives": {
+                   "drives": len(drives), "frames": int(sum(len(d["images"]) for d in drives)),
+                   **{f"{o}_rate": float(np.mean([x == o for x in outcomes])) if drives
+                      else 0.0 for o in ("collision", "offroad", "success", "timeout")}},
+               "seconds": {"simulate": t_sim, "smooth": t_smooth, "render": t_render,
+                           "drives": t_drives},
                "dataset": str(path)}
     run.update_metrics("collect", metrics)
     _collect_figures(rec, truth, np.stack([x[:m] for x in errors["raw"]]),
@@ -365,6 +397,13 @@ def _open_dataset(run: Run):
     if ds.image_shape is None:
         raise ValueError(f"data set {path} holds no images; run `worldplan highway collect`")
     return ds
+
+
+def _recorded_ids(ds, split: str) -> list[int]:
+    """Episode ids of ``split`` that are recorded cars (not counterfactual drives)."""
+    kinds = ds.manifest["generator"]["config"].get("kinds")
+    ids = ds.episode_ids(split)
+    return ids if kinds is None else [i for i in ids if kinds[i] == "recorded"]
 
 
 def _model_path(run: Run, which: str) -> Path:
@@ -551,7 +590,9 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     view = View(**ds.manifest["generator"]["config"]["view"])
     cost = _cost_fn(view, p.lane_weight)
     rng = seed_everything(config.seed)
-    windows = ds.windows("train", ncond, max(p.horizon, 1))
+    # policies learn from the recorded drivers' contexts (the drives only teach the model)
+    windows = ds.windows("train", ncond, max(p.horizon, 1),
+                         episodes=_recorded_ids(ds, "train"))
     sample = _sampler(windows, device)
     summary: dict[str, dict] = {}
     u_stats = None
@@ -607,7 +648,7 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
 # ----------------------------------------------------------------------------- evaluate
 def _test_cars(ds, episodes: int) -> tuple[np.ndarray, np.ndarray]:
     meta = ds.manifest["generator"]["config"]
-    ids = ds.episode_ids("test")
+    ids = _recorded_ids(ds, "test")
     if not ids:
         raise ValueError(f"data set {ds.path} has no test episodes")
     cars = np.array([meta["car_ids"][i] for i in ids])

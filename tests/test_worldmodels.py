@@ -73,6 +73,25 @@ def test_split_is_seeded_and_configurable(tmp_path: Path) -> None:
         write_dataset(tmp_path / "d", eps, task="t", dt=0.1, split={"train": 0.5})
 
 
+def test_explicit_split_ids_and_episode_filter(tmp_path: Path) -> None:
+    eps = toy_episodes(n=6, T=5)
+    ds = load_dataset(write_dataset(tmp_path / "a", eps, task="t", dt=0.1,
+                                    split_ids={"train": [0, 2, 4, 5], "val": [1], "test": [3]}))
+    assert ds.split_ids == {"train": [0, 2, 4, 5], "val": [1], "test": [3]}
+    train = np.concatenate([eps[i]["states"] for i in (0, 2, 4, 5)])
+    np.testing.assert_allclose(ds.stats.state_mean, train.mean(0), rtol=1e-4, atol=1e-5)
+    # windows of the train split restricted to episodes 2 and 3: only episode 2's
+    w = ds.windows("train", ncond=2, npred=2, episodes=[2, 3])
+    assert len(w) == 5 - 2 - 2 + 2
+    np.testing.assert_allclose(w.get_batch([0])["context"][0].numpy(), eps[2]["states"][:2])
+    with pytest.raises(ValueError, match="exactly once"):
+        write_dataset(tmp_path / "b", eps, task="t", dt=0.1,
+                      split_ids={"train": [0, 1, 2], "test": [2, 3, 4, 5]})
+    with pytest.raises(ValueError, match="not both"):
+        write_dataset(tmp_path / "c", eps, task="t", dt=0.1, split={"train": 1.0},
+                      split_ids={"train": list(range(6))})
+
+
 def test_windows_match_episodes(toy: Path) -> None:
     ds = load_dataset(toy)
     w = ds.windows("train", ncond=3, npred=4)

@@ -194,6 +194,24 @@ def _split_episodes(
     return {s: sorted(order[bounds[j] : bounds[j + 1]].tolist()) for j, s in enumerate(SPLITS)}
 
 
+def _check_split_ids(split_ids: Mapping[str, Sequence[int]], n: int) -> dict[str, list[int]]:
+    """Explicit split ids: known split names, every episode in exactly one split, a
+    non-empty train split."""
+    unknown = sorted(set(split_ids) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"split_ids: unknown split(s) {unknown}; use {SPLITS}")
+    out = {s: sorted(int(i) for i in split_ids.get(s, [])) for s in SPLITS}
+    flat = [i for s in SPLITS for i in out[s]]
+    if sorted(flat) != list(range(n)):
+        raise ValueError(f"split_ids must list each of the {n} episodes exactly once")
+    if not out["train"]:
+        raise ValueError("split_ids: the train split is empty")
+    return out
+
+
+split_episode_ids = _split_episodes  # public: the default random cut by fractions
+
+
 def write_dataset(
     path: str | os.PathLike,
     episodes: Sequence[Mapping[str, Any]],
@@ -205,6 +223,7 @@ def write_dataset(
     image_key: str | None = None,
     split: Mapping[str, float] | None = None,
     split_seed: int | None = None,
+    split_ids: Mapping[str, Sequence[int]] | None = None,
     episodes_per_shard: int = 256,
     overwrite: bool = False,
 ) -> Path:
@@ -214,7 +233,9 @@ def write_dataset(
     differ between episodes), optionally ``costs [T]`` and images ``[T+1, C, H, W]`` uint8
     under ``image_key`` (default: ``"images"`` if the first episode has it). ``split`` gives
     the train/val/test fractions (default 0.8/0.1/0.1), cut by episode with ``split_seed``
-    (default ``seed``). ``config``/``seed`` describe the generator and are stored verbatim.
+    (default ``seed``); or ``split_ids`` names the episode ids of each split explicitly
+    (e.g. to keep related episodes in one split). ``config``/``seed`` describe the
+    generator and are stored verbatim.
     """
     path = Path(path)
     if not episodes:
@@ -245,7 +266,14 @@ def write_dataset(
         if ("costs" in ep) != has_costs:
             raise ValueError(f"episodes[{i}]: costs must be given for all episodes or none")
     fractions = dict(split) if split is not None else {"train": 0.8, "val": 0.1, "test": 0.1}
-    split_ids = _split_episodes(len(eps), fractions, seed if split_seed is None else split_seed)
+    if split_ids is not None:
+        if split is not None:
+            raise ValueError("give split fractions or split_ids, not both")
+        split_ids = _check_split_ids(split_ids, len(eps))
+        fractions = {s: len(split_ids[s]) / len(eps) for s in SPLITS}
+    else:
+        split_ids = _split_episodes(len(eps), fractions,
+                                    seed if split_seed is None else split_seed)
 
     # statistics from the train split
     sm, am, dm = _Moments(S), _Moments(A), _Moments(S)
@@ -436,11 +464,13 @@ class Dataset:
         return [self.episode(i) for i in self.episode_ids(split)]
 
     def windows(
-        self, split: str, ncond: int, npred: int, images: bool | None = None
+        self, split: str, ncond: int, npred: int, images: bool | None = None,
+        episodes: Sequence[int] | None = None,
     ) -> WindowDataset:
         """All windows of ``ncond`` context states and ``npred`` predicted steps in
-        ``split`` as a ``torch.utils.data.Dataset`` (see :class:`WindowDataset`)."""
-        return WindowDataset(self, split, ncond, npred, images)
+        ``split`` (only its episodes in ``episodes``, if given) as a
+        ``torch.utils.data.Dataset`` (see :class:`WindowDataset`)."""
+        return WindowDataset(self, split, ncond, npred, images, episodes)
 
     def __repr__(self) -> str:
         c = self.manifest["count"]
@@ -592,7 +622,7 @@ class WindowDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, data: Dataset, split: str, ncond: int, npred: int,
-                 images: bool | None = None) -> None:
+                 images: bool | None = None, episodes: Sequence[int] | None = None) -> None:
         if not isinstance(ncond, int) or ncond < 1:
             raise ValueError(f"ncond must be an int >= 1, got {ncond!r}")
         if not isinstance(npred, int) or npred < 1:
@@ -604,7 +634,10 @@ class WindowDataset(torch.utils.data.Dataset):
         self.ncond, self.npred = ncond, npred
         self.images = data.image_shape is not None if images is None else bool(images)
         shard, srow, arow = [], [], []
+        keep = None if episodes is None else {int(e) for e in episodes}
         for e in data.episode_ids(split):
+            if keep is not None and e not in keep:
+                continue
             k, s0, a0, n = (int(v) for v in data._index[e])
             # window at time t (last context state t): needs t-ncond+1 >= 0, t+npred <= n
             ts = np.arange(ncond - 1, n - npred + 1)
