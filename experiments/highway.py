@@ -84,6 +84,10 @@ class ModelConfig:
     batch_size: int = 32
     lr: float = 1e-3
     horizon_error: bool = True  # measure the open-loop test error per horizon
+    # exact ego motion (worldmodels.ego_motion): the network predicts the other cars only,
+    # the ego moves by the kinematic update and a differentiable warp; False = PPUU's
+    # ImageModel, which learns the ego's motion too
+    ego_motion: bool = True
 
 
 @dataclass
@@ -530,6 +534,7 @@ def _load_policy(run: Run, method: str, ds, device: torch.device):
 def train_model_stage(config: HighwayConfig, run: Run) -> None:
     """Deterministic ImageModel, then a stochastic one warm-started from it."""
     _set_threads(config)
+    from worldmodels.ego_motion import EgoMotionImageModel
     from worldmodels.images import ImageModel
     from worldmodels.training import TrainConfig, evaluate_horizon_error, train_model
 
@@ -539,16 +544,22 @@ def train_model_stage(config: HighwayConfig, run: Run) -> None:
     ds = _open_dataset(run)
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    common = dict(ncond=m.ncond, hidden=m.hidden, channels=tuple(m.channels), dropout=m.dropout)
-    det = ImageModel(ds.state_dim, ds.action_dim, tuple(ds.image_shape), z_dim=0, **common)
+    common: dict = dict(ncond=m.ncond, hidden=m.hidden, channels=tuple(m.channels),
+                        dropout=m.dropout)
+    model_cls = ImageModel
+    if m.ego_motion:
+        view = View(**ds.manifest["generator"]["config"]["view"])
+        model_cls = EgoMotionImageModel
+        common.update(res=view.res, dt=ds.dt)
+    det = model_cls(ds.state_dim, ds.action_dim, tuple(ds.image_shape), z_dim=0, **common)
     results = {}
     for which, model, steps in (("deterministic", det, m.det_steps),):
         tc = TrainConfig(steps=steps, batch_size=m.batch_size, lr=m.lr, npred=m.npred,
                          seed=config.seed, device=str(device), val_windows=256)
         results[which] = train_model(model, ds, tc, run.checkpoints / MODEL_DIRS[which],
                                      run.writer(), run.resume, tag=f"model-{which}")
-    sto = ImageModel(ds.state_dim, ds.action_dim, tuple(ds.image_shape), z_dim=m.z_dim,
-                     beta=m.beta, p_z=m.p_z, z_dropout=m.z_dropout, **common)
+    sto = model_cls(ds.state_dim, ds.action_dim, tuple(ds.image_shape), z_dim=m.z_dim,
+                    beta=m.beta, p_z=m.p_z, z_dropout=m.z_dropout, **common)
     missing, _ = sto.load_state_dict(det.state_dict(), strict=False)
     log.info("stochastic model warm-started; new parameters: %d tensors", len(missing))
     tc = TrainConfig(steps=m.sto_steps, batch_size=m.batch_size, lr=m.lr, npred=m.npred,

@@ -4,6 +4,7 @@ image + vector), offline data sets and their training. See docs/worldmodels.md."
 from worldmodels.base import MODEL_KINDS, WorldModel, load_model
 from worldmodels.dataset import Dataset, DatasetError, NormStats, load_dataset, write_dataset
 from worldmodels.deterministic import DeterministicModel
+from worldmodels.ego_motion import EgoMotionImageModel
 from worldmodels.ensemble import Ensemble
 from worldmodels.images import ImageModel
 from worldmodels.stochastic import StochasticModel
@@ -23,6 +24,7 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "DeterministicModel",
+    "EgoMotionImageModel",
     "Ensemble",
     "ImageModel",
     "StochasticModel",

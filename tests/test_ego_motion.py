@@ -1,0 +1,104 @@
+"""The ego-motion image model: the warp re-projects rendered frames, the ego moves by the
+kinematics, and the other cars do not react to the ego's actions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from envs.highway.kinematics import step_state_torch
+from envs.highway.render import View, render_views
+from envs.highway.road import Road
+from worldmodels.base import load_model
+from worldmodels.ego_motion import EgoMotionImageModel, warp_frames
+
+VIEW = View()
+
+
+def _scene(rng: np.random.Generator, n: int = 14) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pos = np.stack([rng.uniform(60, 140, n), (rng.integers(0, 6, n) + 0.5) * 3.7], 1)
+    return pos, np.tile([1.0, 0.0], (n, 1)), np.tile([4.8, 1.9], (n, 1))
+
+
+def _render(pos: np.ndarray, ang: float, scene) -> torch.Tensor:
+    head = np.array([[np.cos(ang), np.sin(ang)]])
+    img = render_views(pos[None], head, np.array([[4.8, 1.9]]), *scene, np.array([-1]), Road(),
+                       VIEW)
+    return torch.tensor(np.moveaxis(img, -1, 1), dtype=torch.float32) / 255.0
+
+
+@pytest.mark.parametrize("move", [(1.3, 0.35, 0.03), (-2.0, -0.5, -0.05), (0.6, 0.0, 0.0)])
+def test_warp_reprojects_a_rendered_scene(move: tuple[float, float, float]) -> None:
+    scene = _scene(np.random.default_rng(0))
+    a, b = np.array([100.0, 9.25]), np.array([100.0 + move[0], 9.25 + move[1]])
+    ia, ib = _render(a, 0.0, scene), _render(b, move[2], scene)
+    f32 = torch.float32
+    out = warp_frames(ia, torch.tensor(a[None], dtype=f32), torch.tensor([[1.0, 0.0]]),
+                      torch.tensor(b[None], dtype=f32),
+                      torch.tensor([[np.cos(move[2]), np.sin(move[2])]], dtype=f32), VIEW.res)
+    inner = (0, 1, slice(10, 107), slice(2, 22))  # the cars, away from the borders
+    err, before = (out[inner] - ib[inner]).abs().mean(), (ia[inner] - ib[inner]).abs().mean()
+    assert err < 0.3 * before
+    assert abs(out[inner].sum() - ib[inner].sum()) < 0.05 * ib[inner].sum()
+    # identity pose -> identity warp
+    same = warp_frames(ia, torch.tensor(a[None], dtype=f32), torch.tensor([[1.0, 0.0]]),
+                       torch.tensor(a[None], dtype=f32), torch.tensor([[1.0, 0.0]]), VIEW.res)
+    torch.testing.assert_close(same, ia, atol=1e-5, rtol=0)
+
+
+def _pure_warp_model(ncond: int = 2, z_dim: int = 0) -> EgoMotionImageModel:
+    torch.manual_seed(0)
+    m = EgoMotionImageModel(4, 2, (3, 117, 24), ncond=ncond, hidden=16, channels=(4, 4),
+                            z_dim=z_dim, dropout=0.0)
+    last = m.image_head.convs[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)  # the network predicts "nothing moves"
+    return m.eval()
+
+
+def test_braking_brings_the_car_behind_closer_by_the_exact_distance() -> None:
+    scene = (np.array([[90.0, 9.25]]), np.array([[1.0, 0.0]]), np.array([[4.8, 1.9]]))
+    m = _pure_warp_model()
+    speed, dt = 6.0, 0.1
+    ctx = torch.tensor([[[100.0 - speed * dt, 9.25, speed, 0.0], [100.0, 9.25, speed, 0.0]]])
+    frames = torch.stack([_render(ctx[0, k, :2].numpy(), 0.0, scene)[0] for k in range(2)])[None]
+    horizon = 15
+    rows = torch.arange(117, dtype=torch.float32)
+    centroid = {}
+    for accel in (0.0, -2.0):
+        actions = torch.tensor([[[accel, 0.0]]]).repeat(1, horizon, 1)
+        states, imgs = m.rollout(ctx, actions, images=frames)
+        g = imgs[0, -1, 1].detach()
+        centroid[accel] = float((g.sum(1) * rows).sum() / g.sum())
+        expect = ctx[0, -1:]
+        for t in range(horizon):
+            expect = step_state_torch(expect, actions[0, t:t + 1], 4.8, dt)
+        torch.testing.assert_close(states[0, -1], expect[0])
+    # braking: the ego is behind where it would be, so the parked car appears closer
+    # (rows grow backwards); the shift equals the distance lost, in pixels
+    lost = 0.5 * 2.0 * ((horizon - 1) * dt) ** 2  # the last frame's pose lags by (T-1) steps
+    assert centroid[-2.0] - centroid[0.0] == pytest.approx(-lost / VIEW.res, abs=0.25)
+
+
+def test_other_cars_do_not_react_and_gradients_reach_the_actions(tmp_path) -> None:
+    m = _pure_warp_model(z_dim=3)
+    torch.nn.init.normal_(m.image_head.convs[-1].weight, std=0.05)  # a network that acts
+    ctx = torch.tensor([[[99.4, 9.25, 6.0, 0.0], [100.0, 9.25, 6.0, 0.0]]]).repeat(2, 1, 1)
+    frames = torch.rand(2, 2, 3, 117, 24)
+    z = torch.randn(2, 4, 3)
+    actions = torch.zeros(2, 4, 2, requires_grad=True)
+    _, imgs = m.rollout(ctx, actions, z=z, images=frames)
+    # the next frame does not depend on the acceleration taken now (position moves by the
+    # current speed), the one after does
+    g0 = torch.autograd.grad(imgs[:, 0, 1].sum(), actions, retain_graph=True)[0]
+    g2 = torch.autograd.grad(imgs[:, 2, 1].sum(), actions)[0]
+    assert g0[:, 0, 0].abs().max() < 1e-6 < 1e-3 < g2[:, 0, 0].abs().min()
+    # checkpoint round trip keeps the class and the geometry
+    from worldmodels.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "m.pt", m.to_checkpoint())
+    back = load_model(tmp_path / "m.pt", torch.device("cpu"))
+    assert isinstance(back, EgoMotionImageModel) and back.res == m.res
+    with pytest.raises(ValueError, match="ego_channel"):
+        EgoMotionImageModel(4, 2, (3, 117, 24), ego_channel=5)
