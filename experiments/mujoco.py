@@ -49,6 +49,8 @@ from planners.mpc import (  # noqa: E402
     GradientMPC,
     Planner,
     RecedingHorizonController,  # noqa: E402
+    dare,
+    linearize,
 )
 from worldmodels.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
 
@@ -57,14 +59,18 @@ log = logging.getLogger(__name__)
 PLANNERS = ("cem", "mppi", "gradient", "ilqr")
 MODELS = ("ensemble", "cvae", "deterministic", "true")
 
-# Per-env defaults (used where a setting is left at 0): planning horizon, the planners'
-# populations and iterations, the world model's width. InvertedPendulum-v5 is kept small so
-# that planning with the learned ensemble stays within 50 ms per control step on one core.
+# Per-env defaults (used where a setting is left at 0 / auto / negative): planning horizon,
+# the planners' populations and iterations, the world model's width. InvertedPendulum-v5 is
+# kept small so that planning with the learned ensemble stays within 50 ms per control step
+# on one core. Its CEM samples white noise (beta 0): balancing needs step-to-step
+# corrections, which iCEM's low-frequency coloured noise (beta 2) hardly ever proposes; and
+# its terminal cost is the learned model's LQR cost-to-go: a 0.6-s horizon cannot see the
+# cart drifting into a rail end (bringing it back needs the pole tipped the other way first).
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "Pendulum-v1": {"horizon": 30, "hidden": 64},
     "InvertedPendulum-v5": {"horizon": 15, "hidden": 64, "cem_samples": 100,
                             "cem_iterations": 3, "mppi_samples": 200, "cem_return": "mean",
-                            "uncertainty_weight": 10.0},
+                            "uncertainty_weight": 10.0, "beta": 0.0, "terminal": "lqr"},
     "Reacher-v5": {"horizon": 20, "hidden": 128},
     "HalfCheetah-v5": {"horizon": 20, "hidden": 200, "cem_samples": 400,
                        "cem_iterations": 5},
@@ -87,13 +93,15 @@ class MPCSettings:
     iterations: int = 0  # optimiser iterations per control step
     temperature: float = 1.0  # MPPI lambda
     noise_sigma: float = 0.5  # MPPI exploration std, fraction of the action half-range
-    beta: float = 2.0  # iCEM coloured-noise exponent
+    beta: float = -1.0  # iCEM coloured-noise exponent (<0: per env, 2 by default)
     keep_elites: float = 0.3  # iCEM fraction of elites kept
     cem_return: str = "auto"  # CEM acts on the "best" sample or the elite "mean" (auto: per env)
     lr: float = 0.3  # gradient MPC (Adam, tanh-space units)
     restarts: int = 4  # gradient MPC parallel restarts
     z_samples: int = 4  # latent samples per plan (cVAE)
     uncertainty_weight: float = -1.0  # penalty on the ensemble's disagreement (<0: per env)
+    terminal: str = "auto"  # terminal cost: "state" cost, "lqr" cost-to-go (auto: per env)
+    terminal_r: float = 0.1  # action weight R of the LQR cost-to-go (the task's cost has none)
 
 
 @dataclass
@@ -160,8 +168,10 @@ class MujocoConfig:
 def build_planner(name: str, dynamics: Callable[..., torch.Tensor], tm: GymTaskModel,
                   settings: MPCSettings, env_id: str, seed: int = 0, latent_dim: int = 0,
                   uncertainty: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
-                  = None) -> Planner:
-    """A planner of kind ``name`` for the task ``tm`` with the given settings."""
+                  = None, terminal_cost: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> Planner:
+    """A planner of kind ``name`` for the task ``tm`` with the given settings
+    (``terminal_cost`` replaces the task's own, e.g. by :func:`lqr_terminal_cost`)."""
     if name not in PLANNERS:
         raise ValueError(f"unknown planner {name!r}; choose from {', '.join(PLANNERS)}")
     pd = PLANNER_DEFAULTS[name]
@@ -169,7 +179,7 @@ def build_planner(name: str, dynamics: Callable[..., torch.Tensor], tm: GymTaskM
     horizon = settings.horizon or ed.get("horizon", 15)
     samples = settings.samples or ed.get(f"{name}_samples", pd["samples"])
     iterations = settings.iterations or ed.get(f"{name}_iterations", pd["iterations"])
-    common: dict[str, Any] = dict(terminal_cost=tm.terminal_cost, seed=seed,
+    common: dict[str, Any] = dict(terminal_cost=terminal_cost or tm.terminal_cost, seed=seed,
                                   latent_dim=latent_dim,
                                   z_samples=settings.z_samples if latent_dim else 1)
     weight = settings.uncertainty_weight
@@ -185,8 +195,9 @@ def build_planner(name: str, dynamics: Callable[..., torch.Tensor], tm: GymTaskM
             "cem_return", "best")
         if which not in ("best", "mean"):
             raise ValueError(f"mpc.cem_return must be auto, best or mean, got {which!r}")
+        beta = settings.beta if settings.beta >= 0 else ed.get("beta", 2.0)
         return CEM(*args, samples=samples, elites=elites, iterations=iterations,
-                   beta=settings.beta, keep_elites=settings.keep_elites,
+                   beta=beta, keep_elites=settings.keep_elites,
                    return_best=which == "best", **common)
     if name == "mppi":
         return MPPI(*args, samples=samples, temperature=settings.temperature,
@@ -274,16 +285,62 @@ def model_dynamics(model, config: MujocoConfig):
     return dynamics, latent, uncertainty
 
 
+def lqr_terminal_cost(dynamics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                      tm: GymTaskModel, r: float = 0.1, device: torch.device | str = "cpu"
+                      ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``x -> (x - goal)^T P (x - goal)``: the LQR cost-to-go of ``dynamics`` linearised at
+    the task's goal (state ``goal``, action 0), for a task whose state cost is quadratic
+    (``tm.quadratic_cost()``), with action weight ``r``.
+
+    A short horizon cannot see the slow part of the task (InvertedPendulum: bringing the
+    cart back to the middle needs the pole tipped the other way first, and a cart left
+    drifting hits the rail end a second or two later); the Riccati cost-to-go charges for
+    that tail. ``None`` when the task has no quadratic cost or the linearisation is not
+    stabilisable (then the task's own terminal cost is used).
+    """
+    if not hasattr(tm, "quadratic_cost"):
+        return None
+    if r <= 0:
+        raise ValueError(f"mpc.terminal_r must be positive, got {r}")
+    q, goal = (t.to(device) for t in tm.quadratic_cost())
+    u0 = torch.zeros(1, tm.action_dim, device=device)
+    a, b = linearize(dynamics, goal[None], u0)
+    try:
+        p = dare(a[0].double(), b[0].double(), q.double(),
+                 r * torch.eye(tm.action_dim, dtype=torch.float64, device=device))
+    except ValueError as exc:
+        log.warning("LQR terminal cost unavailable (%s); using the task's terminal cost", exc)
+        return None
+    p = p.float()
+
+    def terminal_cost(state: torch.Tensor) -> torch.Tensor:
+        d = state - goal.to(state.dtype)
+        return ((d @ p.to(state.dtype)) * d).sum(-1)
+    return terminal_cost
+
+
 def make_planner(config: MujocoConfig, run: Run | None, device: torch.device,
                  model=None) -> Planner:
     tm = make_task_model(config.env)
+    which = config.mpc.terminal
+    if which not in ("auto", "state", "lqr"):
+        raise ValueError(f"mpc.terminal must be auto, state or lqr, got {which!r}")
+    auto = which == "auto"
+    if auto:
+        which = ENV_DEFAULTS.get(config.env, {}).get("terminal", "state")
     if config.model == "true":
-        return build_planner(config.planner, tm.step, tm, config.mpc, config.env, config.seed)
-    if model is None:
-        model = load_world_model(run, device)
-    dynamics, latent, uncertainty = model_dynamics(model.to(device), config)
+        dynamics, latent, uncertainty = tm.step, 0, None
+    else:
+        if model is None:
+            model = load_world_model(run, device)
+        dynamics, latent, uncertainty = model_dynamics(model.to(device), config)
+    terminal = None
+    if which == "lqr" and latent and not auto:
+        raise ValueError("mpc.terminal=lqr needs a model without a latent (not the cVAE)")
+    if which == "lqr" and not latent:
+        terminal = lqr_terminal_cost(dynamics, tm, config.mpc.terminal_r, device)
     return build_planner(config.planner, dynamics, tm, config.mpc, config.env, config.seed,
-                         latent, uncertainty)
+                         latent, uncertainty, terminal)
 
 
 # ------------------------------------------------------------------------------ data

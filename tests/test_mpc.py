@@ -7,7 +7,17 @@ import pytest
 import scipy.linalg
 import torch
 
-from planners.mpc import CEM, ILQR, LQR, MPPI, GradientMPC, batch_jacobian, colored_noise, dlqr
+from planners.mpc import (
+    CEM,
+    ILQR,
+    LQR,
+    MPPI,
+    GradientMPC,
+    batch_jacobian,
+    colored_noise,
+    dare,
+    dlqr,
+)
 from planners.mpc import linearize as linearize_fn
 
 torch.set_num_threads(1)
@@ -89,6 +99,37 @@ def test_dlqr_matches_riccati_and_finite_horizon_first_action() -> None:
     # closed loop is stable; numpy in -> numpy out
     assert np.abs(np.linalg.eigvals(a - b @ k.numpy().astype(np.float64))).max() < 1
     assert isinstance(dlqr(a, b, q, r), np.ndarray)
+
+
+def test_dare_is_the_lqr_cost_to_go() -> None:
+    p = dare(A, B, Q, R)
+    assert isinstance(p, torch.Tensor) and p.shape == (2, 2)
+    torch.testing.assert_close(p, p.T)
+    k = dlqr(A, B, Q, R)
+    # x0^T P x0 equals the cost of running u = -K x for a long time from x0
+    x, total = X0.double(), torch.zeros(3, dtype=torch.float64)
+    a, b, q, r, kd = (m.double() for m in (A, B, Q, R, k))
+    for _ in range(2000):
+        u = -x @ kd.T
+        total += ((x @ q) * x).sum(-1) + ((u @ r) * u).sum(-1)
+        x = x @ a.T + u @ b.T
+    torch.testing.assert_close(((X0.double() @ p.double()) * X0.double()).sum(-1), total,
+                               rtol=1e-4, atol=1e-6)
+    # the LQ optimum with P as terminal cost costs exactly x0^T P x0 over any horizon
+    for x0 in X0.numpy().astype(np.float64):
+        _, best = lq_optimum(x0, T, p.numpy().astype(np.float64))
+        np.testing.assert_allclose(best, x0 @ p.numpy() @ x0, rtol=1e-4)
+    assert isinstance(dare(A.numpy(), B.numpy(), Q.numpy(), R.numpy()), np.ndarray)
+    with pytest.raises(ValueError, match="R must"):
+        dare(A, B, Q, torch.zeros(1, 1))
+
+
+def test_lqr_planner_keeps_the_bounds() -> None:
+    lqr = LQR(A, B, Q, R, -0.2, 0.3, horizon=4)
+    big = torch.tensor([[50.0, 0.0], [-50.0, 0.0], [0.0, 0.0]])
+    plan = lqr.plan(big)
+    assert (plan >= -0.2).all() and (plan <= 0.3).all()
+    torch.testing.assert_close(plan[:, 0, 0], torch.tensor([-0.2, 0.3, 0.0]))
 
 
 def test_lqr_planner_and_ilqr_first_action_equal_dlqr_gain() -> None:

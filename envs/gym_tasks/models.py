@@ -190,6 +190,12 @@ class InvertedPendulumTaskModel(GymTaskModel):
     def terminated(self, state: torch.Tensor) -> torch.Tensor:
         return ~torch.isfinite(state).all(-1) | (state[:, 1].abs() > self.max_angle)
 
+    def quadratic_cost(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Q [S, S], goal [S])`` with ``state_cost(s) = (s - goal)^T Q (s - goal)``: the
+        cost is exactly quadratic, so an LQR cost-to-go can extend it past the horizon."""
+        q = torch.diag(torch.tensor([0.5, 1.0 / self.max_angle**2, 0.01, 0.001]))
+        return q, torch.zeros(self.state_dim)
+
     def reward(self, state: torch.Tensor, action: torch.Tensor,
                next_state: torch.Tensor) -> torch.Tensor:
         """Exact: 1 while alive, 0 on the terminating step."""

@@ -9,9 +9,9 @@ See docs/mpc.md.
 from planners.mpc.base import Planner, as_bounds
 from planners.mpc.controller import EpisodeResult, RecedingHorizonController
 from planners.mpc.gradient import GradientMPC
-from planners.mpc.lqr import ILQR, LQR, batch_jacobian, dlqr, linearize
+from planners.mpc.lqr import ILQR, LQR, batch_jacobian, dare, dlqr, linearize
 from planners.mpc.sampling import CEM, MPPI, colored_noise
 
 __all__ = ["CEM", "ILQR", "LQR", "MPPI", "EpisodeResult", "GradientMPC", "Planner",
            "RecedingHorizonController", "as_bounds",
-           "batch_jacobian", "colored_noise", "dlqr", "linearize"]
+           "batch_jacobian", "colored_noise", "dare", "dlqr", "linearize"]

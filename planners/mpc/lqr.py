@@ -15,7 +15,7 @@ from planners.mpc.base import BoundLike, Planner, _check_int, _check_positive
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ILQR", "LQR", "batch_jacobian", "dlqr", "linearize"]
+__all__ = ["ILQR", "LQR", "batch_jacobian", "dare", "dlqr", "linearize"]
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence
 
@@ -36,15 +36,10 @@ def _matrix(name: str, value: ArrayLike) -> np.ndarray:
     return m
 
 
-def dlqr(A: ArrayLike, B: ArrayLike, Q: ArrayLike, R: ArrayLike,
-         iterations: int = 10_000, tol: float = 1e-10) -> np.ndarray | torch.Tensor:
-    """Infinite-horizon discrete LQR gain ``K [A, S]`` (control ``u = -K x``) for
-    ``x' = A x + B u`` and cost ``sum x^T Q x + u^T R u``.
-
-    Solves the discrete algebraic Riccati equation with scipy, falling back to the Riccati
-    iteration when scipy cannot. Returns a tensor when ``A`` is a tensor (same dtype and
-    device), else a numpy array.
-    """
+def _dare(A: ArrayLike, B: ArrayLike, Q: ArrayLike, R: ArrayLike, iterations: int,
+          tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Checked float64 ``(a, b, q, r, P)`` with ``P`` the solution of the discrete Riccati
+    equation (scipy, falling back to the Riccati iteration when scipy cannot)."""
     a, b, q, r = _matrix("A", A), _matrix("B", B), _matrix("Q", Q), _matrix("R", R)
     s = a.shape[0]
     if a.shape != (s, s):
@@ -75,10 +70,38 @@ def dlqr(A: ArrayLike, B: ArrayLike, Q: ArrayLike, R: ArrayLike,
         else:
             raise ValueError("dlqr: the Riccati iteration did not converge; is (A, B) "
                              "stabilisable?")
+    return a, b, q, r, p
+
+
+def dlqr(A: ArrayLike, B: ArrayLike, Q: ArrayLike, R: ArrayLike,
+         iterations: int = 10_000, tol: float = 1e-10) -> np.ndarray | torch.Tensor:
+    """Infinite-horizon discrete LQR gain ``K [A, S]`` (control ``u = -K x``) for
+    ``x' = A x + B u`` and cost ``sum x^T Q x + u^T R u``.
+
+    Solves the discrete algebraic Riccati equation with scipy, falling back to the Riccati
+    iteration when scipy cannot. Returns a tensor when ``A`` is a tensor (same dtype and
+    device), else a numpy array.
+    """
+    a, b, _, r, p = _dare(A, B, Q, R, iterations, tol)
     k = np.linalg.solve(r + b.T @ p @ b, b.T @ p @ a)
     if isinstance(A, torch.Tensor):
         return torch.as_tensor(k, dtype=A.dtype, device=A.device)
     return k
+
+
+def dare(A: ArrayLike, B: ArrayLike, Q: ArrayLike, R: ArrayLike,
+         iterations: int = 10_000, tol: float = 1e-10) -> np.ndarray | torch.Tensor:
+    """The LQR cost-to-go matrix ``P [S, S]``: ``min sum_t x_t^T Q x_t + u_t^T R u_t`` from
+    ``x_0`` is ``x_0^T P x_0`` (the discrete algebraic Riccati equation's solution).
+
+    As a terminal cost ``x^T P x`` it stands in for the infinite tail beyond an MPC horizon
+    near the point ``(A, B)`` linearise. Tensor in -> tensor out, as :func:`dlqr`.
+    """
+    *_, p = _dare(A, B, Q, R, iterations, tol)
+    p = (p + p.T) / 2  # exactly symmetric
+    if isinstance(A, torch.Tensor):
+        return torch.as_tensor(p, dtype=A.dtype, device=A.device)
+    return p
 
 
 def batch_jacobian(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor
