@@ -95,6 +95,7 @@ class PolicyConfig:
     """Policy learning (all methods share the policy network)."""
 
     methods: tuple[str, ...] = ("imitation", "vg", "svg", "mpur", "mper")
+    seeds: tuple[int, ...] = (0, 1, 2)  # policy-training seeds (one data set and model)
     imitation_steps: int = 2000
     bptt_steps: int = 1000
     batch_size: int = 16
@@ -143,7 +144,7 @@ def quick_config() -> HighwayConfig:
         collect=CollectConfig(record_seconds=75.0, warmup_seconds=40.0, max_cars=40),
         model=ModelConfig(ncond=2, npred=2, hidden=64, channels=(8, 16, 16), z_dim=8,
                           det_steps=15, sto_steps=15, batch_size=16, horizon_error=False),
-        policy=PolicyConfig(imitation_steps=60, bptt_steps=8, batch_size=8, horizon=4,
+        policy=PolicyConfig(seeds=(0,), imitation_steps=60, bptt_steps=8, batch_size=8, horizon=4,
                             mc_samples=2, hidden=64, channels=(8, 8, 16)),
         evaluate=EvalConfig(max_steps=800, mc_samples=2, uncertainty_every=10, video=True,
                             mpc_horizon=3, mpc_iterations=2))
@@ -503,17 +504,17 @@ def _new_policy(config: HighwayConfig, ds, ncond: int):
                          hidden=p.hidden, channels=tuple(p.channels))
 
 
-def _policy_path(run: Run, method: str) -> Path:
-    return run.checkpoints / f"policy-{method}.pt"
+def _policy_path(run: Run, method: str, seed: int) -> Path:
+    return run.checkpoints / f"policy-{method}-seed{seed}.pt"
 
 
-def _load_policy(run: Run, method: str, ds, device: torch.device):
+def _load_policy(run: Run, method: str, ds, device: torch.device, seed: int):
     from planners.policy.imitation import ContextPolicy
     from worldmodels.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
 
-    path = _policy_path(run, method)
+    path = _policy_path(run, method, seed)
     if not path.is_file():
-        raise CheckpointError(f"policy {method!r} not found: {path} "
+        raise CheckpointError(f"policy {method!r} (seed {seed}) not found: {path} "
                               "(run `worldplan highway train-policy` first)")
     payload = load_checkpoint(path, required=("state_dict", "config", "stats"),
                               kind="highway-policy")
@@ -613,8 +614,11 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                            _latent_fn(sto), rng, batches=4,
                                            batch_size=p.batch_size)
         summary["expert_uncertainty"] = u_stats.to_dict()
-    for method in p.methods:
-        torch.manual_seed(config.seed)
+    if not p.seeds or len(set(p.seeds)) != len(p.seeds):
+        raise ValueError(f"policy.seeds must be distinct and non-empty, got {p.seeds}")
+    for seed, method in [(s, m) for s in p.seeds for m in p.methods]:
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
         policy = _new_policy(config, ds, ncond).to(device)
         t0 = time.perf_counter()
         if method == "imitation":
@@ -622,10 +626,11 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                                                   batch_size=4 * p.batch_size,
                                                                   lr=1e-3), rng, run.writer())}
         else:
-            if "imitation" in p.methods and _policy_path(run, "imitation").is_file():
-                # start every model-based learner from the imitation policy (as PPUU's
-                # MPER/MPUR runs start from a sensible driver) -- same for all methods
-                policy.load_state_dict(_load_policy(run, "imitation", ds, device).state_dict())
+            if "imitation" in p.methods and _policy_path(run, "imitation", seed).is_file():
+                # start every model-based learner from the imitation policy of its seed
+                # (as PPUU's MPER/MPUR runs start from a sensible driver)
+                policy.load_state_dict(
+                    _load_policy(run, "imitation", ds, device, seed).state_dict())
             model = models[METHOD_MODEL[method]]
             if method == "mper":
                 hist = {"loss": train_mper(policy, model, sample, _posterior_fn(model),
@@ -642,17 +647,18 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                   _uncertainty_fn(model, p.mc_samples) if lam > 0 else None,
                                   u_stats if lam > 0 else None, run.writer(), tag=method)
         st = ds.stats
-        save_checkpoint(_policy_path(run, method), {
-            "kind": "highway-policy", "method": method, "config": policy.config(),
+        save_checkpoint(_policy_path(run, method, seed), {
+            "kind": "highway-policy", "method": method, "seed": seed, "config": policy.config(),
             "state_dict": policy.state_dict(),
             "stats": {"state_mean": st.state_mean.tolist(), "state_std": st.state_std.tolist(),
                       "action_mean": st.action_mean.tolist(),
                       "action_std": st.action_std.tolist()},
             "world_model": METHOD_MODEL[method]})
-        summary[method] = {"seconds": time.perf_counter() - t0,
-                           "final_loss": float(np.mean(hist["loss"][-10:])) if hist["loss"]
-                           else float("nan")}
-        log.info("policy %s: %s", method, summary[method])
+        key = f"{method}/seed{seed}"
+        summary[key] = {"seconds": time.perf_counter() - t0,
+                        "final_loss": float(np.mean(hist["loss"][-10:])) if hist["loss"]
+                        else float("nan")}
+        log.info("policy %s: %s", key, summary[key])
     run.update_metrics("train-policy", summary)
 
 
@@ -771,7 +777,9 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
     ds = _open_dataset(run)
     device = resolve_device(config.device)
     # load everything first so that a missing checkpoint fails before any episode runs
-    policies = {m: _load_policy(run, m, ds, device) for m in ev.methods if m in POLICY_METHODS}
+    seeds = tuple(config.policy.seeds)
+    policies = {(m, s): _load_policy(run, m, ds, device, s)
+                for m in ev.methods if m in POLICY_METHODS for s in seeds}
     need_model = any(m in (*POLICY_METHODS, "mpc") for m in ev.methods) or _model_path(
         run, "stochastic").is_file()
     sto = _load_world_model(run, "stochastic", ds, device) if need_model else None
@@ -797,7 +805,8 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
                             image=frames.to(device))[1]
 
     results: dict[str, dict] = {}
-    for method in ev.methods:
+    for method, seed in [(m, s) for m in ev.methods
+                         for s in (seeds if m in POLICY_METHODS else (None,))]:
         t0 = time.perf_counter()
         if method == "no-action":
             def act(st, fr):
@@ -811,11 +820,11 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
                 packed = torch.cat([st.flatten(1), fr.float().div(255.0).flatten(1)], 1)
                 return planner.act(packed.to(device)).detach()
         else:
-            pol = policies[method]
+            pol = policies[(method, seed)]
 
             def act(st, fr, pol=pol):
                 return pol(st.to(device), fr.to(device))
-        record = 0 if (ev.video and method == "mpur") else -1
+        record = 0 if (ev.video and method == "mpur" and seed == seeds[0]) else -1
         if method == "expert-replay":
             out = _run_expert(rec, cars, starts, ev, view, context)
         else:
@@ -825,16 +834,40 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
         if record >= 0:
             _write_video(out["video"], run.videos / "mpur_episode.mp4")
         u = out["uncertainty"]
-        results[method] = {
+        res = {
             "success_rate": float(np.mean(out["success"])),
             "mean_distance_m": float(np.mean(out["distance"])),
             "mean_uncertainty": float(np.nanmean(u)) if np.isfinite(u).any() else None,
             "collision_rate": float(np.mean([o == "collision" for o in out["outcome"]])),
             "offroad_rate": float(np.mean([o == "offroad" for o in out["outcome"]])),
             "episodes": int(len(cars)), "seconds": time.perf_counter() - t0}
-        log.info("%-14s %s", method, results[method])
+        log.info("%-14s %s", method if seed is None else f"{method}/seed{seed}", res)
+        if seed is None:
+            results[method] = res
+        else:
+            results.setdefault(method, {"per_seed": {}})["per_seed"][str(seed)] = res
+            if len(results[method]["per_seed"]) == len(seeds):
+                results[method] = _over_seeds(results[method]["per_seed"])
+            else:
+                continue
         run.update_metrics("evaluate", {method: results[method]})
     _print_table(results)
+
+
+def _over_seeds(per_seed: dict[str, dict]) -> dict:
+    """Mean over policy seeds of every figure, the std and best of the success rate, and
+    the per-seed results."""
+    rows = list(per_seed.values())
+    out: dict = {}
+    for key in ("success_rate", "mean_distance_m", "mean_uncertainty", "collision_rate",
+                "offroad_rate", "seconds"):
+        vals = [r[key] for r in rows if r[key] is not None]
+        out[key] = float(np.mean(vals)) if vals else None
+    rates = [r["success_rate"] for r in rows]
+    out.update(success_rate_std=float(np.std(rates)), success_rate_best=float(np.max(rates)),
+               best_seed=int(list(per_seed)[int(np.argmax(rates))]),
+               episodes=rows[0]["episodes"], seeds=len(rows), per_seed=per_seed)
+    return out
 
 
 def _gradient_mpc(model, ds, view: View, ev: EvalConfig, lane_weight: float, seed: int):
@@ -898,10 +931,14 @@ def _run_expert(rec: Recording, cars: np.ndarray, starts: np.ndarray, ev: EvalCo
 
 
 def _print_table(results: dict[str, dict]) -> None:
-    lines = [f"{'method':14s} {'success':>8s} {'distance m':>11s} {'mean U':>10s}"]
+    lines = [f"{'method':14s} {'success (mean +- std, best)':>28s} {'distance m':>11s} "
+             f"{'mean U':>10s}"]
     for m, r in results.items():
         u = r["mean_uncertainty"]
-        lines.append(f"{m:14s} {100 * r['success_rate']:7.1f}% {r['mean_distance_m']:11.1f} "
+        rate = f"{100 * r['success_rate']:.1f}%"
+        if "success_rate_std" in r:
+            rate += f" +- {100 * r['success_rate_std']:.1f} ({100 * r['success_rate_best']:.1f})"
+        lines.append(f"{m:14s} {rate:>28s} {r['mean_distance_m']:11.1f} "
                      f"{u if u is None else round(u, 5)!s:>10s}")
     log.info("evaluation:\n%s", "\n".join(lines))
 

@@ -215,18 +215,18 @@ def test_missing_or_mismatched_checkpoints_are_rejected(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="world model not found"):
         train_policy_stage(cfg, run)
     cfg.evaluate.methods = ("imitation",)
-    with pytest.raises(CheckpointError, match="policy 'imitation' not found"):
+    with pytest.raises(CheckpointError, match=r"policy .imitation. \(seed 0\) not found"):
         evaluate_stage(cfg, run)
     wrong = ContextPolicy(4, 2, (4, 117, 24), 2, np.zeros(4), np.ones(4), np.zeros(2),
                           np.ones(2))
-    save_checkpoint(run.checkpoints / "policy-imitation.pt",
+    save_checkpoint(run.checkpoints / "policy-imitation-seed0.pt",
                     {"kind": "highway-policy", "config": wrong.config(),
                      "state_dict": wrong.state_dict(),
                      "stats": {"state_mean": [0.0] * 4, "state_std": [1.0] * 4,
                                "action_mean": [0.0] * 2, "action_std": [1.0] * 2}})
     with pytest.raises(CheckpointError, match="expects images"):
         evaluate_stage(cfg, run)
-    (run.checkpoints / "policy-imitation.pt").write_bytes(b"torn")
+    (run.checkpoints / "policy-imitation-seed0.pt").write_bytes(b"torn")
     with pytest.raises(CheckpointError, match="corrupt"):
         evaluate_stage(cfg, run)
 
