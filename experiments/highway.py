@@ -452,7 +452,10 @@ def _uncertainty_fn(model, n: int):
 
     def u(context: torch.Tensor, frames: torch.Tensor, actions: torch.Tensor,
           z: torch.Tensor | None) -> torch.Tensor:
-        return mc_uncertainty(model, context, actions, n=n, z=z, images=frames).total(model)
+        # one sampled network per MC sample for the whole rollout: several times cheaper
+        # on a CPU than fresh masks per step, and still a variance over dropout networks
+        return mc_uncertainty(model, context, actions, n=n, z=z, images=frames,
+                              masks="trajectory").total(model)
 
     return u
 
@@ -551,7 +554,8 @@ def train_model_stage(config: HighwayConfig, run: Run) -> None:
     if m.ego_motion:
         view = View(**ds.manifest["generator"]["config"]["view"])
         model_cls = EgoMotionImageModel
-        common.update(res=view.res, dt=ds.dt)
+        # the flow prior starts at the mean forward speed of the training data
+        common.update(res=view.res, dt=ds.dt, flow_speed=float(ds.stats.state_mean[2]))
     det = model_cls(ds.state_dim, ds.action_dim, tuple(ds.image_shape), z_dim=0, **common)
     results = {}
     for which, model, steps in (("deterministic", det, m.det_steps),):

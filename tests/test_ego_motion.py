@@ -102,3 +102,26 @@ def test_other_cars_do_not_react_and_gradients_reach_the_actions(tmp_path) -> No
     assert isinstance(back, EgoMotionImageModel) and back.res == m.res
     with pytest.raises(ValueError, match="ego_channel"):
         EgoMotionImageModel(4, 2, (3, 117, 24), ego_channel=5)
+
+
+def test_flow_prior_moves_the_other_cars_and_not_the_lanes() -> None:
+    """With the flow at the ego's speed and no acceleration, a car in the cars channel
+    keeps its place in the frames while the lane markings stream past."""
+    speed, dt, horizon = 6.0, 0.1, 10
+    m = EgoMotionImageModel(4, 2, (3, 117, 24), ncond=1, hidden=16, channels=(4, 4),
+                            dropout=0.0, flow_speed=speed).eval()
+    torch.nn.init.zeros_(m.image_head.convs[-1].weight)
+    torch.nn.init.zeros_(m.image_head.convs[-1].bias)
+    frame = torch.zeros(1, 3, 117, 24)
+    frame[0, 1, 30:38, 8:12] = 1.0  # a car ahead
+    frame[0, 0, 40:44, 2] = 1.0  # a dash of lane marking
+    ctx = torch.tensor([[[100.0, 9.25, speed, 0.0]]])
+    _, imgs = m.rollout(ctx, torch.zeros(1, horizon, 2), images=frame[:, None])
+    rows = torch.arange(117, dtype=torch.float32)
+
+    def centroid(img: torch.Tensor) -> float:
+        return float((img.sum(1) * rows).sum() / img.sum())
+
+    assert centroid(imgs[0, -1, 1].detach()) == pytest.approx(33.5, abs=0.2)
+    moved = centroid(imgs[0, -1, 0].detach()) - 41.5
+    assert moved == pytest.approx(speed * dt * horizon / VIEW.res, abs=0.5)

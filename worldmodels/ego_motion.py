@@ -12,7 +12,11 @@ other cars. Here:
    so the context shows the other cars moving in one fixed frame;
 2. the network predicts, from those frames alone, the next frame in that fixed frame:
    it never sees the ego's actions or states, so the other cars cannot react to the
-   ego's future actions (they do not in the evaluation's replays);
+   ego's future actions (they do not in the evaluation's replays). Its prior is that
+   the other cars move together at a flow velocity (a head on the same features,
+   initialised to ``flow_speed`` straight ahead: in dense traffic everybody moves
+   with the flow, and a network that starts from "nothing moves" learns the motion
+   slowly), plus a per-pixel residual;
 3. the next ego state is the kinematic update of the action
    (``envs.highway.kinematics.step_state_torch``), and the predicted frame is warped
    into the next ego pose, with gradients to the action through the pose.
@@ -28,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from worldmodels.images import ImageModel, to_unit
 
@@ -69,39 +74,57 @@ def warp_frames(frames: torch.Tensor, pos_from: torch.Tensor, head_from: torch.T
 class EgoMotionImageModel(ImageModel):
     """:class:`ImageModel` with exact ego motion (see the module doc). Extra config:
     ``res`` (m per pixel), ``dt`` (s), ``ego_length`` (m, for the steering limit),
-    ``ego_channel``, ``min_speed`` (m/s)."""
+    ``ego_channel``, ``cars_channel`` (the channel that moves with the flow; the others,
+    lanes and off-road, are static), ``min_speed`` (m/s), ``flow_speed`` (m/s)."""
 
     kind = "EgoMotionImageModel"
 
     def __init__(self, *args: Any, res: float = 0.617, dt: float = 0.1,
-                 ego_length: float = 4.8, ego_channel: int = 2, min_speed: float = 0.2,
-                 **kwargs: Any) -> None:
+                 ego_length: float = 4.8, ego_channel: int = 2, cars_channel: int = 1,
+                 min_speed: float = 0.2, flow_speed: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.state_dim != 4 or self.action_dim != 2:
             raise ValueError(f"{self.kind} needs [x, y, vx, vy] states and [a, b] actions, "
                              f"got state_dim {self.state_dim}, action_dim {self.action_dim}")
-        if not 0 <= ego_channel < self.image_shape[0]:
-            raise ValueError(f"ego_channel {ego_channel} outside the image's "
-                             f"{self.image_shape[0]} channels")
+        for name, ch in (("ego_channel", ego_channel), ("cars_channel", cars_channel)):
+            if not 0 <= ch < self.image_shape[0]:
+                raise ValueError(f"{name} {ch} outside the image's {self.image_shape[0]} "
+                                 "channels")
         if not (res > 0 and dt > 0 and ego_length > 0):
             raise ValueError(f"res, dt and ego_length must be > 0, got {res}, {dt}, {ego_length}")
         self.res, self.dt, self.ego_length = float(res), float(dt), float(ego_length)
         self.ego_channel, self.min_speed = int(ego_channel), float(min_speed)
+        self.cars_channel, self.flow_speed = int(cars_channel), float(flow_speed)
         # the network sees neither the actions nor the states
         del self.action_embed, self.state_encoder, self.state_head
+        # flow velocity of the other cars (forward, left; m/s in the current ego frame)
+        self.flow_head = nn.Linear(self.hidden, 2)
+        nn.init.zeros_(self.flow_head.weight)
+        with torch.no_grad():
+            self.flow_head.bias.copy_(torch.tensor([self.flow_speed, 0.0]))
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "res": self.res, "dt": self.dt,
                 "ego_length": self.ego_length, "ego_channel": self.ego_channel,
-                "min_speed": self.min_speed}
+                "cars_channel": self.cars_channel, "min_speed": self.min_speed,
+                "flow_speed": self.flow_speed}
 
     # -- geometry ------------------------------------------------------------------
-    def _warp(self, frames: torch.Tensor, s_from: torch.Tensor, s_to: torch.Tensor
-              ) -> torch.Tensor:
+    def _warp(self, frames: torch.Tensor, s_from: torch.Tensor, s_to: torch.Tensor,
+              flow: torch.Tensor | None = None) -> torch.Tensor:
         """``frames [N, C, H, W]`` seen from states ``s_from [N, 4]`` -> seen from ``s_to``;
-        the ego channel is kept."""
-        out = warp_frames(frames, s_from[:, :2], headings(s_from[:, 2:], self.min_speed),
-                          s_to[:, :2], headings(s_to[:, 2:], self.min_speed), self.res)
+        the ego channel is kept; with ``flow`` ``[N, 2]`` (metres forward and left in the
+        ``s_from`` frame), the cars channel also moves by it."""
+        h_from = headings(s_from[:, 2:], self.min_speed)
+        h_to = headings(s_to[:, 2:], self.min_speed)
+        out = warp_frames(frames, s_from[:, :2], h_from, s_to[:, :2], h_to, self.res)
+        if flow is not None:
+            n_from = torch.stack([-h_from[:, 1], h_from[:, 0]], 1)
+            moved = s_to[:, :2] - flow[:, :1] * h_from - flow[:, 1:] * n_from
+            cars = warp_frames(frames[:, self.cars_channel:self.cars_channel + 1],
+                               s_from[:, :2], h_from, moved, h_to, self.res)
+            out = torch.cat([out[:, :self.cars_channel], cars,
+                             out[:, self.cars_channel + 1:]], 1)
         keep = torch.zeros(frames.shape[1], dtype=torch.bool, device=frames.device)
         keep[self.ego_channel] = True
         return torch.where(keep[None, :, None, None], frames, out)
@@ -129,7 +152,8 @@ class EgoMotionImageModel(ImageModel):
         """Next state (kinematics) and frame (the fixed-frame prediction, warped)."""
         fixed = frames[:, -1] + self.image_head(h)
         state = self.kinematics(context[:, -1], action)
-        return state, self._warp(fixed, context[:, -1], state)
+        flow = self.flow_head(h) * self.dt
+        return state, self._warp(fixed, context[:, -1], state, flow)
 
     def _one(self, context: torch.Tensor, frames: torch.Tensor, action: torch.Tensor,
              z: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
