@@ -55,7 +55,8 @@ class CollectConfig:
     noise_lat: float = 0.15  # m, across
     jerk_long: float = 0.5  # smoother's white-jerk intensity along the road, m^2/s^5
     jerk_lat: float = 0.005  # across (tuned on a quick recording: docs/highway.md)
-    offroad_channel: bool = False
+    # the 4th, off-road channel: leaving the road ends an episode, so the cost sees it
+    offroad_channel: bool = True
     # counterfactual drives (envs/highway/counterfactual.py): each recorded car re-driven
     # with perturbed actions among the non-reactive recorded traffic, for the world model
     # only; 0 = the recorded episodes alone (PPUU's purely observational data)
@@ -70,18 +71,18 @@ class CollectConfig:
 class ModelConfig:
     """The world models (ImageModel): context length, sizes, training steps."""
 
-    ncond: int = 4
-    npred: int = 4
-    hidden: int = 128
-    channels: tuple[int, ...] = (16, 32, 32)
+    ncond: int = 2
+    npred: int = 3
+    hidden: int = 64
+    channels: tuple[int, ...] = (8, 16, 16)
     dropout: float = 0.1
-    z_dim: int = 16
+    z_dim: int = 8
     beta: float = 0.05
     p_z: float = 0.5
     z_dropout: str = "zero"
-    det_steps: int = 3000
-    sto_steps: int = 3000
-    batch_size: int = 32
+    det_steps: int = 1500
+    sto_steps: int = 1000
+    batch_size: int = 16
     lr: float = 1e-3
     horizon_error: bool = True  # measure the open-loop test error per horizon
     # exact ego motion (worldmodels.ego_motion): the network predicts the other cars only,
@@ -96,16 +97,16 @@ class PolicyConfig:
 
     methods: tuple[str, ...] = ("imitation", "vg", "svg", "mpur", "mper")
     seeds: tuple[int, ...] = (0, 1, 2)  # policy-training seeds (one data set and model)
-    imitation_steps: int = 2000
-    bptt_steps: int = 1000
-    batch_size: int = 16
+    imitation_steps: int = 3000
+    bptt_steps: int = 300
+    batch_size: int = 8
     horizon: int = 10
-    lr: float = 3e-4
+    lr: float = 1e-4
     lam: float = 0.5  # MPUR's uncertainty weight
-    mc_samples: int = 4
+    mc_samples: int = 2
     lane_weight: float = 0.2
-    hidden: int = 128
-    channels: tuple[int, ...] = (8, 16, 32)
+    hidden: int = 64
+    channels: tuple[int, ...] = (8, 8, 16)
 
 
 @dataclass
@@ -114,8 +115,8 @@ class EvalConfig:
     max_steps: int = 800
     methods: tuple[str, ...] = ("no-action", "expert-replay", "imitation", "vg", "svg",
                                 "mpur", "mper", "mpc")
-    mc_samples: int = 4
-    uncertainty_every: int = 5  # steps between MC-dropout uncertainty measurements
+    mc_samples: int = 2
+    uncertainty_every: int = 10  # steps between MC-dropout uncertainty measurements
     video: bool = True
     mpc_horizon: int = 5  # gradient MPC through the stochastic model (z = 0)
     mpc_iterations: int = 5
@@ -447,15 +448,32 @@ def _cost_fn(view: View, weight_lane: float):
     return cost
 
 
-def _uncertainty_fn(model, n: int):
+def local_uncertainty(mc, model, view: View) -> torch.Tensor:
+    """U ``[B, T]`` from MC-dropout statistics: the state variance (delta-std units) plus
+    the cars channel's pixel variance averaged under the proximity mask of the predicted
+    state. Why local: averaged over the whole 72 m x 15 m view, U is lowest where the
+    view holds the fewest cars, and a policy trained against it learned to steer and
+    speed so as to pull empty road in at the image borders."""
+    from envs.highway.costs import masks_torch
+
+    b, t = mc.mean.shape[:2]
+    mask = masks_torch(mc.mean.flatten(0, 1).detach(), view)["proximity"].view(
+        b, t, view.height, view.width)
+    var = mc.image_var[:, :, 1]
+    pixels = (mask * var).flatten(2).sum(-1) / mask.flatten(2).sum(-1).clamp_min(1.0)
+    return (mc.var / model.delta_std**2).sum(-1) + pixels
+
+
+def _uncertainty_fn(model, n: int, view: View):
     from worldmodels.uncertainty import mc_uncertainty
 
     def u(context: torch.Tensor, frames: torch.Tensor, actions: torch.Tensor,
           z: torch.Tensor | None) -> torch.Tensor:
         # one sampled network per MC sample for the whole rollout: several times cheaper
         # on a CPU than fresh masks per step, and still a variance over dropout networks
-        return mc_uncertainty(model, context, actions, n=n, z=z, images=frames,
-                              masks="trajectory").total(model)
+        mc = mc_uncertainty(model, context, actions, n=n, z=z, images=frames,
+                            masks="trajectory")
+        return local_uncertainty(mc, model, view)
 
     return u
 
@@ -614,7 +632,7 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     u_stats = None
     if "mpur" in p.methods:
         sto = models["stochastic"]
-        u_stats = expert_uncertainty_stats(_uncertainty_fn(sto, p.mc_samples), sample,
+        u_stats = expert_uncertainty_stats(_uncertainty_fn(sto, p.mc_samples, view), sample,
                                            _latent_fn(sto), rng, batches=4,
                                            batch_size=p.batch_size)
         summary["expert_uncertainty"] = u_stats.to_dict()
@@ -648,7 +666,7 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                   MPURConfig(steps=p.bptt_steps, batch_size=p.batch_size,
                                              horizon=p.horizon, lr=p.lr, lam=lam),
                                   rng, _latent_fn(model),
-                                  _uncertainty_fn(model, p.mc_samples) if lam > 0 else None,
+                                  _uncertainty_fn(model, p.mc_samples, view) if lam > 0 else None,
                                   u_stats if lam > 0 else None, run.writer(), tag=method)
         st = ds.stats
         save_checkpoint(_policy_path(run, method, seed), {
@@ -799,9 +817,10 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
 
         def u_fn(states, frames, actions):
             z = torch.zeros(len(states), 1, sto.z_dim)
-            return mc_uncertainty(sto, states.to(device), actions[:, None].to(device),
-                                  n=max(ev.mc_samples, 2), z=z.to(device),
-                                  images=frames.to(device)).total(sto)[:, 0]
+            mc = mc_uncertainty(sto, states.to(device), actions[:, None].to(device),
+                                n=max(ev.mc_samples, 2), z=z.to(device),
+                                images=frames.to(device))
+            return local_uncertainty(mc, sto, view)[:, 0]
 
         def predict(states, frames, actions):
             return sto.step(states.to(device), actions.to(device),
@@ -903,8 +922,8 @@ def _gradient_mpc(model, ds, view: View, ev: EvalConfig, lane_weight: float, see
     def uncertainty(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         st, fr = unpack(x)
         z = torch.zeros(len(x), 1, model.z_dim)
-        return mc_uncertainty(model, st, a[:, None], n=max(ev.mc_samples, 2), z=z,
-                              images=fr).total(model)[:, 0]
+        mc = mc_uncertainty(model, st, a[:, None], n=max(ev.mc_samples, 2), z=z, images=fr)
+        return local_uncertainty(mc, model, view)[:, 0]
 
     st = ds.stats
     low = torch.as_tensor(st.action_mean - 3 * st.action_std)
