@@ -638,7 +638,9 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
         summary["expert_uncertainty"] = u_stats.to_dict()
     if not p.seeds or len(set(p.seeds)) != len(p.seeds):
         raise ValueError(f"policy.seeds must be distinct and non-empty, got {p.seeds}")
-    for seed, method in [(s, m) for s in p.seeds for m in p.methods]:
+    # imitation first: the model-based learners start from it
+    ordered = sorted(p.methods, key=lambda m: m != "imitation")
+    for seed, method in [(s, m) for s in p.seeds for m in ordered]:
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         policy = _new_policy(config, ds, ncond).to(device)
@@ -648,7 +650,7 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                                                   batch_size=4 * p.batch_size,
                                                                   lr=1e-3), rng, run.writer())}
         else:
-            if "imitation" in p.methods and _policy_path(run, "imitation", seed).is_file():
+            if _policy_path(run, "imitation", seed).is_file():
                 # start every model-based learner from the imitation policy of its seed
                 # (as PPUU's MPER/MPUR runs start from a sensible driver)
                 policy.load_state_dict(
