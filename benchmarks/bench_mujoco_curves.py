@@ -103,6 +103,10 @@ def figure(data: dict[str, dict[str, Any]], out: Path) -> None:
         if ref:
             ax.plot(ref["env_steps"], ref["episode_reward"], "x--", color="C3",
                     label="mbrl-lib PETS (user run, issue #136)")
+        else:
+            ax.text(0.5, 0.05, "no numeric mbrl-lib PETS curve found\n(its PETS reacher is "
+                    "a different 7-DoF task)", transform=ax.transAxes, ha="center",
+                    fontsize=7, color="C3")
         ax.set_xlabel("environment steps")
         ax.set_ylabel("episode return")
         ax.set_title(env)
