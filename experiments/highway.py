@@ -177,7 +177,6 @@ def smooth_tracks(detections: np.ndarray, valid: np.ndarray, dt: float,
     seen = np.flatnonzero(length > 0)
     span = int(length.max())
     z = np.full((len(seen), span, 2), np.nan)
-    rows = np.arange(span)
     for k, c in enumerate(seen):
         z[k, :length[c]] = detections[first[c]:first[c] + length[c], c]
     f1 = np.array([[1.0, dt, dt * dt / 2], [0.0, 1.0, dt], [0.0, 0.0, 1.0]])
@@ -202,7 +201,6 @@ def smooth_tracks(detections: np.ndarray, valid: np.ndarray, dt: float,
         sl = slice(first[c], first[c] + length[c])
         pos[sl, c] = means[k, :length[c]][:, [0, 3]]
         vel[sl, c] = means[k, :length[c]][:, [1, 4]]
-    del rows
     return pos, vel
 
 

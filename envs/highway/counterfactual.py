@@ -23,7 +23,7 @@ from envs.highway.costs import DEFAULT_COSTS, CostConfig
 from envs.highway.kinematics import MAX_ACCEL
 from envs.highway.recording import Recording
 from envs.highway.render import DEFAULT_VIEW, View
-from envs.highway.replay import ReplayBatch
+from envs.highway.replay import OUTCOMES, ReplayBatch
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def counterfactual_drives(rec: Recording, cars: np.ndarray, per_car: int, steps:
     ou = rng.standard_normal((n, 2)) * std
     imgs, states = batch.observe()
     frames, sts, acts, cost = [np.moveaxis(imgs, -1, 1)], [states], [], []
-    alive = [np.ones(n, bool)]
+    alive = []  # which drives were running at each step
     for _ in tqdm(range(steps), desc="counterfactual drives", disable=not progress,
                   leave=False):
         if batch.done.all():
@@ -92,9 +92,7 @@ def counterfactual_drives(rec: Recording, cars: np.ndarray, per_car: int, steps:
         sts.append(states)
         alive.append(running)
         ou = alpha * ou + np.sqrt(1.0 - alpha**2) * std * rng.standard_normal((n, 2))
-    length = np.sum(np.stack(alive[1:], 0), 0)  # actions taken by each drive
-    from envs.highway.replay import OUTCOMES
-
+    length = np.sum(np.stack(alive, 0), 0)  # actions taken by each drive
     out = []
     for e in range(n):
         k = int(length[e])
