@@ -89,6 +89,10 @@ class ModelConfig:
     # the ego moves by the kinematic update and a differentiable warp; False = PPUU's
     # ImageModel, which learns the ego's motion too
     ego_motion: bool = True
+    # how the ego-motion model moves the other cars: "cost-volume" (each keeps the
+    # velocity it showed in the context, measured by block matching) or "global" (one
+    # learned flow for all); see worldmodels/ego_motion.py for the measured difference
+    flow_prior: str = "cost-volume"
 
 
 @dataclass
@@ -571,7 +575,8 @@ def train_model_stage(config: HighwayConfig, run: Run) -> None:
         view = View(**ds.manifest["generator"]["config"]["view"])
         model_cls = EgoMotionImageModel
         # the flow prior starts at the mean forward speed of the training data
-        common.update(res=view.res, dt=ds.dt, flow_speed=float(ds.stats.state_mean[2]))
+        common.update(res=view.res, dt=ds.dt, flow_speed=float(ds.stats.state_mean[2]),
+                      flow_prior=m.flow_prior)
     det = model_cls(ds.state_dim, ds.action_dim, tuple(ds.image_shape), z_dim=0, **common)
     results = {}
     for which, model, steps in (("deterministic", det, m.det_steps),):

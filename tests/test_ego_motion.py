@@ -125,3 +125,52 @@ def test_flow_prior_moves_the_other_cars_and_not_the_lanes() -> None:
     assert centroid(imgs[0, -1, 1].detach()) == pytest.approx(33.5, abs=0.2)
     moved = centroid(imgs[0, -1, 0].detach()) - 41.5
     assert moved == pytest.approx(speed * dt * horizon / VIEW.res, abs=0.5)
+
+
+def test_block_matching_measures_a_cars_displacement() -> None:
+    from worldmodels.ego_motion import block_matching_flow, shift_rows
+
+    prev = torch.zeros(1, 1, 117, 24)
+    prev[0, 0, 50:58, 9:12] = 1.0
+    shifts = torch.arange(-0.5, 3.75, 0.25)
+    for true in (0.0, 0.7, 1.5, 2.6):
+        cur = shift_rows(prev, torch.tensor([true]))[0]
+        flow = block_matching_flow(prev, cur, shifts)[0, 0]
+        on_car = cur[0, 0] > 0.5
+        assert flow[on_car].mean() == pytest.approx(true, abs=0.1)
+
+
+def test_cost_volume_prior_keeps_every_cars_own_velocity() -> None:
+    """Three cars at 3, 6 and 9 m/s around an ego at 6 m/s: with the network's outputs
+    zeroed, the cost-volume prior alone predicts where each one is 1 s later."""
+    speeds = np.array([3.0, 6.0, 9.0])
+    start = np.array([[96.0, 5.55], [112.0, 9.25], [85.0, 12.95]])
+    dt, horizon, v_ego = 0.1, 10, 6.0
+
+    def frame(t: int) -> torch.Tensor:
+        pos = start + np.outer(speeds, [1.0, 0.0]) * t * dt
+        scene = (pos, np.tile([1.0, 0.0], (3, 1)), np.tile([4.8, 1.9], (3, 1)))
+        return _render(np.array([100.0 + v_ego * t * dt, 9.25]), 0.0, scene)[0]
+
+    m = EgoMotionImageModel(4, 2, (3, 117, 24), ncond=2, hidden=16, channels=(4, 4),
+                            dropout=0.0, flow_prior="cost-volume").eval()
+    torch.nn.init.zeros_(m.image_head.convs[-1].weight)
+    torch.nn.init.zeros_(m.image_head.convs[-1].bias)
+    ctx = torch.tensor([[[100.0 + v_ego * t * dt, 9.25, v_ego, 0.0] for t in (0, 1)]])
+    frames = torch.stack([frame(0), frame(1)])[None]
+    with torch.no_grad():
+        _, imgs = m.rollout(ctx, torch.zeros(1, horizon, 2), images=frames)
+    pred, true = imgs[0, -1, 1], frame(1 + horizon)[1]
+    rows = torch.arange(117, dtype=torch.float32)
+
+    def centroid(img: torch.Tensor, cols: slice) -> float:
+        band = img[:, cols].sum(1)
+        return float((band * rows).sum() / band.sum())
+
+    for cols in (slice(14, 20), slice(9, 15), slice(3, 9)):  # lanes right, own, left
+        # within 0.8 px (0.5 m) after 1 s; relative motions are +-4.9 px
+        assert centroid(pred, cols) == pytest.approx(centroid(true, cols), abs=0.8)
+    with pytest.raises(ValueError, match="ncond >= 2"):
+        EgoMotionImageModel(4, 2, (3, 117, 24), ncond=1, flow_prior="cost-volume")
+    with pytest.raises(ValueError, match="flow_prior"):
+        EgoMotionImageModel(4, 2, (3, 117, 24), flow_prior="optical")

@@ -12,11 +12,24 @@ other cars. Here:
    so the context shows the other cars moving in one fixed frame;
 2. the network predicts, from those frames alone, the next frame in that fixed frame:
    it never sees the ego's actions or states, so the other cars cannot react to the
-   ego's future actions (they do not in the evaluation's replays). Its prior is that
-   the other cars move together at a flow velocity (a head on the same features,
-   initialised to ``flow_speed`` straight ahead: in dense traffic everybody moves
-   with the flow, and a network that starts from "nothing moves" learns the motion
-   slowly), plus a per-pixel residual;
+   ego's future actions (they do not in the evaluation's replays). Its prior
+   (``flow_prior``) is one of:
+
+   - ``"cost-volume"``: every car keeps the velocity it showed between the last two
+     context frames. The per-pixel forward displacement is measured by block matching
+     (a cost volume over candidate shifts, soft-argmin), and the cars channel is
+     advected by it; a global flow head (initialised to zero) corrects the rest.
+     Why: the global flow below, learned in minutes, shrank towards the data's mean
+     speed (slope 0.36 against the ego's speed), so the model told a slow ego that the
+     car behind was closing in and a fast one that the car ahead was, and policies
+     trained through it sped up into the car ahead. Measured on the highway test
+     windows, the proximity cost's 1-s error by ego speed (m/s 0-3 / 3-6 / 6-9 / 9+)
+     was +0.063 / +0.009 / -0.029 / -0.050 for the trained global-flow model and
+     +0.016 / -0.012 / -0.030 / -0.037 for block matching alone, untrained;
+   - ``"global"``: the other cars move together at one flow velocity (a head on the
+     same features, initialised to ``flow_speed`` straight ahead);
+
+   plus a per-pixel residual;
 3. the next ego state is the kinematic update of the action
    (``envs.highway.kinematics.step_state_torch``), and the predicted frame is warped
    into the next ego pose, with gradients to the action through the pose.
@@ -35,6 +48,59 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldmodels.images import ImageModel, to_unit
+
+
+def shift_rows(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[N, C, H, W]`` sampled at row ``r + s`` for each shift ``s`` of ``shifts``
+    ``[K]`` (pixels, fractional: bilinear, zeros outside): ``[K, N, C, H, W]``. A car
+    that moves ``s`` px towards row 0 (ahead) between two frames is where
+    ``shift_rows(previous, s)`` has it."""
+    k = shifts.shape[0]
+    n, c, h, w = x.shape
+    theta = x.new_zeros(k, 2, 3)
+    theta[:, 0, 0] = 1.0
+    theta[:, 1, 1] = 1.0
+    theta[:, 1, 2] = 2.0 * shifts / h
+    grid = F.affine_grid(theta, [k, 1, h, w], align_corners=False)
+    grid = grid[:, None].expand(k, n, h, w, 2).reshape(k * n, h, w, 2)
+    flat = x[None].expand(k, n, c, h, w).reshape(k * n, c, h, w)
+    out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(k, n, c, h, w)
+
+
+def block_matching_flow(prev: torch.Tensor, cur: torch.Tensor, shifts: torch.Tensor,
+                        window: tuple[int, int] = (7, 3), temperature: float = 0.01
+                        ) -> torch.Tensor:
+    """Per-pixel displacement towards row 0 ``[N, 1, H, W]`` (px per frame) that carries
+    ``prev`` ``[N, 1, H, W]`` onto ``cur``: the squared difference of every candidate
+    shift, averaged over a ``window`` (rows, cols) and normalised by the local energy, is
+    turned into weights by a softmax at ``temperature``; the flow is the weighted shift.
+    Where both frames are empty every shift costs nothing and the flow is the mean
+    candidate, which moves nothing."""
+    pad = (window[0] // 2, window[1] // 2)
+
+    def box(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, window, 1, pad, count_include_pad=False)
+
+    cost = (shift_rows(prev, shifts) - cur[None]) ** 2  # [K, N, 1, H, W]
+    cost = box(cost.flatten(0, 1)).view_as(cost)
+    energy = box(prev ** 2 + cur ** 2)
+    weights = torch.softmax(-cost / (temperature * energy + 1e-4)[None], 0)
+    return (weights * shifts.view(-1, 1, 1, 1, 1)).sum(0)
+
+
+def advect_rows(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[N, C, H, W]`` moved ``flow`` ``[N, 1, H, W]`` px towards row 0 per pixel
+    (semi-Lagrangian: each pixel takes the value ``flow`` rows behind it)."""
+    n, _, h, w = x.shape
+    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=x.device, dtype=x.dtype)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([gx.expand(n, h, w), gy + 2.0 * flow[:, 0] / h], -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+FLOW_PRIORS = ("global", "cost-volume")
 
 
 def headings(vel: torch.Tensor, min_speed: float) -> torch.Tensor:
@@ -75,13 +141,16 @@ class EgoMotionImageModel(ImageModel):
     """:class:`ImageModel` with exact ego motion (see the module doc). Extra config:
     ``res`` (m per pixel), ``dt`` (s), ``ego_length`` (m, for the steering limit),
     ``ego_channel``, ``cars_channel`` (the channel that moves with the flow; the others,
-    lanes and off-road, are static), ``min_speed`` (m/s), ``flow_speed`` (m/s)."""
+    lanes and off-road, are static), ``min_speed`` (m/s), ``flow_prior`` (see the module
+    doc), ``flow_speed`` (m/s, the global prior's initial flow) and ``max_flow_speed``
+    (m/s, the fastest car block matching looks for)."""
 
     kind = "EgoMotionImageModel"
 
     def __init__(self, *args: Any, res: float = 0.617, dt: float = 0.1,
                  ego_length: float = 4.8, ego_channel: int = 2, cars_channel: int = 1,
-                 min_speed: float = 0.2, flow_speed: float = 0.0, **kwargs: Any) -> None:
+                 min_speed: float = 0.2, flow_speed: float = 0.0, flow_prior: str = "global",
+                 max_flow_speed: float = 20.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.state_dim != 4 or self.action_dim != 2:
             raise ValueError(f"{self.kind} needs [x, y, vx, vy] states and [a, b] actions, "
@@ -92,6 +161,14 @@ class EgoMotionImageModel(ImageModel):
                                  "channels")
         if not (res > 0 and dt > 0 and ego_length > 0):
             raise ValueError(f"res, dt and ego_length must be > 0, got {res}, {dt}, {ego_length}")
+        if flow_prior not in FLOW_PRIORS:
+            raise ValueError(f"flow_prior must be one of {FLOW_PRIORS}, got {flow_prior!r}")
+        if flow_prior == "cost-volume" and self.ncond < 2:
+            raise ValueError("flow_prior 'cost-volume' measures motion between two context "
+                             f"frames: it needs ncond >= 2, got {self.ncond}")
+        if not max_flow_speed > 0:
+            raise ValueError(f"max_flow_speed must be > 0, got {max_flow_speed}")
+        self.flow_prior, self.max_flow_speed = flow_prior, float(max_flow_speed)
         self.res, self.dt, self.ego_length = float(res), float(dt), float(ego_length)
         self.ego_channel, self.min_speed = int(ego_channel), float(min_speed)
         self.cars_channel, self.flow_speed = int(cars_channel), float(flow_speed)
@@ -101,13 +178,20 @@ class EgoMotionImageModel(ImageModel):
         self.flow_head = nn.Linear(self.hidden, 2)
         nn.init.zeros_(self.flow_head.weight)
         with torch.no_grad():
-            self.flow_head.bias.copy_(torch.tensor([self.flow_speed, 0.0]))
+            # block matching already moves the cars: the head only corrects it
+            start = self.flow_speed if flow_prior == "global" else 0.0
+            self.flow_head.bias.copy_(torch.tensor([start, 0.0]))
+        # candidate shifts (px per step) from a little backwards to max_flow_speed ahead
+        top = self.max_flow_speed * self.dt / self.res
+        self.register_buffer("flow_shifts", torch.arange(-0.5, top + 0.25, 0.25),
+                             persistent=False)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "res": self.res, "dt": self.dt,
                 "ego_length": self.ego_length, "ego_channel": self.ego_channel,
                 "cars_channel": self.cars_channel, "min_speed": self.min_speed,
-                "flow_speed": self.flow_speed}
+                "flow_speed": self.flow_speed, "flow_prior": self.flow_prior,
+                "max_flow_speed": self.max_flow_speed}
 
     # -- geometry ------------------------------------------------------------------
     def _warp(self, frames: torch.Tensor, s_from: torch.Tensor, s_to: torch.Tensor,
@@ -150,10 +234,25 @@ class EgoMotionImageModel(ImageModel):
     def _next(self, context: torch.Tensor, frames: torch.Tensor, action: torch.Tensor,
               h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Next state (kinematics) and frame (the fixed-frame prediction, warped)."""
-        fixed = frames[:, -1] + self.image_head(h)
+        last = frames[:, -1]
+        if self.flow_prior == "cost-volume":
+            last = self._constant_velocity(context, frames)
+        fixed = last + self.image_head(h)
         state = self.kinematics(context[:, -1], action)
         flow = self.flow_head(h) * self.dt
         return state, self._warp(fixed, context[:, -1], state, flow)
+
+    def _constant_velocity(self, context: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """The last frame with every car moved on by the displacement it showed since the
+        frame before (both in the last pose). The flow is measured, not learned or
+        controlled, so no gradient passes through it."""
+        c = self.cars_channel
+        cur = frames[:, -1, c:c + 1]
+        prev = self._warp(frames[:, -2], context[:, -2], context[:, -1])[:, c:c + 1]
+        with torch.no_grad():
+            flow = block_matching_flow(prev.detach(), cur.detach(), self.flow_shifts)
+        moved = advect_rows(cur, flow)
+        return torch.cat([frames[:, -1, :c], moved, frames[:, -1, c + 1:]], 1)
 
     def _one(self, context: torch.Tensor, frames: torch.Tensor, action: torch.Tensor,
              z: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
