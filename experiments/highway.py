@@ -111,6 +111,9 @@ class PolicyConfig:
     lane_weight: float = 0.2
     hidden: int = 64
     channels: tuple[int, ...] = (8, 8, 16)
+    # the policy also sees each other car's speed relative to the ego (block matching
+    # between its last two frames; planners/policy/imitation.py says why)
+    relative_motion: bool = True
 
 
 @dataclass
@@ -522,9 +525,14 @@ def _new_policy(config: HighwayConfig, ds, ncond: int):
 
     st = ds.stats
     p = config.policy
+    motion = None
+    if p.relative_motion:
+        view = View(**ds.manifest["generator"]["config"]["view"])
+        motion = {"channel": 1, "res": view.res, "dt": ds.dt, "min_speed": 0.2,
+                  "max_speed": 20.0}
     return ContextPolicy(ds.state_dim, ds.action_dim, tuple(ds.image_shape), ncond,
                          st.state_mean, st.state_std, st.action_mean, st.action_std,
-                         hidden=p.hidden, channels=tuple(p.channels))
+                         hidden=p.hidden, channels=tuple(p.channels), motion=motion)
 
 
 def _policy_path(run: Run, method: str, seed: int) -> Path:
@@ -549,7 +557,8 @@ def _load_policy(run: Run, method: str, ds, device: torch.device, seed: int):
     policy = ContextPolicy(cfg["state_dim"], cfg["action_dim"], tuple(cfg["image_shape"]),
                            cfg["ncond"], st["state_mean"], st["state_std"], st["action_mean"],
                            st["action_std"], hidden=cfg["hidden"],
-                           channels=tuple(cfg["channels"]), bound=cfg["bound"])
+                           channels=tuple(cfg["channels"]), bound=cfg["bound"],
+                           motion=cfg.get("motion"))
     load_state_dict_checked(policy, payload["state_dict"], str(path))
     return policy.to(device).eval()
 

@@ -174,3 +174,32 @@ def test_cost_volume_prior_keeps_every_cars_own_velocity() -> None:
         EgoMotionImageModel(4, 2, (3, 117, 24), ncond=1, flow_prior="cost-volume")
     with pytest.raises(ValueError, match="flow_prior"):
         EgoMotionImageModel(4, 2, (3, 117, 24), flow_prior="optical")
+
+
+def test_policy_sees_each_cars_speed_relative_to_the_ego() -> None:
+    from planners.policy.imitation import ContextPolicy
+
+    speeds, v_ego, dt = np.array([3.0, 9.0]), 6.0, 0.1
+    start = np.array([[96.0, 5.55], [112.0, 9.25]])
+
+    def frame(t: int) -> torch.Tensor:
+        pos = start + np.outer(speeds, [1.0, 0.0]) * t * dt
+        scene = (pos, np.tile([1.0, 0.0], (2, 1)), np.tile([4.8, 1.9], (2, 1)))
+        return _render(np.array([100.0 + v_ego * t * dt, 9.25]), 0.0, scene)[0]
+
+    motion = {"channel": 1, "res": VIEW.res, "dt": dt, "min_speed": 0.2, "max_speed": 20.0}
+    pol = ContextPolicy(4, 2, (3, 117, 24), 2, np.zeros(4), np.ones(4), np.zeros(2),
+                        np.ones(2), hidden=16, channels=(4, 4), motion=motion)
+    states = torch.tensor([[[100.0 + v_ego * t * dt, 9.25, v_ego, 0.0] for t in (0, 1)]])
+    frames = torch.stack([frame(0), frame(1)])[None]
+    rel = pol._relative_speed(states, frames)[0, 0] * 5.0  # m/s where the cars are
+    cars = frames[0, -1, 1]
+    for cols, expect in ((slice(14, 20), -3.0), (slice(9, 15), 3.0)):  # right lane, own
+        on = cars[:, cols] > 0.9
+        got = float(rel[:, cols][on].mean() / cars[:, cols][on].mean())
+        assert got == pytest.approx(expect, abs=0.5)
+    assert pol(states, frames).shape == (1, 2)
+    assert pol.config()["motion"]["channel"] == 1.0
+    with pytest.raises(ValueError, match="ncond >= 2"):
+        ContextPolicy(4, 2, (3, 117, 24), 1, np.zeros(4), np.ones(4), np.zeros(2), np.ones(2),
+                      motion=motion)

@@ -103,6 +103,30 @@ def advect_rows(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 FLOW_PRIORS = ("global", "cost-volume")
 
 
+def flow_shifts(max_speed: float, dt: float, res: float) -> torch.Tensor:
+    """Candidate displacements (px per step) for :func:`block_matching_flow`: from a
+    little backwards up to ``max_speed`` ahead, in quarter pixels."""
+    return torch.arange(-0.5, max_speed * dt / res + 0.25, 0.25)
+
+
+def context_flow(context: torch.Tensor, frames: torch.Tensor, channel: int, res: float,
+                 min_speed: float, shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(last, flow)``, each ``[B, 1, H, W]``: channel ``channel`` of the last context
+    frame and, per pixel, how far it moved ahead (px, in the last ego pose) since the
+    frame before, measured by block matching on the two frames brought into that pose.
+    ``context`` ``[B, n >= 2, 4]`` states, ``frames`` ``[B, n, C, H, W]`` floats in [0, 1].
+    The displacement is the other cars' own motion: the ego's is warped out. No
+    gradient passes through the flow (it is measured, not learned or controlled)."""
+    c = channel
+    cur = frames[:, -1, c:c + 1]
+    s_prev, s_last = context[:, -2], context[:, -1]
+    prev = warp_frames(frames[:, -2, c:c + 1], s_prev[:, :2], headings(s_prev[:, 2:], min_speed),
+                       s_last[:, :2], headings(s_last[:, 2:], min_speed), res)
+    with torch.no_grad():
+        flow = block_matching_flow(prev.detach(), cur.detach(), shifts.to(cur))
+    return cur, flow
+
+
 def headings(vel: torch.Tensor, min_speed: float) -> torch.Tensor:
     """Unit headings ``[..., 2]`` of velocities ``[..., 2]``; ``+x`` below ``min_speed``."""
     speed = vel.norm(dim=-1, keepdim=True)
@@ -181,9 +205,7 @@ class EgoMotionImageModel(ImageModel):
             # block matching already moves the cars: the head only corrects it
             start = self.flow_speed if flow_prior == "global" else 0.0
             self.flow_head.bias.copy_(torch.tensor([start, 0.0]))
-        # candidate shifts (px per step) from a little backwards to max_flow_speed ahead
-        top = self.max_flow_speed * self.dt / self.res
-        self.register_buffer("flow_shifts", torch.arange(-0.5, top + 0.25, 0.25),
+        self.register_buffer("flow_shifts", flow_shifts(self.max_flow_speed, self.dt, self.res),
                              persistent=False)
 
     def config(self) -> dict[str, Any]:
@@ -247,10 +269,7 @@ class EgoMotionImageModel(ImageModel):
         frame before (both in the last pose). The flow is measured, not learned or
         controlled, so no gradient passes through it."""
         c = self.cars_channel
-        cur = frames[:, -1, c:c + 1]
-        prev = self._warp(frames[:, -2], context[:, -2], context[:, -1])[:, c:c + 1]
-        with torch.no_grad():
-            flow = block_matching_flow(prev.detach(), cur.detach(), self.flow_shifts)
+        cur, flow = context_flow(context, frames, c, self.res, self.min_speed, self.flow_shifts)
         moved = advect_rows(cur, flow)
         return torch.cat([frames[:, -1, :c], moved, frames[:, -1, c + 1:]], 1)
 
