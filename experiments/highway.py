@@ -976,8 +976,9 @@ def _print_table(results: dict[str, dict]) -> None:
         rate = f"{100 * r['success_rate']:.1f}%"
         if "success_rate_std" in r:
             rate += f" +- {100 * r['success_rate_std']:.1f} ({100 * r['success_rate_best']:.1f})"
-        lines.append(f"{m:14s} {rate:>28s} {r['mean_distance_m']:11.1f} "
-                     f"{u if u is None else round(u, 5)!s:>10s}")
+        # U spans 1e-6 (ego-motion model) to 1 (PPUU's ImageModel): 3 significant digits
+        u_text = "-" if u is None else f"{u:.3g}"
+        lines.append(f"{m:14s} {rate:>28s} {r['mean_distance_m']:11.1f} {u_text:>10s}")
     log.info("evaluation:\n%s", "\n".join(lines))
 
 
