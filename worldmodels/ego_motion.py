@@ -119,11 +119,12 @@ def context_flow(context: torch.Tensor, frames: torch.Tensor, channel: int, res:
     gradient passes through the flow (it is measured, not learned or controlled)."""
     c = channel
     cur = frames[:, -1, c:c + 1]
-    s_prev, s_last = context[:, -2], context[:, -1]
-    prev = warp_frames(frames[:, -2, c:c + 1], s_prev[:, :2], headings(s_prev[:, 2:], min_speed),
-                       s_last[:, :2], headings(s_last[:, 2:], min_speed), res)
-    with torch.no_grad():
-        flow = block_matching_flow(prev.detach(), cur.detach(), shifts.to(cur))
+    with torch.no_grad():  # no graph for a measurement that takes no gradient
+        s_prev, s_last = context[:, -2], context[:, -1]
+        prev = warp_frames(frames[:, -2, c:c + 1], s_prev[:, :2],
+                           headings(s_prev[:, 2:], min_speed), s_last[:, :2],
+                           headings(s_last[:, 2:], min_speed), res)
+        flow = block_matching_flow(prev, cur, shifts.to(cur))
     return cur, flow
 
 

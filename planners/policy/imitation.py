@@ -78,6 +78,12 @@ class ContextPolicy(nn.Module):
                 raise ValueError(f"{name} must have {dim} entries, got {list(t.shape)}")
             self.register_buffer(name, t)
         self.bound = float(bound)
+        if self.motion:
+            from worldmodels.ego_motion import flow_shifts
+
+            m = self.motion
+            self.register_buffer("flow_shifts", flow_shifts(m["max_speed"], m["dt"], m["res"]),
+                                 persistent=False)
 
     def config(self) -> dict[str, Any]:
         return dict(self.cfg)
@@ -105,12 +111,11 @@ class ContextPolicy(nn.Module):
     def _relative_speed(self, states: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``[B, 1, H, W]``: (other car's forward speed - ego speed) / 5 m/s, times the
         channel's coverage (zero where there is no car)."""
-        from worldmodels.ego_motion import context_flow, flow_shifts
+        from worldmodels.ego_motion import context_flow
 
         m = self.motion
-        shifts = flow_shifts(m["max_speed"], m["dt"], m["res"])
         cur, flow = context_flow(states, frames, int(m["channel"]), m["res"], m["min_speed"],
-                                 shifts)
+                                 self.flow_shifts)
         ego = states[:, -1, 2:].norm(dim=1)[:, None, None, None]
         return (flow * (m["res"] / m["dt"]) - ego) / 5.0 * cur.detach()
 
