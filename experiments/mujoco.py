@@ -59,22 +59,9 @@ log = logging.getLogger(__name__)
 PLANNERS = ("cem", "mppi", "gradient", "ilqr")
 MODELS = ("ensemble", "cvae", "deterministic", "true")
 
-# Per-env defaults (used where a setting is left at 0 / auto / negative): planning horizon,
-# the planners' populations and iterations, the world model's width. InvertedPendulum-v5 is
-# kept small so that planning with the learned ensemble stays within 50 ms per control step
-# on one core. Its CEM samples white noise (beta 0): balancing needs step-to-step
-# corrections, which iCEM's low-frequency coloured noise (beta 2) hardly ever proposes; and
-# its terminal cost is the learned model's LQR cost-to-go: a 0.6-s horizon cannot see the
-# cart drifting into a rail end (bringing it back needs the pole tipped the other way first).
-ENV_DEFAULTS: dict[str, dict[str, Any]] = {
-    "Pendulum-v1": {"horizon": 30, "hidden": 64},
-    "InvertedPendulum-v5": {"horizon": 15, "hidden": 64, "cem_samples": 100,
-                            "cem_iterations": 3, "mppi_samples": 200, "cem_return": "mean",
-                            "uncertainty_weight": 10.0, "beta": 0.0, "terminal": "lqr"},
-    "Reacher-v5": {"horizon": 20, "hidden": 128},
-    "HalfCheetah-v5": {"horizon": 20, "hidden": 200, "cem_samples": 400,
-                       "cem_iterations": 5},
-}
+# Per-env defaults (used where a setting is left at 0 / auto / negative), declared by each
+# task's adapter in envs/gym_tasks/ (``GymTaskModel.planning``).
+ENV_DEFAULTS: dict[str, dict[str, Any]] = {env: cls.planning for env, cls in TASK_MODELS.items()}
 PLANNER_DEFAULTS: dict[str, dict[str, int]] = {
     "cem": {"samples": 200, "elites": 20, "iterations": 4},
     "mppi": {"samples": 1000, "iterations": 1},
