@@ -328,9 +328,8 @@ def localisation_figure(arrays: dict[str, np.ndarray]):
 
 
 # -- stage ---------------------------------------------------------------------------------
-def stage_evaluate(config: FiltersConfig, run: Run) -> None:
-    """Both demonstrations: metrics.json sections ``pendulum`` and ``localisation``,
-    figures ``pendulum.png`` and ``localisation.png``."""
+def validate(config: FiltersConfig) -> None:
+    """Value checks of the whole config (the CLI runs them before any work)."""
     for name in ("episodes", "pendulum_steps", "pf_particles", "loc_particles", "loc_steps"):
         if getattr(config, name) < 2:
             raise ValueError(f"{name} must be at least 2, got {getattr(config, name)}")
@@ -341,14 +340,22 @@ def stage_evaluate(config: FiltersConfig, run: Run) -> None:
             raise ValueError(f"{name} must be positive and finite, got {value}")
     if not (math.isfinite(config.initial_std) and config.initial_std >= 0):
         raise ValueError(f"initial_std must be >= 0, got {config.initial_std}")
+
+
+def stage_evaluate(config: FiltersConfig, run: Run) -> None:
+    """Both demonstrations: metrics.json sections ``pendulum`` and ``localisation``,
+    figures ``pendulum.png`` and ``localisation.png``."""
+    validate(config)
     device = resolve_device(config.device)
     rng = seed_everything(config.seed)
     metrics, arrays = pendulum_comparison(config, rng, device)
     run.update_metrics("pendulum", metrics)
-    save_figure(pendulum_figure(arrays, metrics, config.dt), run.figures / "pendulum.png")
+    with run.optional_artefact("the pendulum figure"):
+        save_figure(pendulum_figure(arrays, metrics, config.dt), run.figures / "pendulum.png")
     loc_metrics, loc_arrays = localisation_demo(config, rng, device)
     run.update_metrics("localisation", loc_metrics)
-    save_figure(localisation_figure(loc_arrays), run.figures / "localisation.png")
+    with run.optional_artefact("the localisation figure"):
+        save_figure(localisation_figure(loc_arrays), run.figures / "localisation.png")
     writer = run.writer()
     for name, vals in metrics.items():
         writer.add_scalar(f"pendulum/angle_rmse/{name}", vals["angle_rmse"], 0)
@@ -361,5 +368,6 @@ TASK = Task(
     config_cls=FiltersConfig,
     presets={"default": FiltersConfig, "quick": quick_config},
     stages={"evaluate": stage_evaluate},
+    validate=validate,
     description=__doc__ or "",
 )
