@@ -260,7 +260,7 @@ def run_cli(argv: list[str]) -> int:
     try:
         _run_stages(task, config, run, plan)
     except BaseException as exc:
-        if created and run.remove_if_empty(created[::-1]):
+        if created and run.remove_if_empty(created):
             log.info("removed %s: the command left nothing in it", run.path)
         if isinstance(exc, USER_ERRORS) and exc.args and isinstance(exc.args[0], str):
             exc.args = (_name_the_run(exc.args[0], run.path), *exc.args[1:])

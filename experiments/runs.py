@@ -197,12 +197,16 @@ class Run:
 
     @property
     def figures(self) -> Path:
-        """``figures/`` (``figures/<record>/`` for an evaluation with other settings)."""
-        return self.subdir("figures" if self.record is None else f"figures/{self.record}")
+        """``figures/`` (``figures/evaluate-<record>/`` for an evaluation with other
+        settings)."""
+        return self.subdir("figures" if self.record is None else f"figures/{self._folder()}")
 
     @property
     def videos(self) -> Path:
-        return self.subdir("videos" if self.record is None else f"videos/{self.record}")
+        return self.subdir("videos" if self.record is None else f"videos/{self._folder()}")
+
+    def _folder(self) -> str:
+        return f"evaluate-{self.record}"
 
     @property
     def data(self) -> Path:
