@@ -94,8 +94,8 @@ def test_a_making_stage_refuses_to_continue_a_run_with_other_settings(tmp_path, 
     # a completed stage is skipped, and says so
     caplog.set_level("INFO")
     code, _o, err = run_main(["truck", "collect", "--run", str(run)], capsys)
-    assert code == 0 and "collect: complete" in caplog.text and snapshot(run)["data/manifest.json"] == \
-        before["data/manifest.json"]
+    assert code == 0 and "collect: complete" in caplog.text
+    assert snapshot(run)["data/manifest.json"] == before["data/manifest.json"]
 
 
 # -- 3. an artefact that cannot be made does not cost the result ----------------------------
