@@ -327,9 +327,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from experiments.common import configure_progress
+    from experiments.common import BriefNumbers, configure_progress
 
     configure_progress()
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, BriefNumbers) for f in handler.filters):
+            handler.addFilter(BriefNumbers())
     debug = "--debug" in argv
     try:
         code = run_cli(argv)

@@ -177,3 +177,30 @@ def restore_progress() -> None:
     if _TQDM_INIT is not None:
         tqdm.std.tqdm.__init__ = _TQDM_INIT
         _TQDM_INIT = None
+
+
+# ------------------------------------------------------------------------ log lines
+def brief(value, digits: int = 4):
+    """``value`` for a log line: floats to ``digits`` significant digits, inside dicts,
+    lists and tuples too (``{'rmse': 0.1234}``, not ``0.12341234123412341``)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: brief(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(brief(v, digits) for v in value)
+    return value
+
+
+class BriefNumbers:
+    """A logging filter that shortens the floats inside dict and list arguments of a log
+    record (:func:`brief`); plain float arguments keep the record's own format."""
+
+    def filter(self, record) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, (dict, list, tuple))
+                                                  for a in record.args):
+            record.args = tuple(brief(a) if isinstance(a, (dict, list, tuple)) else a
+                                for a in record.args)
+        elif isinstance(record.args, dict) and record.args:
+            record.args = brief(record.args)
+        return True

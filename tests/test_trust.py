@@ -396,3 +396,28 @@ def test_run_files_respect_the_umask_and_paths_are_relative(tmp_path):
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     saved = json.loads(run.metrics_path.read_text())["evaluate"]
     assert saved == {"video": "videos/v.mp4", "abs": "figures/x.png", "outside": "/etc/hosts"}
+
+
+def test_log_lines_shorten_floats_in_dicts():
+    import logging
+
+    from experiments.common import BriefNumbers
+
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "traffic: %s (%.2f)",
+                               ({"speed": 6.123456789012345, "lanes": [0.1234567891234]},
+                                3.14159), None)
+    BriefNumbers().filter(record)
+    assert record.getMessage() == "traffic: {'speed': 6.123, 'lanes': [0.1235]} (3.14)"
+
+
+def test_boolean_and_tuple_overrides():
+    from experiments.config import parse_overrides
+    from experiments.truck import TruckConfig
+
+    cfg = parse_overrides(TruckConfig(), ["--mpc.no-enabled", "--no-progress",
+                                          "--policy.hidden", "32", "16",
+                                          "--collect.rear-y", "-10", "10",
+                                          "--policy.train-truth=false", "--dt", "0.5"], "hint")
+    assert (cfg.mpc.enabled, cfg.progress, cfg.policy.train_truth) == (False, False, False)
+    assert cfg.policy.hidden == (32, 16) and cfg.collect.rear_y == (-10.0, 10.0)
+    assert cfg.dt == 0.5
