@@ -239,6 +239,7 @@ def run_cli(argv: list[str]) -> int:
     run: Run | None = None
     if args.resume is not None or (path is not None and (path / "run.json").exists()):
         run = Run.open(path, task.name)
+        Run.check_creatable(run.path)  # still writable
         run.check_files()
     else:
         path = path or Run.default_path(task.name, args.preset or "default")

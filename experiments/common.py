@@ -54,15 +54,19 @@ def figure_problems(fig) -> list[str]:
     renderer = fig.canvas.get_renderer()
     has_suptitle = fig._suptitle is not None and fig._suptitle.get_text().strip()
     fig_legends = list(fig.legends)
+    seen_boxes: list[tuple[float, ...]] = []
     for k, ax in enumerate(fig.axes):
         artists = ax.lines + ax.patches + ax.collections + ax.images
+        box = tuple(np.round(ax.get_position().bounds, 4))
+        twin = box in seen_boxes  # twinx(): title and x label belong to the first axes
+        seen_boxes.append(box)
         if not artists or not ax.get_visible():
             continue
         name = ax.get_title() or f"axes {k}"
-        if not (ax.get_title().strip() or has_suptitle):
+        if not (ax.get_title().strip() or has_suptitle or twin):
             problems.append(f"{name}: no title")
         if ax.axison and not ax.images:
-            if not ax.get_xlabel().strip():
+            if not ax.get_xlabel().strip() and not twin:
                 problems.append(f"{name}: no x label")
             if not ax.get_ylabel().strip():
                 problems.append(f"{name}: no y label")
