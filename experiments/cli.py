@@ -186,7 +186,8 @@ class _Plan:
                     self.steps.append((stage, stage, "skip"))
                     continue
                 making_to_run.append(stage)
-                action = "resume" if state == "interrupted" or resume_flag else "run"
+                action = ("resume" if state == "interrupted"
+                          else "continue" if resume_flag else "run")
                 self.steps.append((stage, stage, action))
             else:
                 record = stage
@@ -294,8 +295,10 @@ def _run_stages(task: Task, config: Any, run: Run, plan: _Plan) -> None:
                      info.get("finished", "earlier"))
             continue
         run.record = None if record == stage else record[len(stage) + 1:]
-        run.resume = action == "resume"
-        if action == "resume":
+        run.resume = action in ("resume", "continue")
+        if action == "continue":
+            log.info("== %s %s: continuing from its checkpoints (--resume) ==", task.name, stage)
+        elif action == "resume":
             how = ("continuing it from its checkpoints" if stage in task.resumable
                    else "starting it again")
             log.info("== %s %s: interrupted earlier; %s ==", task.name, stage, how)

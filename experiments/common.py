@@ -47,44 +47,48 @@ def resolve_device(name: str) -> torch.device:
 # ------------------------------------------------------------------------ figures
 def figure_problems(fig) -> list[str]:
     """What keeps a figure from being read without the README: an axes with data but no
-    title (neither its own nor the figure's), no axis labels, several labelled series and
-    no legend, or a legend drawn over the data (bars, points of lines). Empty when fine."""
+    title (neither its own nor the figure's), no x label (none in its column of panels) or
+    y label (none in its row), several labelled series and no legend in the figure, or a
+    legend drawn over the data (bars, points of lines). Empty when fine."""
     problems: list[str] = []
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     has_suptitle = fig._suptitle is not None and fig._suptitle.get_text().strip()
     fig_legends = list(fig.legends)
-    seen_boxes: list[tuple[float, ...]] = []
-    for k, ax in enumerate(fig.axes):
+    all_legends = fig_legends + [a.get_legend() for a in fig.axes if a.get_legend() is not None]
+    boxes = [tuple(np.round(a.get_position().bounds, 3)) for a in fig.axes]
+    xlabelled = {b[0] for a, b in zip(fig.axes, boxes, strict=True) if a.get_xlabel().strip()}
+    ylabelled = {b[1] for a, b in zip(fig.axes, boxes, strict=True) if a.get_ylabel().strip()}
+    for k, (ax, box) in enumerate(zip(fig.axes, boxes, strict=True)):
         artists = ax.lines + ax.patches + ax.collections + ax.images
-        box = tuple(np.round(ax.get_position().bounds, 4))
-        twin = box in seen_boxes  # twinx(): title and x label belong to the first axes
-        seen_boxes.append(box)
+        twin = box in boxes[:k]  # twinx(): title and x label belong to the first axes
         if not artists or not ax.get_visible():
             continue
         name = ax.get_title() or f"axes {k}"
         if not (ax.get_title().strip() or has_suptitle or twin):
             problems.append(f"{name}: no title")
         if ax.axison and not ax.images:
-            if not ax.get_xlabel().strip() and not twin:
+            if box[0] not in xlabelled and not twin:
                 problems.append(f"{name}: no x label")
-            if not ax.get_ylabel().strip():
+            if box[1] not in ylabelled and not ax.get_ylabel().strip():
                 problems.append(f"{name}: no y label")
         labelled = [a for a in artists if not str(a.get_label()).startswith("_")]
-        legends = [ax.get_legend()] if ax.get_legend() is not None else []
-        if len(labelled) > 1 and not legends and not fig_legends:
+        if len(labelled) > 1 and not all_legends:
             problems.append(f"{name}: {len(labelled)} labelled series but no legend")
-        for legend in legends + fig_legends:
-            box = legend.get_window_extent(renderer)
+        own = [ax.get_legend()] if ax.get_legend() is not None else []
+        for legend in own + fig_legends:
+            lbox = legend.get_window_extent(renderer)
             for patch in ax.patches:
-                if patch.get_visible() and box.overlaps(patch.get_window_extent(renderer)):
+                if patch.get_visible() and lbox.overlaps(patch.get_window_extent(renderer)):
                     problems.append(f"{name}: the legend covers a bar")
                     break
+            if legend not in own:
+                continue
             for line in ax.lines:
                 pts = ax.transData.transform(np.asarray(line.get_xydata(), float))
-                inside = ((pts[:, 0] > box.x0) & (pts[:, 0] < box.x1)
-                          & (pts[:, 1] > box.y0) & (pts[:, 1] < box.y1))
-                if inside.any() and line.get_visible() and legend in legends:
+                inside = ((pts[:, 0] > lbox.x0) & (pts[:, 0] < lbox.x1)
+                          & (pts[:, 1] > lbox.y0) & (pts[:, 1] < lbox.y1))
+                if inside.any() and line.get_visible():
                     problems.append(f"{name}: the legend covers data of {line.get_label()}")
                     break
     return problems

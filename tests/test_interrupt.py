@@ -57,7 +57,8 @@ def test_truck_train_model_interrupted_then_rerun_finishes_every_epoch(collected
 # Every task's every training stage, interrupted both ways; then `all` again finishes.
 # Each case lengthens the stage it interrupts so that the signal lands inside it.
 SLOW_CASES = {
-    ("truck", "collect"): TRUCK[:2] + ["--collect.episodes", "60000", *TRUCK[4:]],
+    ("truck", "collect"): TRUCK[:2] + ["--collect.episodes", "20000", "--emulator.epochs", "1",
+                                       "--emulator.batch-size", "2048", *TRUCK[6:]],
     ("truck", "train-model"): TRUCK,
     ("truck", "train-policy"): TRUCK[:4] + ["--emulator.epochs", "2", "--policy.lessons", "3",
                                             "--policy.iterations-per-lesson", "30",
