@@ -123,7 +123,7 @@ class _LineStream:
     instead of carriage-return redraws."""
 
     def __init__(self, stream, interval: float) -> None:
-        self.stream, self.interval = stream, interval
+        self._stream, self.interval = stream, interval
         self._last = ""
         self._time = -float("inf")
 
@@ -141,6 +141,12 @@ class _LineStream:
             self._last, self._time = line, now
         return len(text)
 
+    @property
+    def stream(self):
+        import sys
+
+        return self._stream if self._stream is not None else sys.stderr  # stderr as it is now
+
     def flush(self) -> None:
         self.stream.flush()
 
@@ -157,17 +163,17 @@ def configure_progress(stream=None, interval: float = PROGRESS_SECONDS,
 
     import tqdm.std
 
-    stream = stream or sys.stderr
-    if not force and (getattr(stream, "isatty", lambda: False)() or _TQDM_INIT is not None):
+    target = stream or sys.stderr
+    if not force and (getattr(target, "isatty", lambda: False)() or _TQDM_INIT is not None):
         return False
     restore_progress()
     original = tqdm.std.tqdm.__init__
-    lines = _LineStream(stream, interval)
+    lines = _LineStream(stream, interval)  # None: whatever sys.stderr is when writing
 
     def __init__(self, *args, **kwargs):
         kwargs["mininterval"] = max(float(kwargs.get("mininterval") or 0.1), interval)
         kwargs["maxinterval"] = max(float(kwargs.get("maxinterval") or 10.0), interval)
-        if kwargs.get("file") in (None, sys.stderr, sys.stdout, stream):
+        if kwargs.get("file") in (None, sys.stderr, sys.stdout, target):
             kwargs["file"] = lines
         kwargs.setdefault("ncols", 100)
         original(self, *args, **kwargs)
