@@ -59,13 +59,14 @@ def figure_problems(fig) -> list[str]:
     boxes = [tuple(np.round(a.get_position().bounds, 3)) for a in fig.axes]
     xlabelled = {b[0] for a, b in zip(fig.axes, boxes, strict=True) if a.get_xlabel().strip()}
     ylabelled = {b[1] for a, b in zip(fig.axes, boxes, strict=True) if a.get_ylabel().strip()}
+    titled = {b[0] for a, b in zip(fig.axes, boxes, strict=True) if a.get_title().strip()}
     for k, (ax, box) in enumerate(zip(fig.axes, boxes, strict=True)):
         artists = ax.lines + ax.patches + ax.collections + ax.images
         twin = box in boxes[:k]  # twinx(): title and x label belong to the first axes
-        if not artists or not ax.get_visible():
+        if not artists or not ax.get_visible() or getattr(ax, "_colorbar", None) is not None:
             continue
         name = ax.get_title() or f"axes {k}"
-        if not (ax.get_title().strip() or has_suptitle or twin):
+        if not (box[0] in titled or has_suptitle or twin):  # one title per column of panels
             problems.append(f"{name}: no title")
         if ax.axison and not ax.images:
             if box[0] not in xlabelled and not twin:
