@@ -252,7 +252,8 @@ def run_cli(argv: list[str]) -> int:
     plan = _Plan(task, stages, run, recorded, config, args.resume is not None,
                  explicit=args.stage != "all")
     # -- work -------------------------------------------------------------------------
-    created = [] if run is not None else _missing_parents(path)
+    new_run = run is None
+    created = _missing_parents(path) if new_run else []
     if run is None:
         run = Run.create(path, task.name)
     log.info("run folder: %s", run.path)
@@ -262,7 +263,7 @@ def run_cli(argv: list[str]) -> int:
     try:
         _run_stages(task, config, run, plan)
     except BaseException as exc:
-        if created and run.remove_if_empty(created):
+        if new_run and run.remove_if_empty(created):
             log.info("removed %s: the command left nothing in it", run.path)
         if isinstance(exc, USER_ERRORS) and exc.args and isinstance(exc.args[0], str):
             exc.args = (_name_the_run(exc.args[0], run.path), *exc.args[1:])

@@ -352,12 +352,21 @@ class Run:
         return False
 
     def remove_if_empty(self, created: list[Path]) -> bool:
-        """Remove this run folder, and the parents in ``created`` (made by this command),
-        when it holds no result: a failed command leaves no empty run behind."""
+        """Undo the creation of this run when it holds no result, so a failed command
+        leaves no empty run behind: the folder itself and the parents in ``created`` (made
+        by this command, deepest first) are removed; a folder that existed (empty) before
+        is kept, emptied of the bookkeeping written into it."""
         if not self.path.is_dir() or self.holds_results():
             return False
         self.close()
-        shutil.rmtree(self.path, ignore_errors=True)
+        if self.path in created:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            for child in self.path.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
         for parent in created:
             with contextlib.suppress(OSError):
                 parent.rmdir()  # only if empty

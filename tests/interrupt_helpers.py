@@ -17,8 +17,11 @@ def cli(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
     with open(log, "ab") as out:
+        # A background shell starts jobs with SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt: give the child the default handler, as a terminal would.
         return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def run_to_end(args: list[str], log: Path, timeout: float = 600) -> int:

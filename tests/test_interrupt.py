@@ -14,8 +14,8 @@ import torch
 
 from tests.interrupt_helpers import interrupt_in_stage, run_to_end
 
-# A small truck run: 200 episodes, an 8-epoch emulator, a tiny curriculum, no MPC.
-TRUCK = ["--preset", "quick", "--collect.episodes", "200", "--emulator.epochs", "8",
+# A small truck run: 200 episodes, a 6-epoch emulator, a tiny curriculum, no MPC.
+TRUCK = ["--preset", "quick", "--collect.episodes", "200", "--emulator.epochs", "6",
          "--policy.lessons", "2", "--policy.iterations-per-lesson", "4",
          "--policy.final-iterations", "4", "--policy.max-horizon", "20", "--episodes", "10",
          "--mpc.enabled", "false", "--video-episodes", "1"]
@@ -48,7 +48,7 @@ def test_truck_train_model_interrupted_then_rerun_finishes_every_epoch(collected
     assert "train-model: interrupted earlier; continuing it from its checkpoints" in rerun
     assert (run / "stages" / "train-model.done.json").exists()
     assert not (run / "stages" / "train-model.started.json").exists()
-    assert _emulator_epochs(run) == 8  # not the half-trained emulator
+    assert _emulator_epochs(run) == 6  # not the half-trained emulator
     metrics = json.loads((run / "metrics.json").read_text())
     assert "train-model" in metrics["stages"] and "test_error_30_steps" in metrics["emulator"]
     assert (run / "figures" / "emulator_training.png").stat().st_size > 1000

@@ -216,6 +216,9 @@ def test_failing_command_leaves_no_run_folder_and_names_one(tmp_path, capsys, mo
     code, _o, err = run_main(["truck", "evaluate", "--run", "a/b/c"], capsys)
     assert code == 2 and "--run a/b/c" in error_line(err)
     assert not (tmp_path / "a").exists()
+    (tmp_path / "empty").mkdir()
+    code, _o, err = run_main(["truck", "evaluate", "--run", "empty"], capsys)
+    assert code == 2 and list((tmp_path / "empty").iterdir()) == []
 
 
 def test_corrupt_metrics_is_found_before_the_work(nav_run, tmp_path, capsys):
