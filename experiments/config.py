@@ -278,7 +278,9 @@ def record_name(diff: dict[str, tuple[Any, Any]]) -> str:
     for key in sorted(diff):
         value = diff[key][1]
         text = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-        parts.append(re.sub(r"[^A-Za-z0-9.]+", "_", f"{key}{text}").strip("_"))
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        joined = f"{key}{text}" if numeric else f"{key}_{text}"  # seed424242, planner_cem
+        parts.append(re.sub(r"[^A-Za-z0-9.]+", "_", joined).strip("_"))
     label = "-".join(parts)
     if len(label) > 60:
         label = "settings" + hashlib.sha1(label.encode()).hexdigest()[:8]

@@ -424,3 +424,15 @@ def test_boolean_and_tuple_overrides():
     assert (cfg.mpc.enabled, cfg.progress, cfg.policy.train_truth) == (False, False, False)
     assert cfg.policy.hidden == (32, 16) and cfg.collect.rear_y == (-10.0, 10.0)
     assert cfg.dt == 0.5
+
+
+def test_record_names_are_short_and_safe():
+    from experiments.config import record_name
+
+    assert record_name({"seed": (0, 424242)}) == "seed424242"
+    assert record_name({"episodes": (0, 20), "evaluate.methods": (["a"], ["no-action", "mpur"])}) \
+        == "episodes20-evaluate.methods_no_action_mpur"
+    assert record_name({"planner": ("cem", "mppi"), "mpc.enabled": (True, False)}) == \
+        "mpc.enabled_False-planner_mppi"
+    long = record_name({f"field{i}": (0, "x" * 20) for i in range(5)})
+    assert long.startswith("settings") and len(long) == 16
