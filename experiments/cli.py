@@ -87,7 +87,13 @@ def _print_task_help(task: Task, stage: str | None) -> None:
 
     print(f"usage: worldplan {task.name} {{{','.join((*task.stage_order(), *COMMANDS))}}} "
           "[common options] [--group.field VALUE ...]\n")
-    print(task.description.strip() + "\n")
+    description = task.description.strip()
+    print(description + "\n")
+    described = {ln.split()[0] for ln in description.splitlines() if ln.split()}
+    for stage in task.stage_order():  # one line per stage the description does not cover
+        if stage not in described:
+            doc = (task.stages[stage].__doc__ or "").strip().splitlines()
+            print(f"{stage:13s} {doc[0] if doc else ''}")
     print("show          print the summary table of --run R (twice: compare two runs)\n")
     print("common options: --preset {" + ",".join(task.presets) + "}, --run DIR, "
           "--resume DIR, --seed N, --device D, --episodes N, --debug.\n"

@@ -247,6 +247,11 @@ def test_field_errors_point_at_the_help_that_lists_fields(tmp_path, capsys):
                                                            "train-policy", "evaluate")]
     assert [ln.split()[0] for ln in stage_lines] == ["collect", "train-model", "train-policy",
                                                      "evaluate"]
+    code, out, _e = run_main(["highway", "--help"], capsys)  # stages from their docstrings
+    head = out.split("\ncommon options:")[0].splitlines()
+    assert code == 0 and [ln.split()[0] for ln in head if ln.split()[:1] and ln.split()[0] in
+                          ("collect", "train-model", "train-policy", "evaluate")] == \
+        ["collect", "train-model", "train-policy", "evaluate"]
 
 
 # -- 10. one summary table, printed again by `show` -----------------------------------------
