@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from experiments.config import (
+from worldplan.experiments.config import (
     check_values,
     differences,
     from_dict,
@@ -38,9 +38,9 @@ from experiments.config import (
     to_dict,
     to_yaml,
 )
-from experiments.runs import Run, RunError
-from experiments.tasks import STAGES, Task, UnknownNameError, available_tasks, load_task
-from worldmodels.checkpoint import CheckpointError
+from worldplan.experiments.runs import Run, RunError
+from worldplan.experiments.tasks import STAGES, Task, UnknownNameError, available_tasks, load_task
+from worldplan.worldmodels.checkpoint import CheckpointError
 
 log = logging.getLogger("worldplan")
 
@@ -121,7 +121,7 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str],
                  recorded: Any | None) -> Any:
     """The preset (or the run's recorded config) with the overrides and common flags,
     checked whole: types, value ranges, the task's own checks, the device."""
-    from experiments.common import resolve_device
+    from worldplan.experiments.common import resolve_device
 
     config = _base_config(task, args, recorded)
     if rest:
@@ -160,7 +160,7 @@ def _missing_parents(path: Path) -> list[Path]:
 
 
 def _show(task: Task, args: argparse.Namespace) -> int:
-    from experiments.summary import format_table, summary_rows
+    from worldplan.experiments.summary import format_table, summary_rows
 
     runs = args.run or ([args.resume] if args.resume else [])
     if not runs or len(runs) > 2:
@@ -277,7 +277,7 @@ def run_cli(argv: list[str]) -> int:
     finally:
         run.close()
     if any(stage == "evaluate" for stage, _r, action in plan.steps if action != "skip"):
-        from experiments.summary import format_table, summary_rows
+        from worldplan.experiments.summary import format_table, summary_rows
 
         print(format_table([(str(run.path), summary_rows(run.metrics()))]))
     log.info("done: %s", run.path)
@@ -292,7 +292,7 @@ def _name_the_run(message: str, path: Path) -> str:
 
 
 def _run_stages(task: Task, config: Any, run: Run, plan: _Plan) -> None:
-    from experiments.common import resolve_device
+    from worldplan.experiments.common import resolve_device
 
     device = str(resolve_device(config.device))
     for stage, record, action in plan.steps:
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from experiments.common import BriefNumbers, configure_progress
+    from worldplan.experiments.common import BriefNumbers, configure_progress
 
     configure_progress()
     for handler in logging.getLogger().handlers:

@@ -103,7 +103,7 @@ def save_figure(fig, path: Path) -> Path:
 
     import matplotlib.pyplot as plt
 
-    from worldmodels.checkpoint import atomic_write_bytes
+    from worldplan.worldmodels.checkpoint import atomic_write_bytes
 
     problems = figure_problems(fig)
     if problems:

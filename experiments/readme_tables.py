@@ -1,6 +1,6 @@
 """Regenerate README tables from a run, so that they cannot drift from what a run gives::
 
-    python -m experiments.readme_tables truck --run runs/truck/<run> [--readme README.md]
+    python -m worldplan.experiments.readme_tables truck --run runs/truck/<run> [--readme README.md]
 
 Replaces the text between ``<!-- truck-results:begin -->`` and
 ``<!-- truck-results:end -->`` with the truck's results table built from the run's
@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from worldmodels.checkpoint import atomic_write_text
+from worldplan.worldmodels.checkpoint import atomic_write_text
 
 TRUCK_ROWS = (
     ("bptt_emulator", "BPTT through the emulator"),

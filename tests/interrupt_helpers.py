@@ -19,7 +19,7 @@ def cli(args: list[str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         # A background shell starts jobs with SIGINT ignored, and Python then never raises
         # KeyboardInterrupt: give the child the default handler, as a terminal would.
-        return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args],
+        return subprocess.Popen([sys.executable, "-m", "worldplan.experiments.cli", *args],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.cli import main
+from worldplan.experiments.cli import main
 
 # Bad command lines: (task, stage, extra arguments); each also gets a fresh --run.
 NAMES = [("nope", "all", []), ("Truck", "evaluate", []), ("truck", "fly", []),
@@ -84,7 +84,7 @@ def check(args: list[str], capsys) -> int:
 @pytest.fixture(scope="module")
 def truck_run(tmp_path_factory) -> Path:
     """A truck run after `collect`, plus the checkpoint files later stages leave."""
-    from worldmodels.checkpoint import save_checkpoint
+    from worldplan.worldmodels.checkpoint import save_checkpoint
 
     path = tmp_path_factory.mktemp("fuzz") / "run"
     with pytest.raises(SystemExit) as exit_info:

@@ -86,7 +86,7 @@ def test_every_training_stage_survives_an_interrupt(task, stage, sig, tmp_path):
     assert run_to_end(args, log, timeout=1800) == 0, log.read_text()[-3000:]
     rerun = log.read_text()[len(first):]
     assert f"{task} {stage}: interrupted earlier;" in rerun or fresh
-    from experiments.tasks import load_task
+    from worldplan.experiments.tasks import load_task
 
     for done in load_task(task).stage_order():
         assert (run / "stages" / f"{done}.done.json").exists(), done

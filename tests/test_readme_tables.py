@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.readme_tables import main, replace_block, truck_table
+from worldplan.experiments.readme_tables import main, replace_block, truck_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from experiments.cli import main
-from experiments.runs import Run
+from worldplan.experiments.cli import main
+from worldplan.experiments.runs import Run
 
 
 def run_main(args: list[str], capsys) -> tuple[int, str, str]:
@@ -100,7 +100,7 @@ def test_a_making_stage_refuses_to_continue_a_run_with_other_settings(tmp_path, 
 
 # -- 3. an artefact that cannot be made does not cost the result ----------------------------
 def test_missing_renderer_still_leaves_metrics(tmp_path, capsys, monkeypatch, caplog):
-    import experiments.mujoco as mujoco
+    import worldplan.experiments.mujoco as mujoco
 
     real = mujoco.make_env
 
@@ -156,7 +156,7 @@ def test_value_ranges_are_checked_before_work(tmp_path, capsys, args, message):
 
 # -- 5. non-finite actions and stepping after the end, in every registered environment ------
 def _small_env(env_id: str):
-    from envs.truck import TruckParams
+    from worldplan.envs.truck import TruckParams
 
     kwargs = {"worldplan/TruckBackerUpper-v0": {"params": TruckParams(max_steps=1)},
               "worldplan/DenseTraffic-v0": {"max_steps": 1, "warmup": 5},
@@ -277,7 +277,7 @@ def test_show_prints_and_compares_runs(nav_run, tmp_path, capsys):
 
 
 def test_summary_table_of_every_task_layout():
-    from experiments.summary import format_table, summary_rows
+    from worldplan.experiments.summary import format_table, summary_rows
 
     metrics = {
         "evaluate": {"lqr": {"success_rate": 0.5, "final_position_error": 1.23456,
@@ -298,10 +298,10 @@ def test_summary_table_of_every_task_layout():
 def test_truck_figures_are_readable_and_the_checker_can_fail(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
-    from envs.truck import TruckParams
-    from experiments import common
-    from experiments import truck_figures as figures
-    from experiments.truck_baselines import LQRController
+    from worldplan.envs.truck import TruckParams
+    from worldplan.experiments import common
+    from worldplan.experiments import truck_figures as figures
+    from worldplan.experiments.truck_baselines import LQRController
 
     seen: list[tuple[str, list[str]]] = []
     real = common.save_figure
@@ -330,10 +330,10 @@ def test_truck_figures_are_readable_and_the_checker_can_fail(tmp_path, monkeypat
 
 # -- 12. videos play in a browser: H.264 ---------------------------------------------------
 def test_videos_are_h264_and_decode(tmp_path):
-    from envs.truck import TruckParams
-    from experiments import truck_figures as figures
-    from experiments.truck_baselines import LQRController
-    from experiments.video import video_codec
+    from worldplan.envs.truck import TruckParams
+    from worldplan.experiments import truck_figures as figures
+    from worldplan.experiments.truck_baselines import LQRController
+    from worldplan.experiments.video import video_codec
 
     p = TruckParams()
     starts = figures.grid_starts(p)[:1]
@@ -343,7 +343,7 @@ def test_videos_are_h264_and_decode(tmp_path):
 
 # -- 13. one TensorBoard tag per quantity ---------------------------------------------------
 def test_writer_keeps_one_tag_per_quantity():
-    from experiments.runs import _OneTagWriter
+    from worldplan.experiments.runs import _OneTagWriter
 
     class Fake:
         def __init__(self):
@@ -366,7 +366,7 @@ def test_writer_keeps_one_tag_per_quantity():
 def test_progress_in_a_non_tty_logs_plain_lines_every_interval():
     from tqdm.auto import tqdm
 
-    from experiments.common import configure_progress, restore_progress
+    from worldplan.experiments.common import configure_progress, restore_progress
 
     buf = io.StringIO()
     assert configure_progress(buf, interval=0.25, force=True)
@@ -409,7 +409,7 @@ def test_run_files_respect_the_umask_and_paths_are_relative(tmp_path):
 def test_log_lines_shorten_floats_in_dicts():
     import logging
 
-    from experiments.common import BriefNumbers
+    from worldplan.experiments.common import BriefNumbers
 
     record = logging.LogRecord("x", logging.INFO, "f", 1, "traffic: %s (%.2f)",
                                ({"speed": 6.123456789012345, "lanes": [0.1234567891234]},
@@ -419,8 +419,8 @@ def test_log_lines_shorten_floats_in_dicts():
 
 
 def test_boolean_and_tuple_overrides():
-    from experiments.config import parse_overrides
-    from experiments.truck import TruckConfig
+    from worldplan.experiments.config import parse_overrides
+    from worldplan.experiments.truck import TruckConfig
 
     cfg = parse_overrides(TruckConfig(), ["--mpc.no-enabled", "--no-progress",
                                           "--policy.hidden", "32", "16",
@@ -432,7 +432,7 @@ def test_boolean_and_tuple_overrides():
 
 
 def test_record_names_are_short_and_safe():
-    from experiments.config import record_name
+    from worldplan.experiments.config import record_name
 
     assert record_name({"seed": (0, 424242)}) == "seed424242"
     assert record_name({"episodes": (0, 20), "evaluate.methods": (["a"], ["no-action", "mpur"])}) \
