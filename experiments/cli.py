@@ -1,17 +1,43 @@
 """The ``worldplan`` command: ``worldplan <task> <stage> [options] [config overrides]``.
 
 Common options are parsed here; every other ``--field value`` overrides the task's
-dataclass config through tyro (``worldplan truck all --help`` lists them all).
+dataclass config (``worldplan truck all --help`` lists them all).
+
+Every stage of every task runs in one skeleton (:func:`run_cli`):
+
+1. the whole configuration is built and checked (types, value ranges, the device, the run
+   folder and its files) before anything is written;
+2. a stage that already completed in the run is skipped; one that was interrupted
+   (Ctrl-C, a kill, an error) continues from its checkpoints, or starts again, and the log
+   says which; a stage is complete only once its ``done`` marker is written, last;
+3. ``config.yaml`` records how the run's data and models were made: it is written once and
+   a stage that makes data or models refuses to continue a run with other settings; an
+   evaluation with other settings writes its own record (``evaluate-seed424242`` in
+   metrics.json, ``figures/evaluate-seed424242/``);
+4. a command that fails leaves no new empty run folder behind, and the end of an
+   evaluation prints the summary table (``worldplan <task> show --run R`` prints it again).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
-from worldplan.experiments.config import from_dict, load_yaml, save_yaml, to_dict, to_yaml
+from worldplan.experiments.config import (
+    check_values,
+    differences,
+    from_dict,
+    load_yaml,
+    parse_overrides,
+    record_name,
+    save_yaml,
+    to_dict,
+    to_yaml,
+)
 from worldplan.experiments.runs import Run, RunError
 from worldplan.experiments.tasks import STAGES, Task, UnknownNameError, available_tasks, load_task
 from worldplan.worldmodels.checkpoint import CheckpointError
@@ -19,18 +45,29 @@ from worldplan.worldmodels.checkpoint import CheckpointError
 log = logging.getLogger("worldplan")
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CheckpointError, RunError)
+COMMANDS = ("all", "show")
+
+
+class UsageError(ValueError):
+    """A malformed command line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line through main(), not argparse's usage dump
+        raise UsageError(f"{message} (see `worldplan --help`)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="worldplan",
         add_help=False,
         description="Model-based planning and control with learned world models.",
     )
     p.add_argument("task", nargs="?", help="task: " + ", ".join(available_tasks()))
-    p.add_argument("stage", nargs="?", help="stage: " + ", ".join((*STAGES, "all")))
+    p.add_argument("stage", nargs="?", help="stage: " + ", ".join((*STAGES, *COMMANDS)))
     p.add_argument("--preset", default=None, help="config preset (default, quick, ...)")
-    p.add_argument("--run", type=Path, default=None, help="run folder to create or continue")
+    p.add_argument("--run", type=Path, action="append", default=None,
+                   help="run folder to create or continue (twice with show: compare)")
     p.add_argument("--resume", type=Path, default=None,
                    help="continue RUN_DIR from its checkpoints")
     p.add_argument("--seed", type=int, default=None)
@@ -41,88 +78,272 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _build_config(task: Task, args: argparse.Namespace, rest: list[str], run_path: Path | None):
+def _help_hint(task: Task) -> str:
+    return f"`worldplan {task.name} all --help` lists the fields"
+
+
+def _print_task_help(task: Task, stage: str | None) -> None:
     import tyro
 
-    existing = run_path / "config.yaml" if run_path is not None else None
-    if existing is not None and existing.exists() and args.preset is None:
-        config = load_yaml(task.config_cls, existing)  # continue with the run's own config
-    else:
-        preset = args.preset or "default"
-        if preset not in task.presets:
-            raise UnknownNameError(
-                f"unknown preset {preset!r} for task {task.name}; "
-                f"available: {', '.join(task.presets)}"
-            )
-        config = task.presets[preset]()
+    print(f"usage: worldplan {task.name} {{{','.join((*task.stage_order(), *COMMANDS))}}} "
+          "[common options] [--group.field VALUE ...]\n")
+    description = task.description.strip()
+    print(description + "\n")
+    described = {ln.split()[0] for ln in description.splitlines() if ln.split()}
+    for stage in task.stage_order():  # one line per stage the description does not cover
+        if stage not in described:
+            doc = (task.stages[stage].__doc__ or "").strip().splitlines()
+            print(f"{stage:13s} {doc[0] if doc else ''}")
+    print("show          print the summary table of --run R (twice: compare two runs)\n")
+    print("common options: --preset {" + ",".join(task.presets) + "}, --run DIR, "
+          "--resume DIR, --seed N, --device D, --episodes N, --debug.\n"
+          "Config fields (below) override the preset; a boolean also takes --no-FIELD.\n")
+    try:
+        tyro.cli(task.config_cls, default=task.presets["default"](), args=["--help"],
+                 prog=f"worldplan {task.name} {stage or 'all'}", description="")
+    except SystemExit:
+        pass
+
+
+def _base_config(task: Task, args: argparse.Namespace, recorded: Any | None) -> Any:
+    if recorded is not None and args.preset is None:
+        return recorded  # continue with the run's own config
+    preset = args.preset or "default"
+    if preset not in task.presets:
+        raise UnknownNameError(
+            f"unknown preset {preset!r} for task {task.name}; "
+            f"available: {', '.join(task.presets)}"
+        )
+    return task.presets[preset]()
+
+
+def build_config(task: Task, args: argparse.Namespace, rest: list[str],
+                 recorded: Any | None) -> Any:
+    """The preset (or the run's recorded config) with the overrides and common flags,
+    checked whole: types, value ranges, the task's own checks, the device."""
+    from worldplan.experiments.common import resolve_device
+
+    config = _base_config(task, args, recorded)
     if rest:
-        config = tyro.cli(task.config_cls, default=config, args=rest, prog=f"worldplan {task.name}")
+        config = parse_overrides(config, rest, _help_hint(task))
     updates = {k: getattr(args, k) for k in ("seed", "device", "episodes")
                if getattr(args, k) is not None}
     if updates:
         config = from_dict(task.config_cls, {**to_dict(config), **updates})
+    check_values(config)
+    if hasattr(config, "validate"):
+        config.validate()
+    if task.validate is not None:
+        task.validate(config)
+    resolve_device(config.device)
     return config
+
+
+def _run_path(args: argparse.Namespace) -> Path | None:
+    runs = args.run or []
+    if len(runs) > 1:
+        raise UsageError("give --run once (twice only with `show`)")
+    if args.resume is not None and runs and args.resume != runs[0]:
+        raise UsageError("give --run or --resume, not two different folders")
+    return args.resume or (runs[0] if runs else None)
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders ``mkdir -p path`` would create, deepest first (path included)."""
+    out = []
+    while not path.exists():
+        out.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    return out
+
+
+def _show(task: Task, args: argparse.Namespace) -> int:
+    from worldplan.experiments.summary import format_table, summary_rows
+
+    runs = args.run or ([args.resume] if args.resume else [])
+    if not runs or len(runs) > 2:
+        raise UsageError(f"show needs --run R (or --run R1 --run R2 to compare), e.g. "
+                         f"`worldplan {task.name} show --run runs/{task.name}/...`")
+    tables = []
+    for path in runs:
+        run = Run.open(path, task.name)
+        tables.append((str(path), summary_rows(run.metrics())))
+    print(format_table(tables))
+    return 0
+
+
+class _Plan:
+    """What a command will do, decided before any work: which stages run, skip or resume,
+    and under which record."""
+
+    def __init__(self, task: Task, stages: list[str], run: Run | None, recorded: Any | None,
+                 config: Any, resume_flag: bool, explicit: bool) -> None:
+        self.steps: list[tuple[str, str, str]] = []  # (stage, record, action)
+        started = set(run.stages_started()) if run is not None else set()
+        self.write_config = recorded is None or not started
+        diff = {} if recorded is None else differences(recorded, config)
+        making_to_run = []
+        for stage in stages:
+            state = run.stage_state(stage) if run is not None else "new"
+            if task.makes(stage):
+                if state == "done":
+                    self.steps.append((stage, stage, "skip"))
+                    continue
+                making_to_run.append(stage)
+                action = ("resume" if state == "interrupted"
+                          else "continue" if resume_flag else "run")
+                self.steps.append((stage, stage, action))
+            else:
+                record = stage
+                if diff and not self.write_config:
+                    record = f"{stage}-{record_name(diff)}"
+                self.steps.append((stage, record, "run"))
+        if making_to_run and diff and started:
+            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items())[:4])
+            raise RunError(
+                f"run {run.path} was made with other settings ({changes}); "
+                f"{making_to_run[0]} cannot continue it with these: drop the overrides, or "
+                "start a new --run (an evaluation alone may use other settings)")
+        if explicit and run is not None:
+            order = task.stage_order()
+            first = order.index(stages[0])
+            for earlier in order[:first]:
+                if task.makes(earlier) and run.stage_state(earlier) == "interrupted":
+                    raise RunError(
+                        f"stage {earlier} of run {run.path} was interrupted; finish it first: "
+                        f"`worldplan {task.name} {earlier} --run {run.path}` (or `all`)")
+        self.diff = diff if not self.write_config else {}
 
 
 def run_cli(argv: list[str]) -> int:
     args, rest = _parser().parse_known_args(argv)
-    if args.task is None or (args.help and args.stage is None):
+    if args.task is None:
         _parser().print_help()
         print("\ntasks:", ", ".join(available_tasks()))
         return 0 if args.help else 2
     task = load_task(args.task)
     if args.help:
-        import tyro
-
-        common = ("common options: --preset {" + ",".join(task.presets) + "}, --run DIR, "
-                  "--resume DIR, --seed N, --device D, --episodes N, --debug. "
-                  "Config fields below override the preset.")
-        tyro.cli(task.config_cls, default=task.presets["default"](), args=["--help"],
-                 prog=f"worldplan {task.name} {args.stage}",
-                 description=f"{task.description.strip()}\n\n{common}")
+        _print_task_help(task, args.stage)
         return 0
+    if args.stage is None:
+        raise UsageError(f"give a stage: worldplan {task.name} "
+                         f"{{{','.join((*task.stage_order(), *COMMANDS))}}}")
+    if args.stage == "show":
+        if rest:
+            raise UsageError(f"show takes no config overrides, got {' '.join(rest)}")
+        return _show(task, args)
     stages = task.stage_order() if args.stage == "all" else [args.stage]
     for stage in stages:
         if stage not in task.stages:
             raise UnknownNameError(
                 f"unknown stage {stage!r} for task {task.name}; available: "
-                + ", ".join((*task.stage_order(), "all"))
+                + ", ".join((*task.stage_order(), *COMMANDS))
             )
-    if args.resume is not None and args.run is not None and args.resume != args.run:
-        raise UnknownNameError("give --run or --resume, not two different folders")
-    if args.resume is not None:
-        run = Run.open(args.resume, task.name)
-    elif args.run is not None:
-        run = Run.open(args.run, task.name) if (args.run / "run.json").exists() else None
+    # -- everything is checked before anything is written --------------------------------
+    path = _run_path(args)
+    run: Run | None = None
+    if args.resume is not None or (path is not None and (path / "run.json").exists()):
+        run = Run.open(path, task.name)
+        Run.check_creatable(run.path)  # still writable
+        run.check_files()
     else:
-        run = None
-    config = _build_config(task, args, rest, run.path if run is not None else None)
+        path = path or Run.default_path(task.name, args.preset or "default")
+        Run.check_creatable(path)
+    recorded = None
+    if run is not None and run.config_path.exists():
+        recorded = load_yaml(task.config_cls, run.config_path)
+    config = build_config(task, args, rest, recorded)
+    plan = _Plan(task, stages, run, recorded, config, args.resume is not None,
+                 explicit=args.stage != "all")
+    # -- work -------------------------------------------------------------------------
+    new_run = run is None
+    created = _missing_parents(path) if new_run else []
     if run is None:
-        path = args.run or Run.default_path(task.name, args.preset or "default")
         run = Run.create(path, task.name)
-    run.resume = args.resume is not None
     log.info("run folder: %s", run.path)
     log.info("config:\n%s", to_yaml(config))
-    # A continued run keeps its old config.yaml until the new stages succeed.
-    changed = run.config_path.exists() and run.config_path.read_text() != to_yaml(config)
-    if not run.config_path.exists():
+    if plan.write_config:
         save_yaml(config, run.config_path)
     try:
-        for stage in stages:
-            log.info("== %s %s ==", task.name, stage)
-            task.stages[stage](config, run)
+        _run_stages(task, config, run, plan)
+    except BaseException as exc:
+        if new_run and run.remove_if_empty(created):
+            log.info("removed %s: the command left nothing in it", run.path)
+        if isinstance(exc, USER_ERRORS) and exc.args and isinstance(exc.args[0], str):
+            exc.args = (_name_the_run(exc.args[0], run.path), *exc.args[1:])
+        raise
     finally:
         run.close()
-    if changed:
-        save_yaml(config, run.config_path)
+    if any(stage == "evaluate" for stage, _r, action in plan.steps if action != "skip"):
+        from worldplan.experiments.summary import format_table, summary_rows
+
+        print(format_table([(str(run.path), summary_rows(run.metrics()))]))
     log.info("done: %s", run.path)
     return 0
+
+
+def _name_the_run(message: str, path: Path) -> str:
+    """Hints like "run `worldplan truck train-policy`" name the run folder to use."""
+    return re.sub(r"`worldplan (\w+) ([\w-]+)`",
+                  lambda m: f"`worldplan {m.group(1)} {m.group(2)} --run {path}`"
+                  if "--run" not in m.group(0) else m.group(0), message)
+
+
+def _run_stages(task: Task, config: Any, run: Run, plan: _Plan) -> None:
+    from worldplan.experiments.common import resolve_device
+
+    device = str(resolve_device(config.device))
+    for stage, record, action in plan.steps:
+        if action == "skip":
+            info = run.stage_info(stage)
+            log.info("== %s %s: complete (finished %s); skipping ==", task.name, stage,
+                     info.get("finished", "earlier"))
+            continue
+        run.record = None if record == stage else record[len(stage) + 1:]
+        run.resume = action in ("resume", "continue")
+        if action == "continue":
+            log.info("== %s %s: continuing from its checkpoints (--resume) ==", task.name, stage)
+        elif action == "resume":
+            how = ("continuing it from its checkpoints" if stage in task.resumable
+                   else "starting it again")
+            log.info("== %s %s: interrupted earlier; %s ==", task.name, stage, how)
+        else:
+            log.info("== %s %s%s ==", task.name, stage,
+                     f" (record {record}: {_settings_text(plan.diff)})" if run.record else "")
+        info: dict[str, Any] = {"stage": stage, "device": device, "action": action}
+        if run.record:
+            info["settings"] = {k: b for k, (_a, b) in plan.diff.items()}
+        started = run.start_stage(record, info)
+        task.stages[stage](config, run)
+        if run.record:
+            run.update_metrics(stage, {"_settings": info["settings"]})
+        summary = run.finish_stage(record, started)
+        log.info("%s %s: %.1f s (%.1f s CPU, load %s)", task.name, record, summary["seconds"],
+                 summary["cpu_seconds"], summary["loadavg"][0])
+    run.record = None
+
+
+def _settings_text(diff: dict) -> str:
+    return ", ".join(f"{k}={b}" for k, (_a, b) in sorted(diff.items()))
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    from worldplan.experiments.common import BriefNumbers, configure_progress
+
+    configure_progress()
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, BriefNumbers) for f in handler.filters):
+            handler.addFilter(BriefNumbers())
     debug = "--debug" in argv
     try:
         code = run_cli(argv)
@@ -131,8 +352,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"worldplan: error: {exc}", file=sys.stderr)
         code = 2
+    except OSError as exc:  # unwritable or unreadable folders and files: name the path
+        if debug:
+            raise
+        print(f"worldplan: error: {_os_error_line(exc)}", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt:
-        print("worldplan: interrupted", file=sys.stderr)
+        print("worldplan: interrupted; run the same command again to continue",
+              file=sys.stderr)
         code = 130
     sys.exit(code)
 

@@ -182,12 +182,14 @@ def pendulum_figure(arrays: dict[str, np.ndarray], metrics: dict[str, Any], dt: 
         ax.plot(t, near_truth(arrays[name][track, :, 0]), style, lw=1.4, label=name)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("angle (rad, estimates within a turn of the truth)")
-    ax.set_title(f"large-angle pendulum, measured through sin(angle): track {track}")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"large-angle pendulum, measured through sin(angle): track {track}", pad=24)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=5, fontsize=8, frameon=False)
     ax = axes[1]
     vals = [metrics[n]["angle_rmse"] for n in names]
     ax.bar(range(4), vals, color=["C3", "C0", "C2", "C1"])
     ax.set_xticks(range(4), ["KF\n(lin.)", "EKF", "UKF", "PF"])
+    ax.set_xlabel("filter")
+    ax.set_title(f"angle RMSE, all {len(truth)} tracks")
     ax.set_yscale("log")
     ax.set_ylabel("angle RMSE over all tracks (rad)")
     for i, v in enumerate(vals):
@@ -305,32 +307,35 @@ def localisation_figure(arrays: dict[str, np.ndarray]):
     rng = np.random.default_rng(0)
     for ax, t in zip(axes, shown, strict=False):
         sub = rng.choice(parts.shape[1], size=min(1500, parts.shape[1]), replace=False)
-        ax.scatter(parts[t, sub, 0], parts[t, sub, 1], s=1, c="C0", alpha=0.4)
-        ax.scatter(LANDMARKS[:, 0], LANDMARKS[:, 1], marker="^", c="k", s=40)
-        ax.plot(truth[: t + 1, 0], truth[: t + 1, 1], "g-", lw=1)
+        ax.scatter(parts[t, sub, 0], parts[t, sub, 1], s=1, c="C0", alpha=0.4,
+                   label="particles")
+        ax.scatter(LANDMARKS[:, 0], LANDMARKS[:, 1], marker="^", c="k", s=40, label="landmarks")
+        ax.plot(truth[: t + 1, 0], truth[: t + 1, 1], "g-", lw=1, label="true path")
         ax.plot(*truth[t, :2], "go", ms=7, label="true")
         ax.plot(*est[t, :2], "rx", ms=9, mew=2, label="estimate")
         ax.set_xlim(0, ROOM)
         ax.set_ylim(0, ROOM)
         ax.set_aspect("equal")
         ax.set_title(f"step {t}")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0].legend(loc="lower right", fontsize=7)
+        ax.set_xticks([0, ROOM])
+        ax.set_yticks([0, ROOM])
+        ax.set_xlabel("x (m)")
+    axes[0].set_ylabel("y (m)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=8,
+               frameon=False)
     ax = axes[-1]
     ax.semilogy(arrays["position_error"], "r")
     ax.set_xlabel("step")
     ax.set_ylabel("position error (m)")
     ax.set_title("error")
     fig.suptitle("particle filter localisation from a uniform prior (ranges to landmarks)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
 # -- stage ---------------------------------------------------------------------------------
-def stage_evaluate(config: FiltersConfig, run: Run) -> None:
-    """Both demonstrations: metrics.json sections ``pendulum`` and ``localisation``,
-    figures ``pendulum.png`` and ``localisation.png``."""
+def validate(config: FiltersConfig) -> None:
+    """Value checks of the whole config (the CLI runs them before any work)."""
     for name in ("episodes", "pendulum_steps", "pf_particles", "loc_particles", "loc_steps"):
         if getattr(config, name) < 2:
             raise ValueError(f"{name} must be at least 2, got {getattr(config, name)}")
@@ -341,14 +346,22 @@ def stage_evaluate(config: FiltersConfig, run: Run) -> None:
             raise ValueError(f"{name} must be positive and finite, got {value}")
     if not (math.isfinite(config.initial_std) and config.initial_std >= 0):
         raise ValueError(f"initial_std must be >= 0, got {config.initial_std}")
+
+
+def stage_evaluate(config: FiltersConfig, run: Run) -> None:
+    """Both demonstrations: metrics.json sections ``pendulum`` and ``localisation``,
+    figures ``pendulum.png`` and ``localisation.png``."""
+    validate(config)
     device = resolve_device(config.device)
     rng = seed_everything(config.seed)
     metrics, arrays = pendulum_comparison(config, rng, device)
     run.update_metrics("pendulum", metrics)
-    save_figure(pendulum_figure(arrays, metrics, config.dt), run.figures / "pendulum.png")
+    with run.optional_artefact("the pendulum figure"):
+        save_figure(pendulum_figure(arrays, metrics, config.dt), run.figures / "pendulum.png")
     loc_metrics, loc_arrays = localisation_demo(config, rng, device)
     run.update_metrics("localisation", loc_metrics)
-    save_figure(localisation_figure(loc_arrays), run.figures / "localisation.png")
+    with run.optional_artefact("the localisation figure"):
+        save_figure(localisation_figure(loc_arrays), run.figures / "localisation.png")
     writer = run.writer()
     for name, vals in metrics.items():
         writer.add_scalar(f"pendulum/angle_rmse/{name}", vals["angle_rmse"], 0)
@@ -361,5 +374,6 @@ TASK = Task(
     config_cls=FiltersConfig,
     presets={"default": FiltersConfig, "quick": quick_config},
     stages={"evaluate": stage_evaluate},
+    validate=validate,
     description=__doc__ or "",
 )

@@ -793,18 +793,10 @@ def _video_frame(obs: np.ndarray, pred: torch.Tensor | None, scale: int = 4) -> 
 
 
 def _write_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> Path | None:
-    import cv2
+    """BGR frames as an H.264 mp4 (:mod:`worldplan.experiments.video`)."""
+    from worldplan.experiments.video import write_video
 
-    if not frames:
-        return None
-    h, w = frames[0].shape[:2]
-    tmp = path.with_suffix(".tmp.mp4")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for f in frames:
-        writer.write(f)
-    writer.release()
-    tmp.replace(path)
-    return path
+    return write_video([f[..., ::-1] for f in frames], path, fps=fps)
 
 
 def evaluate_stage(config: HighwayConfig, run: Run) -> None:
@@ -874,7 +866,8 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
                                u_fn, ev.uncertainty_every, record,
                                predict if record >= 0 else None)
         if record >= 0:
-            _write_video(out["video"], run.videos / "mpur_episode.mp4")
+            with run.optional_artefact("the evaluation video"):
+                _write_video(out["video"], run.videos / "mpur_episode.mp4")
         u = out["uncertainty"]
         res = {
             "success_rate": float(np.mean(out["success"])),
@@ -987,6 +980,20 @@ def _print_table(results: dict[str, dict]) -> None:
 
 
 
+def validate_config(config: HighwayConfig) -> None:
+    """Checks of the whole config that the stages would otherwise make only when they
+    reach them (the CLI runs these before any stage works)."""
+    _check_methods(tuple(config.policy.methods), POLICY_METHODS, "policy.methods")
+    _check_methods(tuple(config.evaluate.methods), METHODS, "evaluate.methods")
+    if config.model.z_dim < 1:
+        raise ValueError(f"model.z_dim must be >= 1, got {config.model.z_dim}")
+    if config.evaluate.ncond < 1 or config.evaluate.max_steps < 1:
+        raise ValueError("evaluate.ncond and evaluate.max_steps must be >= 1")
+    if not config.policy.seeds or len(set(config.policy.seeds)) != len(config.policy.seeds):
+        raise ValueError(f"policy.seeds must be distinct and non-empty, got "
+                         f"{config.policy.seeds}")
+
+
 TASK = Task(
     name="highway",
     config_cls=HighwayConfig,
@@ -994,6 +1001,8 @@ TASK = Task(
     stages={"collect": collect, "train-model": train_model_stage,
             "train-policy": train_policy_stage, "evaluate": evaluate_stage},
     description="PPUU dense-traffic driving: simulator, tracked data set, policies",
+    validate=validate_config,
+    resumable=("train-model",),
 )
 
 __all__ = ["METHODS", "TASK", "HighwayConfig", "collect", "evaluate_stage",

@@ -489,7 +489,8 @@ def train(config: MujocoConfig, run: Run) -> None:
     env.close()
     total = sum(len(e["actions"]) for e in episodes)
     run.update_metrics("train", {"env_steps": total, "curve": state["curve"]})
-    _curve_figure(state["curve"], config, run)
+    with run.optional_artefact("the learning curve"):
+        _curve_figure(state["curve"], config, run)
 
 
 def _curve_figure(curve: list[dict[str, Any]], config: MujocoConfig, run: Run) -> None:
@@ -514,23 +515,10 @@ def _curve_figure(curve: list[dict[str, Any]], config: MujocoConfig, run: Run) -
 
 
 def write_video(frames: list[np.ndarray], path: Path, fps: int = 30) -> Path | None:
-    """Write RGB frames ``[H, W, 3]`` as an mp4 (OpenCV, written then renamed)."""
-    import cv2
+    """Write RGB frames ``[H, W, 3]`` as an H.264 mp4 (see :mod:`worldplan.experiments.video`)."""
+    from worldplan.experiments.video import write_video as write_h264
 
-    frames = [f for f in frames if f is not None]
-    if not frames:
-        return None
-    h, w = frames[0].shape[:2]
-    tmp = path.with_suffix(".tmp.mp4")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    if not writer.isOpened():
-        log.warning("OpenCV cannot write %s; no video", path)
-        return None
-    for f in frames:
-        writer.write(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2BGR))
-    writer.release()
-    os.replace(tmp, path)
-    return path
+    return write_h264(frames, path, fps=fps)
 
 
 def evaluate(config: MujocoConfig, run: Run) -> None:
@@ -558,18 +546,20 @@ def evaluate(config: MujocoConfig, run: Run) -> None:
     log.info("%s %s/%s: return %.1f +- %.1f over %d episodes (%.1f ms per batched step)",
              config.env, config.planner, config.model, metrics["mean_return"],
              metrics["std_return"], config.episodes, result.mean_plan_ms)
+    run.update_metrics("evaluate", metrics)  # before the optional video
     if config.video:
-        env = make_env(config.env, render_mode="rgb_array")
-        planner.reset()
-        one = ctrl.run(env, seed=config.seed, max_steps=max_steps, render=True)
-        env.close()
-        fps = int(round(1.0 / make_task_model(config.env).dt)) if config.env else 30
-        path = write_video(one.frames, run.videos / f"{config.env}_{config.planner}.mp4",
-                           fps=min(fps, 50))
-        metrics["video"] = str(path) if path else None
-        metrics["video_return"] = float(one.returns[0])
-        metrics["plan_ms_batch1"] = one.mean_plan_ms
-    run.update_metrics("evaluate", metrics)
+        with run.optional_artefact("the video"):
+            env = make_env(config.env, render_mode="rgb_array")
+            planner.reset()
+            try:
+                one = ctrl.run(env, seed=config.seed, max_steps=max_steps, render=True)
+            finally:
+                env.close()
+            fps = int(round(1.0 / make_task_model(config.env).dt)) if config.env else 30
+            path = write_video(one.frames, run.videos / f"{config.env}_{config.planner}.mp4",
+                               fps=min(fps, 50))
+            run.update_metrics("evaluate", {"video": path, "video_return": float(one.returns[0]),
+                                            "plan_ms_batch1": one.mean_plan_ms})
 
 
 def _default() -> MujocoConfig:
@@ -589,8 +579,8 @@ TASK = Task(
     config_cls=MujocoConfig,
     presets={"default": _default, "quick": _quick},
     stages={"collect": collect, "train-model": train, "evaluate": evaluate},
-    description="MPC (CEM, MPPI, gradient, iLQR) on gymnasium tasks with true or learned "
-                "dynamics",
+    description=__doc__.split("Examples::")[0] if __doc__ else "",
+    resumable=("collect", "train-model"),
 )
 
 __all__ = ["TASK", "MujocoConfig", "build_planner", "make_planner", "model_dynamics",

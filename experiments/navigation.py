@@ -383,14 +383,28 @@ def figure_errors(records: list[EpisodeRecord]):
 
 
 # ------------------------------------------------------------------------------ stage
-def evaluate(config: NavigationConfig, run: Run) -> dict:
-    """Run ``config.episodes`` episodes; write metrics and figures."""
+def validate(config: NavigationConfig) -> None:
+    """Value checks of the whole config (the CLI runs them before any work)."""
     if config.episodes < 1:
         raise ValueError(f"episodes must be positive, got {config.episodes}")
     if config.planner not in PLANNERS:
         raise ValueError(f"planner must be one of {', '.join(PLANNERS)}, got {config.planner!r}")
     if config.tracker not in TRACKERS:
         raise ValueError(f"tracker must be one of {', '.join(TRACKERS)}, got {config.tracker!r}")
+    for name in ("n_particles", "max_steps"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    for name in ("speed", "lookahead", "plan_resolution", "rrt_time"):
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
+    if config.margin < 0 or config.init_std < 0:
+        raise ValueError(f"margin and init_std must be >= 0, got {config.margin}, "
+                         f"{config.init_std}")
+
+
+def evaluate(config: NavigationConfig, run: Run) -> dict:
+    """Run ``config.episodes`` episodes; write metrics and figures."""
+    validate(config)
     if config.device != "cpu":
         log.info("navigation runs on the CPU (small per-step batches); ignoring --device %s",
                  config.device)
@@ -430,9 +444,10 @@ def evaluate(config: NavigationConfig, run: Run) -> dict:
         writer.add_scalar(f"navigation/{key}", metrics[key], 0)
     shown = records[: max(1, config.figure_episodes)]
     if shown:
-        save_figure(figure_paths(shown, config.planner), run.figures / "maps_paths.png")
-        save_figure(figure_particles(shown[0]), run.figures / "particles.png")
-        save_figure(figure_errors(records), run.figures / "localisation_error.png")
+        with run.optional_artefact("the navigation figures"):
+            save_figure(figure_paths(shown, config.planner), run.figures / "maps_paths.png")
+            save_figure(figure_particles(shown[0]), run.figures / "particles.png")
+            save_figure(figure_errors(records), run.figures / "localisation_error.png")
     log.info("navigation: success %.0f%% over %d maps, mean localisation error %.3f m",
              100 * metrics["success_rate"], total, metrics["mean_localisation_error_m"])
     return metrics
@@ -451,5 +466,6 @@ TASK = Task(
     config_cls=NavigationConfig,
     presets={"default": _default, "quick": _quick},
     stages={"evaluate": evaluate},
+    validate=validate,
     description="plan (A* / RRT*) -> pure pursuit -> particle-filter localisation on random maps",
 )

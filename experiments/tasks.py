@@ -31,7 +31,8 @@ class Task:
     ``presets`` build a full config (``default`` is required; ``quick`` is the
     smoke-sized one). ``stages`` maps stage names to ``fn(config, run)``; ``all``
     runs them in :data:`STAGES` order. A config has at least ``seed``, ``device`` and
-    ``episodes`` fields, which the common flags set.
+    ``episodes`` fields, which the common flags set. The CLI wraps every stage in the
+    same skeleton (experiments/cli.py): checks first, completion markers, resume.
     """
 
     name: str
@@ -39,9 +40,21 @@ class Task:
     presets: dict[str, Callable[[], Any]]
     stages: dict[str, Stage]
     description: str = ""
+    # Value-range checks of the whole config, run before any stage does work (the CLI also
+    # calls the config's own ``validate()`` method when it has one).
+    validate: Callable[[Any], None] | None = None
+    # Stages that, run again after an interruption with ``run.resume`` set, continue from
+    # their checkpoints; the others start again from the beginning.
+    resumable: tuple[str, ...] = ()
 
     def stage_order(self) -> list[str]:
         return [s for s in STAGES if s in self.stages]
+
+    @staticmethod
+    def makes(stage: str) -> bool:
+        """Whether ``stage`` makes the run's data or models (everything but ``evaluate``):
+        those follow config.yaml; an evaluation with other settings gets its own record."""
+        return stage != "evaluate"
 
 
 class UnknownNameError(ValueError):

@@ -252,17 +252,19 @@ def stage_train_model(cfg: TruckConfig, run: Run) -> None:
                                 seed=cfg.seed, device=str(resolve_device(cfg.device)))
         history = train_model(model, data, train_cfg, checkpoint_dir=out, writer=run.writer(),
                               resume=run.resume, progress=cfg.progress, tag="emulator")
-        figures.training_curve(history, run.figures / "emulator_training.png")
+        with run.optional_artefact("the emulator's training curve"):
+            figures.training_curve(history, run.figures / "emulator_training.png")
     data = _load_data(run)
     model = load_emulator(run, torch.device("cpu"))
     errors = horizon_errors(model, data, cfg.emulator.horizon_eval)
-    figures.horizon_error(errors, run.figures / "emulator_error_vs_horizon.png")
     run.update_metrics("emulator", {
         "test_error_1_step": float(errors["position"][0]),
         "test_error_10_steps": float(errors["position"][min(9, len(errors["position"]) - 1)]),
         "test_error_30_steps": float(errors["position"][-1]),
         "test_heading_error_deg_30_steps": float(errors["heading_deg"][-1]),
     })
+    with run.optional_artefact("the emulator's error figure"):
+        figures.horizon_error(errors, run.figures / "emulator_error_vs_horizon.png")
 
 
 # ----------------------------------------------------------------------------- policies
@@ -342,7 +344,12 @@ def stage_train_policy(cfg: TruckConfig, run: Run) -> None:
         emulator = load_emulator(run, device) if source == "emulator" else None
         dynamics = emulator.step if emulator is not None else tm.step
         histories[source] = train_one_policy(cfg, run, source, dynamics, device)
-    figures.policy_training(histories, run.figures / "policy_training.png")
+    run.update_metrics("train-policy", {
+        source: {"updates": len(h.get("cost", [])),
+                 "final_cost": float(np.mean(h["cost"][-20:])) if len(h.get("cost", [])) else None}
+        for source, h in histories.items()})
+    with run.optional_artefact("the policy training figure"):
+        figures.policy_training(histories, run.figures / "policy_training.png")
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -433,11 +440,39 @@ def stage_evaluate(cfg: TruckConfig, run: Run) -> None:
                          "yard": [list(p.yard_x), list(p.yard_y)],
                          "start_region": {k: list(v) for k, v in vars(StartRegion()).items()}}
     run.update_metrics("evaluate", metrics)
-    figures.success_bars(metrics, run.figures / "success_by_method.png")
+    with run.optional_artefact("the success figure"):
+        figures.success_bars(metrics, run.figures / "success_by_method.png")
     main = "bptt_emulator" if "bptt_emulator" in controllers else next(iter(controllers))
-    figures.trajectory_grid(controllers[main], p, run.figures / f"trajectories_{main}.png")
-    figures.docking_video(controllers[main], p, starts[: cfg.video_episodes],
-                          run.videos / f"docking_{main}.mp4")
+    with run.optional_artefact("the trajectory figure"):
+        figures.trajectory_grid(controllers[main], p, run.figures / f"trajectories_{main}.png")
+    with run.optional_artefact("the docking video"):
+        video = figures.docking_video(controllers[main], p, starts[: cfg.video_episodes],
+                                      run.videos / f"docking_{main}.mp4")
+        run.update_metrics("evaluate", {"_video": video})
+
+
+def validate_config(cfg: TruckConfig) -> None:
+    """Value ranges checked before any stage works (the CLI's skeleton calls this)."""
+    cfg.params()
+    for name, value in (("episodes", cfg.episodes), ("collect.episodes", cfg.collect.episodes),
+                        ("collect.max_steps", cfg.collect.max_steps),
+                        ("collect.max_hold", cfg.collect.max_hold),
+                        ("emulator.epochs", cfg.emulator.epochs),
+                        ("emulator.batch_size", cfg.emulator.batch_size),
+                        ("emulator.npred", cfg.emulator.npred),
+                        ("emulator.horizon_eval", cfg.emulator.horizon_eval),
+                        ("policy.batch_size", cfg.policy.batch_size),
+                        ("policy.lessons", cfg.policy.lessons),
+                        ("policy.max_horizon", cfg.policy.max_horizon),
+                        ("mpc.starts", cfg.mpc.starts), ("mpc.horizon", cfg.mpc.horizon)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    for name, lo, hi in (("collect.rear_x", *cfg.collect.rear_x),
+                         ("collect.rear_y", *cfg.collect.rear_y),
+                         ("collect.theta1_deg", *cfg.collect.theta1_deg),
+                         ("collect.hitch_deg", *cfg.collect.hitch_deg)):
+        if not lo <= hi:
+            raise ValueError(f"{name} must be (low, high) with low <= high, got ({lo}, {hi})")
 
 
 TASK = Task(
@@ -447,4 +482,6 @@ TASK = Task(
     stages={"collect": stage_collect, "train-model": stage_train_model,
             "train-policy": stage_train_policy, "evaluate": stage_evaluate},
     description=__doc__ or "",
+    validate=validate_config,
+    resumable=("collect", "train-model", "train-policy"),
 )

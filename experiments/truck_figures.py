@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import matplotlib
 
 matplotlib.use("Agg")
@@ -15,7 +14,6 @@ import numpy as np  # noqa: E402
 from worldplan.envs.truck import TruckParams, simulate, trailer_rear  # noqa: E402
 from worldplan.envs.truck.render import YardCanvas  # noqa: E402
 from worldplan.experiments.common import save_figure  # noqa: E402
-from worldplan.worldmodels.checkpoint import atomic_write_bytes  # noqa: E402
 
 
 def training_curve(history: dict, path: Path) -> Path:
@@ -79,9 +77,11 @@ def success_bars(metrics: dict, path: Path) -> Path:
               for k in names]
     ax.set_xticks(x, labels, rotation=15)
     ax.set_ylim(0, 110)
+    ax.set_xlabel("controller")
     ax.set_ylabel("success (%)")
-    ax.set_title(f"Docking success on {metrics[names[0]]['episodes']} seeded starts")
-    ax.legend(loc="lower right")
+    ax.set_title(f"Docking success on {metrics[names[0]]['episodes']} seeded starts", pad=28)
+    # above the plot, so that it never hides a bar
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize=8)
     return save_figure(fig, path)
 
 
@@ -96,43 +96,69 @@ def grid_starts(p: TruckParams) -> np.ndarray:
 
 
 def trajectory_grid(controller: Callable, p: TruckParams, path: Path) -> Path:
-    """One panel per start of :func:`grid_starts`: the truck every few steps, from the
-    start (solid) to where it meets the wall (solid)."""
+    """One panel per start of :func:`grid_starts`: the truck every few steps (faded),
+    at its start and where it meets the wall (solid), in yard units, with a legend."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     result = simulate(grid_starts(p), controller, p)
     canvas = YardCanvas(p, scale=3.0)
-    panels = []
-    for traj, steps in zip(result.trajectory, result.steps, strict=True):
+    x0 = p.yard_x[0] - canvas.margin
+    y1 = p.yard_y[1] + canvas.margin
+    extent = (x0, x0 + canvas.width / canvas.scale, y1 - canvas.height / canvas.scale, y1)
+    fig, axes = plt.subplots(3, 3, figsize=(10, 8.5), sharex=True, sharey=True)
+    for ax, traj, steps, outcome in zip(axes.ravel(), result.trajectory, result.steps,
+                                        result.outcome, strict=True):
         img = canvas.background()
         canvas.draw_path(img, trailer_rear(traj[: steps + 1], p), (120, 120, 120))
         for k in range(0, steps + 1, max(1, int(8 / p.dt))):
             canvas.draw_truck(img, traj[k], faded=True)
         canvas.draw_truck(img, traj[0])
         canvas.draw_truck(img, traj[steps])
-        panels.append(cv2.copyMakeBorder(img, 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=(0, 0, 0)))
-    rows = [np.concatenate(panels[i:i + 3], axis=1) for i in range(0, len(panels), 3)]
-    ok, png = cv2.imencode(".png", np.concatenate(rows, axis=0)[:, :, ::-1])
-    return atomic_write_bytes(path, png.tobytes())
+        ax.imshow(img, extent=extent)
+        ax.set_title(f"{int(steps)} steps, {_outcome_name(outcome)}", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("x (units; dock wall at x = 0)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("y (units)")
+    handles = [Patch(color=np.array(TRAILER) / 255, label="trailer"),
+               Patch(color=np.array(CAB) / 255, label="cab"),
+               Line2D([], [], color="0.47", label="path of the trailer's rear"),
+               Line2D([], [], marker="o", ls="", color=(0, 160 / 255, 0), label="loading dock"),
+               Patch(facecolor="none", edgecolor="0.6",
+                     label=f"truck every {max(1, int(8 / p.dt))} steps (faded)")]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.suptitle("Docking from nine starts (rear 40 units out, offsets -18/0/18, "
+                 "trailer headings -60/0/60 deg)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    return save_figure(fig, path)
+
+
+TRAILER, CAB = (40, 80, 200), (200, 50, 50)  # colours of envs.truck.render, RGB
+
+
+def _outcome_name(code) -> str:
+    from worldplan.envs.truck import Outcome
+
+    return Outcome(int(code)).name.lower().replace("_", " ")
 
 
 def docking_video(controller: Callable, p: TruckParams, starts: np.ndarray, path: Path,
                   fps: int = 20) -> Path | None:
-    """An mp4 of the controller docking from each start in turn (written atomically)."""
+    """An H.264 mp4 of the controller docking from each start in turn."""
+    from worldplan.experiments.video import write_video
+
     if len(starts) == 0:
         return None
     result = simulate(starts, controller, p)
     canvas = YardCanvas(p)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.mp4")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                             (canvas.width, canvas.height))
-    try:
+
+    def frames():
         for traj, steps in zip(result.trajectory, result.steps, strict=True):
             for k in range(steps + 1):
                 img = canvas.background()
                 canvas.draw_path(img, trailer_rear(traj[: k + 1], p))
                 canvas.draw_truck(img, traj[k])
-                writer.write(img[:, :, ::-1].copy())
-    finally:
-        writer.release()
-    tmp.replace(path)
-    return path
+                yield img
+
+    return write_video(frames(), path, fps=fps)

@@ -25,6 +25,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from worldplan.envs.checks import check_step, end_step, start_episode
 from worldplan.envs.highway.costs import CostConfig, image_costs_np
 from worldplan.envs.highway.kinematics import MAX_ACCEL
 from worldplan.envs.highway.recording import Recording
@@ -128,15 +129,12 @@ class DenseTrafficEnv(gym.Env):
             img, state = imgs[0], states[0]
         self._start_x = float(state[0])
         self._obs = {"image": img, "state": state.astype(np.float32)}
+        start_episode(self)
         return {k: v.copy() for k, v in self._obs.items()}, {"state": state.copy(),
                                                              "ego_id": self._ego}
 
     def step(self, action):
-        if self._obs is None:
-            raise RuntimeError("call reset() before step()")
-        action = np.asarray(action, np.float64).reshape(-1)
-        if action.shape != (2,) or not np.isfinite(action).all():
-            raise ValueError(f"action must be 2 finite numbers [a, b], got {action}")
+        action = check_step(self, action, 2, "[a (m/s^2), b (1/m)]")
         self._steps += 1
         if self.mode == "live":
             t = self._traffic
@@ -175,6 +173,7 @@ class DenseTrafficEnv(gym.Env):
                 "distance": float(state[0] - self._start_x),
                 **{f"cost_{k}": float(v[0]) for k, v in costs.items()}}
         reward = -float(costs["total"][0])
+        end_step(self, terminated, truncated)
         return {k: v.copy() for k, v in self._obs.items()}, reward, terminated, truncated, info
 
     def render(self):

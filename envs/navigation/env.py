@@ -20,6 +20,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from worldplan.envs.checks import check_step, end_step, start_episode
 from worldplan.envs.maps import OccupancyGrid
 from worldplan.envs.navigation.task_model import NavigationParams, NavigationTaskModel
 
@@ -187,6 +188,7 @@ class Navigation2DEnv(gym.Env):
         mujoco.mj_forward(self._model, self._data)
         self._steps = 0
         self._trace = [start.copy()]
+        start_episode(self)
         return self._observe(), self._info(False)
 
     def _state(self) -> np.ndarray:
@@ -214,11 +216,7 @@ class Navigation2DEnv(gym.Env):
                 "is_success": dist <= self.params.goal_radius, "landmarks": self.landmarks.copy()}
 
     def step(self, action):
-        if self._data is None:
-            raise RuntimeError("call reset() before step()")
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
-        if action.shape != (2,) or not np.isfinite(action).all():
-            raise ValueError(f"action must be 2 finite numbers (vx, vy), got {action}")
+        action = check_step(self, action, 2, "(vx, vy)")
         p = self.params
         noisy = action + self.np_random.normal(0.0, p.action_noise, size=2)
         self._data.ctrl[:] = np.clip(noisy, -p.max_speed, p.max_speed)
@@ -235,6 +233,7 @@ class Navigation2DEnv(gym.Env):
         if terminated:
             reward += 10.0
         truncated = self._steps >= self.max_steps and not terminated
+        end_step(self, terminated, truncated)
         return self._observe(), float(reward), terminated, truncated, info
 
     def render(self):

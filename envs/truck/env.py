@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from worldplan.envs.checks import check_step, end_step, start_episode
 from worldplan.envs.truck.episode import Outcome, classify
 from worldplan.envs.truck.kinematics import TruckParams, step_np, trailer_rear, wrap_angle
 from worldplan.envs.truck.render import render_frame
@@ -59,10 +60,11 @@ class TruckBackerUpperEnv(gym.Env):
             self._state = self.start_region.sample(self.np_random, 1, self.params)[0]
         self._steps = 0
         self._trace = [trailer_rear(self._state, self.params)]
+        start_episode(self)
         return self._obs(), {"state": self._state.copy()}
 
     def step(self, action):
-        phi = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0],
+        phi = float(np.clip(check_step(self, action, 1, "[steering angle, rad]")[0],
                             -self.params.max_steer, self.params.max_steer))
         prev = self._state
         self._state = step_np(prev, np.array(phi), self.params)
@@ -85,6 +87,7 @@ class TruckBackerUpperEnv(gym.Env):
                         angle_error_deg=float(ang_err[0]),
                         docked=bool(outcome == Outcome.WALL and
                                     self.task_model.docked(pose, np.array([jack]))[0]))
+        end_step(self, terminated, truncated)
         return self._obs(), reward, terminated, truncated, info
 
     def render(self):
