@@ -1,4 +1,4 @@
-"""Regenerate the documentation's result tables from a run, so that they cannot drift from what a run gives::
+"""Regenerate the documentation's result tables from a run, so that they cannot drift::
 
     python -m worldplan.experiments.readme_tables truck --run runs/truck/<run> [--doc docs/truck.md]
 
