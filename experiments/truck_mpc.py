@@ -283,6 +283,37 @@ def batch_one_latency(kind: str, tm: TruckTaskModel, dynamics: Callable, feedbac
             "cpu_s": time.process_time() - cpu}
 
 
+def wilson(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate measured on ``n`` episodes."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def markdown_table(report: dict) -> str:
+    """The rows of a ``mpc.json`` report as a markdown table with 95% intervals."""
+    lines = ["| start set | row | docked (95% CI) | strict (95% CI) | position error | "
+             "angle error | jackknifed | ms / control step (batch) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for set_name, rows in report.items():
+        if not isinstance(rows, dict) or set_name in ("config", "batch_1"):
+            continue
+        for row, m in rows.items():
+            n = m["episodes"]
+            cells = []
+            for key in ("success_rate", "strict_success_rate"):
+                lo, hi = wilson(m[key], n)
+                cells.append(f"{100 * m[key]:.1f}% ({100 * lo:.1f}-{100 * hi:.1f})")
+            lines.append(f"| {set_name} ({n}) | {row} | {cells[0]} | {cells[1]} | "
+                         f"{m['final_position_error']:.3f} | "
+                         f"{m['final_angle_error_deg']:.2f} deg | "
+                         f"{100 * m['jackknife_rate']:.1f}% | "
+                         f"{m['ms_per_control_step']:.0f} ({m['batch']}) |")
+    return "\n".join(lines)
+
+
 def start_sets(p: TruckParams, n: int, seed: int) -> dict[str, np.ndarray]:
     """The run's evaluation starts and two other sets drawn from the same region."""
     return {name: StartRegion().sample(np.random.default_rng(s), n, p)
@@ -306,7 +337,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency-episodes", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--table", action="store_true",
+                    help="only print the markdown table of an existing mpc.json")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads((args.out or args.run / "mpc.json").read_text())))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     torch.set_num_threads(1)

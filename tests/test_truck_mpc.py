@@ -85,3 +85,14 @@ def test_cascade_alone_misses_the_strict_criterion_on_these_starts() -> None:
     strictly docked on all of them (so the test above measures the planner's part)."""
     result = simulate(starts(4, 5, NEAR), CascadeController(P), P)
     assert summarise(TM, result)["strict_success_rate"] < 1.0
+
+
+def test_wilson_interval() -> None:
+    from experiments.truck_mpc import wilson
+
+    lo, hi = wilson(0.5, 100)
+    assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3  # the textbook values
+    lo, hi = wilson(1.0, 1000)
+    assert hi == 1.0 and 0.995 < lo < 0.997
+    with pytest.raises(ValueError, match="n must"):
+        wilson(0.5, 0)
