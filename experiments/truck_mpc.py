@@ -360,10 +360,12 @@ def main(argv: list[str] | None = None) -> None:
     report: dict = {"config": asdict(cfg), "load_before": _loadavg()}
     for set_name in args.sets:
         rows = args.rows if set_name == "evaluation" else args.other_rows
-        _, metrics = evaluate_rows(tuple(rows), tm, emulator, policy, sets[set_name], cfg,
-                                   args.seed)
-        report[set_name] = metrics
-        (args.out or run_dir / "mpc.json").write_text(json.dumps(report, indent=2))
+        report[set_name] = {}
+        for row in rows:  # written after every row: a long run can be read while it goes
+            _, metrics = evaluate_rows((row,), tm, emulator, policy, sets[set_name], cfg,
+                                       args.seed)
+            report[set_name].update(metrics)
+            (args.out or run_dir / "mpc.json").write_text(json.dumps(report, indent=2))
     if args.latency_episodes > 0:
         report["batch_1"] = {
             "gradient": batch_one_latency("gradient", tm, emulator.step, cascade_feedback(p),
