@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.highway import Traffic, View, render_views
+from worldplan.envs.highway import Traffic, View, render_views
 
 
 def ours(sim_seconds: float, all_views: bool = False, seed: int = 0) -> dict:
@@ -116,7 +116,7 @@ def main() -> None:
     print(f"speed-up, ego view vs highway-env (image obs): {ratio:.1f}x; "
           f"vs highway-env (kinematics obs): {ratio_k:.1f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from worldmodels.checkpoint import atomic_write_text
+    from worldplan.worldmodels.checkpoint import atomic_write_text
 
     atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
 

@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs.highway import Recording, record_traffic
-from envs.highway.costs import CostConfig
-from envs.highway.episodes import build_episodes, headings_from_velocity
-from envs.highway.kinematics import actions_from_states, states_from_tracks
-from envs.highway.render import View
-from envs.highway.traffic import TrafficConfig
-from experiments.common import resolve_device, save_figure, seed_everything
-from experiments.runs import Run
-from experiments.tasks import Task
+from worldplan.envs.highway import Recording, record_traffic
+from worldplan.envs.highway.costs import CostConfig
+from worldplan.envs.highway.episodes import build_episodes, headings_from_velocity
+from worldplan.envs.highway.kinematics import actions_from_states, states_from_tracks
+from worldplan.envs.highway.render import View
+from worldplan.envs.highway.traffic import TrafficConfig
+from worldplan.experiments.common import resolve_device, save_figure, seed_everything
+from worldplan.experiments.runs import Run
+from worldplan.experiments.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +175,9 @@ def smooth_tracks(detections: np.ndarray, valid: np.ndarray, dt: float,
                   ) -> tuple[np.ndarray, np.ndarray]:
     """RTS-smooth every car's track with a constant-acceleration (white jerk) model per
     axis: detections ``[T, C, 2]`` -> positions and velocities ``[T, C, 2]`` (NaN where
-    invalid). All C tracks go through ``filters.KalmanFilter`` as one batch, left-aligned
+    invalid). All C tracks go through ``worldplan.filters.KalmanFilter`` as one batch, left-aligned
     and padded with NaN (missing) rows."""
-    from filters import KalmanFilter
+    from worldplan.filters import KalmanFilter
 
     steps, n_cars = valid.shape
     first = np.argmax(valid, axis=0)
@@ -232,8 +232,8 @@ def extraction_errors(true_pos: np.ndarray, est_pos: np.ndarray, dt: float,
 def collect(config: HighwayConfig, run: Run) -> None:
     """Record traffic, track it, smooth it, and write one episode per car."""
     _set_threads(config)
-    from envs.highway.counterfactual import DriveNoise, counterfactual_drives
-    from worldmodels.dataset import split_episode_ids, write_dataset
+    from worldplan.envs.highway.counterfactual import DriveNoise, counterfactual_drives
+    from worldplan.worldmodels.dataset import split_episode_ids, write_dataset
 
     c = config.collect
     rng = seed_everything(config.seed)
@@ -400,7 +400,7 @@ def _check_methods(methods: tuple[str, ...], allowed: tuple[str, ...], where: st
 
 def _open_dataset(run: Run):
     """The run's data set; a clear error when it is missing or made for another task."""
-    from worldmodels.dataset import load_dataset
+    from worldplan.worldmodels.dataset import load_dataset
 
     path = run.data / "dataset"
     ds = load_dataset(path, check_finite=False)
@@ -424,9 +424,9 @@ def _model_path(run: Run, which: str) -> Path:
 
 def _load_world_model(run: Run, which: str, ds, device: torch.device):
     """A trained ImageModel of this run, checked against the data set."""
-    from worldmodels.base import load_model
-    from worldmodels.checkpoint import CheckpointError
-    from worldmodels.images import ImageModel
+    from worldplan.worldmodels.base import load_model
+    from worldplan.worldmodels.checkpoint import CheckpointError
+    from worldplan.worldmodels.images import ImageModel
 
     path = _model_path(run, which)
     if not path.is_file():
@@ -445,7 +445,7 @@ def _load_world_model(run: Run, which: str, ds, device: torch.device):
 
 
 def _cost_fn(view: View, weight_lane: float):
-    from envs.highway.costs import image_costs_torch
+    from worldplan.envs.highway.costs import image_costs_torch
 
     def cost(images: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         c = image_costs_torch(images, states, view)
@@ -460,7 +460,7 @@ def local_uncertainty(mc, model, view: View) -> torch.Tensor:
     state. Why local: averaged over the whole 72 m x 15 m view, U is lowest where the
     view holds the fewest cars, and a policy trained against it learned to steer and
     speed so as to pull empty road in at the image borders."""
-    from envs.highway.costs import masks_torch
+    from worldplan.envs.highway.costs import masks_torch
 
     b, t = mc.mean.shape[:2]
     mask = masks_torch(mc.mean.flatten(0, 1).detach(), view)["proximity"].view(
@@ -471,7 +471,7 @@ def local_uncertainty(mc, model, view: View) -> torch.Tensor:
 
 
 def _uncertainty_fn(model, n: int, view: View):
-    from worldmodels.uncertainty import mc_uncertainty
+    from worldplan.worldmodels.uncertainty import mc_uncertainty
 
     def u(context: torch.Tensor, frames: torch.Tensor, actions: torch.Tensor,
           z: torch.Tensor | None) -> torch.Tensor:
@@ -494,7 +494,7 @@ def _latent_fn(model):
 def _posterior_fn(model):
     """z ``[B, T, Z]`` (posterior means) inferred from the recorded future, teacher-forced
     along the recorded context (uses the ImageModel's encoders)."""
-    from worldmodels.images import to_unit
+    from worldplan.worldmodels.images import to_unit
 
     def posterior(ctx: torch.Tensor, cframes: torch.Tensor, tstates: torch.Tensor,
                   tframes: torch.Tensor) -> torch.Tensor:
@@ -522,7 +522,7 @@ def _sampler(windows, device: torch.device):
 
 
 def _new_policy(config: HighwayConfig, ds, ncond: int):
-    from planners.policy.imitation import ContextPolicy
+    from worldplan.planners.policy.imitation import ContextPolicy
 
     st = ds.stats
     p = config.policy
@@ -541,8 +541,12 @@ def _policy_path(run: Run, method: str, seed: int) -> Path:
 
 
 def _load_policy(run: Run, method: str, ds, device: torch.device, seed: int):
-    from planners.policy.imitation import ContextPolicy
-    from worldmodels.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
+    from worldplan.planners.policy.imitation import ContextPolicy
+    from worldplan.worldmodels.checkpoint import (
+        CheckpointError,
+        load_checkpoint,
+        load_state_dict_checked,
+    )
 
     path = _policy_path(run, method, seed)
     if not path.is_file():
@@ -568,9 +572,9 @@ def _load_policy(run: Run, method: str, ds, device: torch.device, seed: int):
 def train_model_stage(config: HighwayConfig, run: Run) -> None:
     """Deterministic ImageModel, then a stochastic one warm-started from it."""
     _set_threads(config)
-    from worldmodels.ego_motion import EgoMotionImageModel
-    from worldmodels.images import ImageModel
-    from worldmodels.training import TrainConfig, evaluate_horizon_error, train_model
+    from worldplan.worldmodels.ego_motion import EgoMotionImageModel
+    from worldplan.worldmodels.images import ImageModel
+    from worldplan.worldmodels.training import TrainConfig, evaluate_horizon_error, train_model
 
     m = config.model
     if m.z_dim < 1:
@@ -621,11 +625,11 @@ def train_model_stage(config: HighwayConfig, run: Run) -> None:
 def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     """Train every method in ``policy.methods`` and save ``checkpoints/policy-<m>.pt``."""
     _set_threads(config)
-    from planners.policy.imitation import ImitationConfig as ImCfg
-    from planners.policy.imitation import train_imitation
-    from planners.policy.mper import MPERConfig, train_mper
-    from planners.policy.mpur import MPURConfig, expert_uncertainty_stats, train_mpur
-    from worldmodels.checkpoint import save_checkpoint
+    from worldplan.planners.policy.imitation import ImitationConfig as ImCfg
+    from worldplan.planners.policy.imitation import train_imitation
+    from worldplan.planners.policy.mper import MPERConfig, train_mper
+    from worldplan.planners.policy.mpur import MPURConfig, expert_uncertainty_stats, train_mpur
+    from worldplan.worldmodels.checkpoint import save_checkpoint
 
     p = config.policy
     _check_methods(tuple(p.methods), POLICY_METHODS, "policy.methods")
@@ -723,7 +727,7 @@ def run_episodes(rec: Recording, cars: np.ndarray, starts: np.ndarray, act, ncon
     ``u_every`` steps. ``record`` >= 0 keeps that episode's frames (and, with
     ``predict(states, frames, actions) -> frames [E, C, H, W]``, the model's predictions).
     """
-    from envs.highway.replay import OUTCOMES, ReplayBatch
+    from worldplan.envs.highway.replay import OUTCOMES, ReplayBatch
 
     warm = max(ncond, context)
     batch = ReplayBatch(rec, cars, starts, view, CostConfig(), max_steps + warm)
@@ -828,7 +832,7 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
 
     u_fn = predict = None
     if sto is not None:
-        from worldmodels.uncertainty import mc_uncertainty
+        from worldplan.worldmodels.uncertainty import mc_uncertainty
 
         def u_fn(states, frames, actions):
             z = torch.zeros(len(states), 1, sto.z_dim)
@@ -909,11 +913,11 @@ def _over_seeds(per_seed: dict[str, dict]) -> dict:
 
 
 def _gradient_mpc(model, ds, view: View, ev: EvalConfig, lane_weight: float, seed: int):
-    """``planners.mpc.GradientMPC`` through the stochastic image model (z = 0, its mean
+    """``worldplan.planners.mpc.GradientMPC`` through the stochastic image model (z = 0, its mean
     prediction): the "state" is the packed context (states and frames, flattened), the
     cost the image cost of each predicted frame plus ``mpc_u_weight`` x MC-dropout U."""
-    from planners.mpc import GradientMPC
-    from worldmodels.uncertainty import mc_uncertainty
+    from worldplan.planners.mpc import GradientMPC
+    from worldplan.worldmodels.uncertainty import mc_uncertainty
 
     nc, s_dim = model.ncond, model.state_dim
     shape = tuple(model.image_shape)
@@ -951,7 +955,7 @@ def _gradient_mpc(model, ds, view: View, ev: EvalConfig, lane_weight: float, see
 def _run_expert(rec: Recording, cars: np.ndarray, starts: np.ndarray, ev: EvalConfig,
                 view: View, context: int) -> dict[str, object]:
     """The recorded driver itself (an upper reference: every car gets through)."""
-    from envs.highway.replay import OUTCOMES, ReplayBatch
+    from worldplan.envs.highway.replay import OUTCOMES, ReplayBatch
 
     batch = ReplayBatch(rec, cars, starts, view, CostConfig(), ev.max_steps + ev.ncond)
     for _ in range(max(ev.ncond, context) - 1):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs.truck import (
+from worldplan.envs.truck import (
     STRICT,
     DockingCriteria,
     Outcome,
@@ -28,15 +28,19 @@ from envs.truck import (
     simulate,
     step_np,
 )
-from envs.truck.kinematics import at_wall, hitch_angle, in_yard
-from experiments import truck_figures as figures
-from experiments.common import resolve_device, seed_everything
-from experiments.runs import Run
-from experiments.tasks import Task
-from experiments.truck_baselines import CascadeController, LQRController
-from experiments.truck_mpc import MPCConfig
-from planners.policy.bptt import BPTTConfig, Lesson, MLPPolicy, train_bptt
-from worldmodels.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
+from worldplan.envs.truck.kinematics import at_wall, hitch_angle, in_yard
+from worldplan.experiments import truck_figures as figures
+from worldplan.experiments.common import resolve_device, seed_everything
+from worldplan.experiments.runs import Run
+from worldplan.experiments.tasks import Task
+from worldplan.experiments.truck_baselines import CascadeController, LQRController
+from worldplan.experiments.truck_mpc import MPCConfig
+from worldplan.planners.policy.bptt import BPTTConfig, Lesson, MLPPolicy, train_bptt
+from worldplan.worldmodels.checkpoint import (
+    load_checkpoint,
+    load_state_dict_checked,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +157,7 @@ def _threads(cfg: TruckConfig) -> None:
 
 
 def stage_collect(cfg: TruckConfig, run: Run) -> None:
-    from worldmodels.dataset import write_dataset
+    from worldplan.worldmodels.dataset import write_dataset
 
     if (run.data / "manifest.json").exists():
         log.info("data set %s exists; keeping it", run.data)
@@ -169,7 +173,7 @@ def stage_collect(cfg: TruckConfig, run: Run) -> None:
 
 # ----------------------------------------------------------------------------- emulator
 def _load_data(run: Run):
-    from worldmodels.dataset import load_dataset
+    from worldplan.worldmodels.dataset import load_dataset
 
     if not (run.data / "manifest.json").exists():
         raise FileNotFoundError(f"no data set in {run.data}: run `worldplan truck collect` first")
@@ -185,7 +189,7 @@ def emulator_dir(run: Run) -> Path:
 
 
 def load_emulator(run: Run, device: torch.device):
-    from worldmodels.base import load_model
+    from worldplan.worldmodels.base import load_model
 
     path = emulator_dir(run) / "best.pt"
     if not path.exists():
@@ -223,8 +227,8 @@ def horizon_errors(model, data, horizon: int) -> dict[str, np.ndarray]:
 
 def stage_train_model(cfg: TruckConfig, run: Run) -> None:
     _threads(cfg)
-    from worldmodels.deterministic import DeterministicModel
-    from worldmodels.training import TrainConfig, train_model
+    from worldplan.worldmodels.deterministic import DeterministicModel
+    from worldplan.worldmodels.training import TrainConfig, train_model
 
     out = emulator_dir(run)
     if (out / "best.pt").exists() and not run.resume:
@@ -388,7 +392,7 @@ def stage_evaluate(cfg: TruckConfig, run: Run) -> None:
         log.info("%-14s docked %.1f%% (strict %.1f%%)", name, 100 * metrics[name]["success_rate"],
                  100 * metrics[name]["strict_success_rate"])
     if cfg.mpc.enabled:  # MPC through the emulator (experiments.truck_mpc)
-        from experiments.truck_mpc import evaluate_rows
+        from worldplan.experiments.truck_mpc import evaluate_rows
 
         policy = load_policy(run, "emulator", cfg) if policy_path(run, "emulator").exists() \
             else None

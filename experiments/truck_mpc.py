@@ -1,6 +1,6 @@
 """MPC for the truck backer-upper through the emulator or the true kinematics.
 
-Gradient MPC, MPPI and CEM (``planners.mpc``) plan the steering sequence through
+Gradient MPC, MPPI and CEM (``worldplan.planners.mpc``) plan the steering sequence through
 ``TruckTaskModel.stop_at_wall(dynamics)`` with the docking cost, re-planning at every step
 from the true state (closed loop). What made them dock (docs/mpc.md):
 
@@ -13,9 +13,9 @@ from the true state (closed loop). What made them dock (docs/mpc.md):
 * the horizon reaches the wall: it is cut at the predicted arrival plus a margin, so the
   terminal cost is the docking cost itself and a control step costs less near the wall.
 
-``python -m experiments.truck_mpc --run DIR`` evaluates every planner through the
+``python -m worldplan.experiments.truck_mpc --run DIR`` evaluates every planner through the
 emulator of a finished ``worldplan truck`` run and through the true kinematics, on the
-run's evaluation starts and on two other start sets; ``experiments.truck`` evaluates the
+run's evaluation starts and on two other start sets; ``worldplan.experiments.truck`` evaluates the
 rows of :class:`MPCConfig` in its ``evaluate`` stage.
 """
 
@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs.truck import StartRegion, TruckParams, TruckTaskModel, simulate
-from envs.truck.kinematics import rear_x
-from experiments.truck_baselines import CascadeController
-from planners.mpc import CEM, MPPI, GradientMPC, Planner
+from worldplan.envs.truck import StartRegion, TruckParams, TruckTaskModel, simulate
+from worldplan.envs.truck.kinematics import rear_x
+from worldplan.experiments.truck_baselines import CascadeController
+from worldplan.planners.mpc import CEM, MPPI, GradientMPC, Planner
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def evaluate_rows(rows: tuple[str, ...], tm: TruckTaskModel, emulator, policy,
     plans through the true kinematics instead of ``emulator``) on ``starts [n, 4]``.
     Returns ``({row: simulate result}, {row: metrics})``."""
     if summarise is None:
-        from experiments.truck import summarise
+        from worldplan.experiments.truck import summarise
     results, metrics = {}, {}
     for row in rows:
         name = row
@@ -323,7 +323,7 @@ def start_sets(p: TruckParams, n: int, seed: int) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> None:
     """Every planner, through the emulator and the true kinematics, on three start sets."""
-    from experiments.truck import TruckConfig, load_emulator, load_policy, policy_path
+    from worldplan.experiments.truck import TruckConfig, load_emulator, load_policy, policy_path
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--run", required=True, type=Path, help="a finished `worldplan truck` run")

@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from planners.mpc import (
+from worldplan.planners.mpc import (
     CEM,
     ILQR,
     LQR,
@@ -18,7 +18,7 @@ from planners.mpc import (
     dare,
     dlqr,
 )
-from planners.mpc import linearize as linearize_fn
+from worldplan.planners.mpc import linearize as linearize_fn
 
 torch.set_num_threads(1)
 
@@ -439,7 +439,7 @@ def test_an_explicit_warm_start_is_where_the_optimiser_starts() -> None:
 
 @pytest.mark.parametrize("cls", [GradientMPC, CEM, MPPI, ILQR])
 def test_model_of_the_wrong_size_is_refused(cls: type) -> None:
-    from worldmodels.deterministic import DeterministicModel
+    from worldplan.worldmodels.deterministic import DeterministicModel
 
     two_actions = DeterministicModel(2, 2, hidden=8, layers=1)
     with pytest.raises(ValueError, match="2-D actions"):
@@ -453,8 +453,8 @@ def test_model_of_the_wrong_size_is_refused(cls: type) -> None:
 
 
 def test_wrapped_truck_emulator_size_is_checked() -> None:
-    from envs.truck import TruckTaskModel
-    from worldmodels.deterministic import DeterministicModel
+    from worldplan.envs.truck import TruckTaskModel
+    from worldplan.worldmodels.deterministic import DeterministicModel
 
     tm = TruckTaskModel()
     wrong = DeterministicModel(5, 1, hidden=8, layers=1)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from envs.truck import StartRegion, TruckParams, TruckTaskModel, simulate
-from experiments.truck import summarise
-from experiments.truck_baselines import CascadeController
-from experiments.truck_mpc import (
+from worldplan.envs.truck import StartRegion, TruckParams, TruckTaskModel, simulate
+from worldplan.experiments.truck import summarise
+from worldplan.experiments.truck_baselines import CascadeController
+from worldplan.experiments.truck_mpc import (
     MPCConfig,
     TruckMPC,
     cascade_feedback,
@@ -88,7 +88,7 @@ def test_cascade_alone_misses_the_strict_criterion_on_these_starts() -> None:
 
 
 def test_wilson_interval() -> None:
-    from experiments.truck_mpc import wilson
+    from worldplan.experiments.truck_mpc import wilson
 
     lo, hi = wilson(0.5, 100)
     assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3  # the textbook values

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from planners.policy.imitation import BatchSampler, unit_frames
+from worldplan.planners.policy.imitation import BatchSampler, unit_frames
 
 log = logging.getLogger(__name__)
 
