@@ -34,6 +34,7 @@ from worldplan.experiments.common import resolve_device, seed_everything
 from worldplan.experiments.runs import Run
 from worldplan.experiments.tasks import Task
 from worldplan.experiments.truck_baselines import CascadeController, LQRController
+from worldplan.experiments.truck_mpc import MPCConfig
 from worldplan.planners.policy.bptt import BPTTConfig, Lesson, MLPPolicy, train_bptt
 from worldplan.worldmodels.checkpoint import (
     load_checkpoint,
@@ -85,16 +86,6 @@ class PolicyConfig:
 
 
 @dataclass
-class MPCConfig:
-    enabled: bool = True
-    starts: int = 200  # MPC is evaluated on the first N evaluation starts (it is slow)
-    horizon: int = 60
-    first_iterations: int = 60
-    iterations: int = 6
-    lr: float = 0.1
-
-
-@dataclass
 class TruckConfig:
     seed: int = 0
     device: str = "cpu"
@@ -122,7 +113,7 @@ def quick_config() -> TruckConfig:
         emulator=EmulatorConfig(epochs=8, lr=3e-3, batch_size=128),
         policy=PolicyConfig(lessons=6, iterations_per_lesson=30, final_iterations=150,
                             max_horizon=70, train_truth=False),
-        mpc=MPCConfig(starts=20, first_iterations=30, iterations=3),
+        mpc=MPCConfig(starts=20),
         video_episodes=1,
     )
 
@@ -368,27 +359,6 @@ def torch_controller(policy: torch.nn.Module):
     return act
 
 
-class GradientMPCController:
-    """Receding-horizon gradient MPC through the emulator, for a whole batch of starts
-    (finished episodes stay in the batch, held at the wall by ``stop_at_wall``)."""
-
-    def __init__(self, cfg: TruckConfig, emulator) -> None:
-        from worldplan.planners.mpc import GradientMPC
-
-        tm = TruckTaskModel(cfg.params())
-        m = cfg.mpc
-        self.first_iterations, self.iterations = m.first_iterations, m.iterations
-        self.planner = GradientMPC(tm.stop_at_wall(emulator.step), tm.cost, tm.action_low,
-                                   tm.action_high, m.horizon, terminal_cost=tm.terminal_cost,
-                                   iterations=m.first_iterations, lr=m.lr, seed=cfg.seed)
-
-    def __call__(self, states: np.ndarray) -> np.ndarray:
-        first = self.planner.warm_start is None
-        self.planner.iterations = self.first_iterations if first else self.iterations
-        action = self.planner.act(torch.as_tensor(states, dtype=torch.float32))
-        return action.detach().numpy()[:, 0]
-
-
 def summarise(tm: TruckTaskModel, result, criteria: DockingCriteria | None = None) -> dict:
     jack = result.outcome == Outcome.JACKKNIFE
     at_wall_ = result.outcome == Outcome.WALL
@@ -428,14 +398,16 @@ def stage_evaluate(cfg: TruckConfig, run: Run) -> None:
         metrics[name] = summarise(tm, results[name])
         log.info("%-14s docked %.1f%% (strict %.1f%%)", name, 100 * metrics[name]["success_rate"],
                  100 * metrics[name]["strict_success_rate"])
-    if cfg.mpc.enabled:
-        n = min(cfg.mpc.starts, len(starts))
-        mpc = GradientMPCController(cfg, load_emulator(run, torch.device("cpu")))
-        results["gradient_mpc"] = simulate(starts[:n], mpc, p, full_batch=True,
-                                           progress=cfg.progress)
-        metrics["gradient_mpc"] = summarise(tm, results["gradient_mpc"])
-        log.info("gradient_mpc   docked %.1f%% on %d starts",
-                 100 * metrics["gradient_mpc"]["success_rate"], n)
+    if cfg.mpc.enabled:  # MPC through the emulator (experiments.truck_mpc)
+        from worldplan.experiments.truck_mpc import evaluate_rows
+
+        policy = load_policy(run, "emulator", cfg) if policy_path(run, "emulator").exists() \
+            else None
+        mpc_results, mpc_metrics = evaluate_rows(
+            cfg.mpc.rows, tm, load_emulator(run, torch.device("cpu")), policy,
+            starts[: cfg.mpc.starts], cfg.mpc, cfg.seed, cfg.progress, summarise)
+        results.update(mpc_results)
+        metrics.update(mpc_metrics)
     metrics["_setup"] = {"episodes": len(starts), "seed": cfg.seed, "dt": p.dt,
                          "yard": [list(p.yard_x), list(p.yard_y)],
                          "start_region": {k: list(v) for k, v in vars(StartRegion()).items()}}

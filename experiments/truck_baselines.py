@@ -10,16 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from worldplan.envs.truck.kinematics import TruckParams, trailer_rear, wrap_angle
 from worldplan.planners.mpc.lqr import dlqr
 
 
 def _lateral_state(states: np.ndarray, p: TruckParams) -> np.ndarray:
-    """``[n, 3]``: rear offset from the dock line, trailer heading, hitch angle."""
+    """``[n, 3]``: rear offset from the dock line, trailer heading, hitch angle (numpy or
+    torch, whichever ``states`` is)."""
     rear = trailer_rear(states, p)
-    return np.stack([rear[:, 1], wrap_angle(states[:, 3]),
-                     wrap_angle(states[:, 2] - states[:, 3])], axis=-1)
+    lib = torch if isinstance(states, torch.Tensor) else np
+    return lib.stack([rear[:, 1], wrap_angle(states[:, 3]),
+                      wrap_angle(states[:, 2] - states[:, 3])], -1)
 
 
 @dataclass
@@ -72,16 +75,20 @@ class CascadeController:
     k_psi: float = 0.8
 
     def __call__(self, states: np.ndarray) -> np.ndarray:
+        """Steering ``[n]`` for states ``[n, 4]``; numpy in, numpy out, or torch in (also
+        differentiable), torch out."""
         p = self.params
+        lib = torch if isinstance(states, torch.Tensor) else np
         rear = trailer_rear(states, p)
-        y_r, theta1, psi = _lateral_state(states, p).T
-        lookahead = np.maximum(self.lookahead_gain * rear[:, 0], self.min_lookahead)
-        theta1_ref = np.arctan2(y_r, lookahead)
-        psi_ref = np.clip(self.k_heading * wrap_angle(theta1 - theta1_ref),
-                          -self.max_hitch, self.max_hitch)
-        rate = -(self.k_psi / p.dt) * (psi - psi_ref) + (p.speed / p.trailer_length) * np.sin(psi)
-        phi = np.arctan(p.cab_length / p.speed * rate)
-        return np.clip(phi, -p.max_steer, p.max_steer)
+        lateral = _lateral_state(states, p)
+        y_r, theta1, psi = lateral[:, 0], lateral[:, 1], lateral[:, 2]
+        lookahead = (rear[:, 0] * self.lookahead_gain).clip(min=self.min_lookahead)
+        theta1_ref = lib.arctan2(y_r, lookahead)
+        psi_ref = (self.k_heading * wrap_angle(theta1 - theta1_ref)).clip(
+            -self.max_hitch, self.max_hitch)
+        rate = -(self.k_psi / p.dt) * (psi - psi_ref) + (p.speed / p.trailer_length) * lib.sin(psi)
+        phi = lib.arctan(p.cab_length / p.speed * rate)
+        return phi.clip(-p.max_steer, p.max_steer)
 
 
 def tune(seed: int = 1, n: int = 1000, dt: float = 1.0) -> dict[str, dict]:

@@ -388,3 +388,76 @@ def test_compiled_rollout_matches_eager() -> None:
     plan = torch.rand(3, 4, 5, 1, generator=torch.Generator().manual_seed(0)) * 2 - 1
     torch.testing.assert_close(fused.objective(X0, plan), eager.objective(X0, plan))
     torch.testing.assert_close(fused.plan(X0), eager.plan(X0))
+
+
+@pytest.mark.parametrize(("cls", "field"), [
+    (GradientMPC, "iterations"), (CEM, "iterations"), (CEM, "samples"), (MPPI, "samples"),
+    (MPPI, "iterations"), (ILQR, "iterations"), (GradientMPC, "restarts")])
+def test_counts_below_one_are_refused(cls: type, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        cls(linear, quad, -1.0, 1.0, 4, **{field: 0})
+    with pytest.raises(ValueError, match="horizon"):
+        cls(linear, quad, -1.0, 1.0, -3)
+
+
+class CountingDynamics:
+    """``linear`` that counts its calls, to show that bad input fails before any work."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return linear(x, u)
+
+
+@pytest.mark.parametrize("cls", [GradientMPC, CEM, MPPI, ILQR])
+def test_warm_start_outside_the_bounds_is_refused_before_any_work(cls: type) -> None:
+    dyn = CountingDynamics()
+    planner = cls(dyn, quad, -1.0, 1.0, 4)
+    outside = torch.zeros(len(X0), 4, 1)
+    outside[1, 2, 0] = 1.5
+    planner._validate(X0)  # the one-off output check of the callables
+    calls = dyn.calls
+    with pytest.raises(ValueError, match="outside the bounds"):
+        planner.plan(X0, init=outside)
+    with pytest.raises(ValueError, match="shape"):
+        planner.act(X0, init=torch.zeros(len(X0), 5, 1))
+    assert dyn.calls == calls
+    inside = torch.full((len(X0), 4, 1), 0.25)
+    plan = planner.plan(X0, init=inside)
+    assert plan.shape == (len(X0), 4, 1) and dyn.calls > calls
+
+
+def test_an_explicit_warm_start_is_where_the_optimiser_starts() -> None:
+    # one Adam step of lr 1e-3 barely moves the plan: it must stay next to the given init
+    planner = GradientMPC(linear, quad, -1.0, 1.0, 4, iterations=1, lr=1e-3, bounds="clip")
+    init = torch.linspace(-0.5, 0.5, 4).reshape(1, 4, 1).repeat(len(X0), 1, 1)
+    plan = planner.plan(X0, init=init)
+    assert (plan - init).abs().max() < 5e-3
+
+
+@pytest.mark.parametrize("cls", [GradientMPC, CEM, MPPI, ILQR])
+def test_model_of_the_wrong_size_is_refused(cls: type) -> None:
+    from worldplan.worldmodels.deterministic import DeterministicModel
+
+    two_actions = DeterministicModel(2, 2, hidden=8, layers=1)
+    with pytest.raises(ValueError, match="2-D actions"):
+        cls(two_actions.step, quad, -1.0, 1.0, 4)
+    model = DeterministicModel(3, 1, hidden=8, layers=1)
+    with pytest.raises(ValueError, match="3-D states"):
+        cls(model.step, quad, -1.0, 1.0, 4, state_dim=2)
+    planner = cls(model.step, quad, -1.0, 1.0, 4)  # state size taken from the model
+    with pytest.raises(ValueError, match="state_dim 3"):
+        planner.plan(X0)
+
+
+def test_wrapped_truck_emulator_size_is_checked() -> None:
+    from worldplan.envs.truck import TruckTaskModel
+    from worldplan.worldmodels.deterministic import DeterministicModel
+
+    tm = TruckTaskModel()
+    wrong = DeterministicModel(5, 1, hidden=8, layers=1)
+    with pytest.raises(ValueError, match="5-D states"):
+        GradientMPC(tm.stop_at_wall(wrong.step), tm.cost, tm.action_low, tm.action_high, 4,
+                    state_dim=tm.state_dim)

@@ -34,7 +34,7 @@ def test_quick_preset_end_to_end(tmp_path):
     assert exit_info.value.code == 0
     metrics = json.loads((run / "metrics.json").read_text())
     evaluation = metrics["evaluate"]
-    for method in ("bptt_emulator", "gradient_mpc", "lqr", "cascade"):
+    for method in ("bptt_emulator", "mpc_gradient", "lqr", "cascade"):
         for key in ("success_rate", "final_position_error", "final_angle_error_deg",
                     "steps_to_dock"):
             assert key in evaluation[method]

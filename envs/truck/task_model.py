@@ -102,6 +102,7 @@ class TruckTaskModel:
             moved = state + frac * (nxt - state)
             return torch.where(done, state, moved)
 
+        stopped.__wrapped__ = dynamics  # lets planners read the model's declared sizes
         return stopped
 
     # -- costs ----------------------------------------------------------------------

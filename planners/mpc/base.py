@@ -31,7 +31,23 @@ TerminalCost = Callable[[torch.Tensor], torch.Tensor]
 Uncertainty = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 BoundLike = float | Sequence[float] | torch.Tensor
 
-__all__ = ["Planner", "as_bounds"]
+__all__ = ["Planner", "as_bounds", "model_dims"]
+
+
+def model_dims(fn: object) -> tuple[int | None, int | None]:
+    """``(state_dim, action_dim)`` of the world model behind a dynamics callable, or None
+    for each size it does not declare. Looks through bound methods (``model.step``) and
+    wrappers that set ``__wrapped__`` (e.g. ``TruckTaskModel.stop_at_wall``)."""
+    seen = 0
+    while fn is not None and seen < 8:
+        owner = getattr(fn, "__self__", None)
+        for obj in (fn, owner):
+            s, a = getattr(obj, "state_dim", None), getattr(obj, "action_dim", None)
+            if isinstance(s, int) or isinstance(a, int):
+                return (s if isinstance(s, int) else None, a if isinstance(a, int) else None)
+        fn = getattr(fn, "__wrapped__", None)
+        seen += 1
+    return None, None
 
 
 def as_bounds(action_low: BoundLike, action_high: BoundLike,
@@ -101,6 +117,10 @@ class Planner:
             world model's MC-dropout variance), weighted by ``uncertainty_weight``.
         discount: per-step discount ``gamma`` in (0, 1].
         action_dim: needed only when both bounds are scalars and ``A > 1``.
+        state_dim: the task's state size ``S``; when given (or when the dynamics is a world
+            model that declares ``state_dim``), states of another size are refused before
+            any work, and so is a model whose declared ``state_dim``/``action_dim``
+            differs from the task's.
         seed: seed of the planner's own random generator.
         compile: fuse the rollout (dynamics + costs over the horizon) with
             ``torch.compile`` on first use (slow to compile, then faster per step; falls
@@ -112,8 +132,8 @@ class Planner:
                  terminal_cost: TerminalCost | None = None, *, latent_dim: int = 0,
                  z_samples: int = 1, z_reduce: Literal["mean", "min"] = "mean",
                  uncertainty: Uncertainty | None = None, uncertainty_weight: float = 0.0,
-                 discount: float = 1.0, action_dim: int | None = None, seed: int = 0,
-                 compile: bool = False) -> None:
+                 discount: float = 1.0, action_dim: int | None = None,
+                 state_dim: int | None = None, seed: int = 0, compile: bool = False) -> None:
         for name, fn in (("dynamics", dynamics), ("cost", cost)):
             if not callable(fn):
                 raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
@@ -126,6 +146,16 @@ class Planner:
         self.uncertainty = uncertainty
         self.action_low, self.action_high = as_bounds(action_low, action_high, action_dim)
         self.action_dim = int(self.action_low.shape[0])
+        self.state_dim = None if state_dim is None else _check_int("state_dim", state_dim, 1)
+        model_s, model_a = model_dims(dynamics)
+        if model_a is not None and model_a != self.action_dim:
+            raise ValueError(f"the dynamics model takes {model_a}-D actions but the task's "
+                             f"action bounds are {self.action_dim}-D")
+        if model_s is not None and self.state_dim is not None and model_s != self.state_dim:
+            raise ValueError(f"the dynamics model has {model_s}-D states but the task's "
+                             f"state_dim is {self.state_dim}")
+        if self.state_dim is None:
+            self.state_dim = model_s
         self.horizon = _check_int("horizon", horizon, 1)
         self.latent_dim = _check_int("latent_dim", latent_dim, 0)
         self.z_samples = _check_int("z_samples", z_samples, 1) if latent_dim > 0 else 1
@@ -160,12 +190,16 @@ class Planner:
         """The kept plan ``[B, T, A]`` the next call starts from (None after ``reset``)."""
         return self._plan
 
-    def plan(self, state: torch.Tensor) -> torch.Tensor:
+    def plan(self, state: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
         """Optimise B independent plans from ``state [B, S]``; returns ``actions [B, T, A]``
-        inside the bounds. The result is kept as the next warm start."""
+        inside the bounds. The result is kept as the next warm start. ``init [B, T, A]``
+        (inside the bounds) replaces the kept warm start for this call."""
         self._validate(state)
         low, high = self._bounds(state)
-        init = self._plan
+        if init is not None:
+            init = self._check_init(init, state, low, high)
+        else:
+            init = self._plan
         if init is not None and (init.shape[0] != state.shape[0] or init.device != state.device
                                  or init.dtype != state.dtype):
             init = None
@@ -180,10 +214,11 @@ class Planner:
         self._plan = plan
         return plan.clone()
 
-    def act(self, state: torch.Tensor) -> torch.Tensor:
-        """Receding horizon: plan from ``state [B, S]``, return the first action ``[B, A]``
-        and keep the plan shifted by one step (last action repeated) as the warm start."""
-        plan = self.plan(state)
+    def act(self, state: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
+        """Receding horizon: plan from ``state [B, S]`` (from ``init [B, T, A]`` if given,
+        else the kept warm start), return the first action ``[B, A]`` and keep the plan
+        shifted by one step (last action repeated) as the next warm start."""
+        plan = self.plan(state, init)
         self._plan = self._shift(plan)
         return plan[:, 0]
 
@@ -194,6 +229,26 @@ class Planner:
         if actions.ndim == 3:
             return self._rollout_cost(state, actions[:, None])[:, 0]
         return self._rollout_cost(state, actions)
+
+    def _check_init(self, init: torch.Tensor, state: torch.Tensor, low: torch.Tensor,
+                    high: torch.Tensor) -> torch.Tensor:
+        """A user's warm start: a finite ``[B, T, A]`` tensor inside the bounds."""
+        if not isinstance(init, torch.Tensor):
+            raise TypeError(f"init must be a torch.Tensor [B, T, A], got {type(init).__name__}")
+        want = (state.shape[0], self.horizon, self.action_dim)
+        if tuple(init.shape) != want:
+            raise ValueError(f"init must have shape [B={want[0]}, T={want[1]}, A={want[2]}], "
+                             f"got {list(init.shape)}")
+        init = init.detach().to(state.device, state.dtype)
+        if not torch.isfinite(init).all():
+            raise ValueError("init contains NaN or inf")
+        tol = 1e-6 * (high - low)
+        outside = (init < low - tol) | (init > high + tol)
+        if outside.any():
+            raise ValueError(f"init has {int(outside.sum())} actions outside the bounds "
+                             f"[{self.action_low.tolist()}, {self.action_high.tolist()}] "
+                             f"(range {float(init.min()):.4g} to {float(init.max()):.4g})")
+        return torch.max(torch.min(init, high), low)
 
     # -- for subclasses -------------------------------------------------------------------
     _needs_grad = False
@@ -295,6 +350,9 @@ class Planner:
             raise ValueError(f"state must have shape [B, S], got {list(state.shape)}")
         if not state.is_floating_point():
             raise TypeError(f"state must be a floating-point tensor, got {state.dtype}")
+        if self.state_dim is not None and state.shape[1] != self.state_dim:
+            raise ValueError(f"state has {state.shape[1]} components per row but the task "
+                             f"and dynamics model have state_dim {self.state_dim}")
         if not torch.isfinite(state).all():
             raise ValueError("state contains NaN or inf")
         key = (state.shape[1], state.device, state.dtype)

@@ -104,7 +104,10 @@ class CEM(Planner):
         std = (self.init_std * half).expand(b, t, a).clone()
         n_keep = int(round(self.keep_elites * self.elites))
         kept = self._kept if (self._kept is not None and self._kept.shape[0] == b
+                              and self._kept.shape[2] >= t
                               and self._kept.device == state.device) else None
+        if kept is not None:  # the horizon may have been shortened since the last call
+            kept = kept[:, :, :t].to(state.dtype)
         best = init.clone()
         best_cost = torch.full((b,), float("inf"), device=state.device, dtype=state.dtype)
         for it in range(self.iterations):
