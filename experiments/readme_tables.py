@@ -23,7 +23,10 @@ TRUCK_ROWS = (
     ("bptt_truth", "BPTT through the true kinematics (reference)"),
     ("cascade", "cascade (pure pursuit + hitch-angle loop)"),
     ("lqr", "LQR about straight backing"),
-    ("gradient_mpc", "gradient MPC through the emulator"),
+    ("mpc_gradient", "gradient MPC through the emulator (pre-stabilised by the cascade)"),
+    ("mpc_mppi", "MPPI through the emulator (pre-stabilised by the cascade)"),
+    ("mpc_cem", "CEM through the emulator (pre-stabilised by the cascade)"),
+    ("mpc_gradient_bptt", "gradient MPC through the emulator (around the BPTT controller)"),
 )
 
 

@@ -17,7 +17,7 @@ def _metrics() -> dict:
            "final_angle_error_deg": 0.9234, "steps_to_dock": 52.44, "jackknife_rate": 0.0,
            "episodes": 1000}
     return {"evaluate": {"bptt_emulator": row, "lqr": {**row, "success_rate": 0.464},
-                         "gradient_mpc": {**row, "episodes": 200}, "_setup": {"seed": 0}},
+                         "mpc_gradient": {**row, "episodes": 200}, "_setup": {"seed": 0}},
             "stages": {"collect": {"seconds": 2.4, "cpu_seconds": 2.0, "loadavg": [1.9]},
                        "evaluate": {"seconds": 61.0, "cpu_seconds": 58.6, "loadavg": [2.1]}}}
 
@@ -28,7 +28,8 @@ def test_truck_table_is_built_from_the_metrics():
     assert lines[2] == ("| BPTT through the emulator | 99.9% | 98.9% | 0.0721 | 0.923 deg | 52.4 "
                         "| 0.0% |")
     assert lines[3].startswith("| LQR about straight backing | 46.4% |")
-    assert "gradient MPC through the emulator (first 200 starts)" in lines[4]
+    assert "gradient MPC through the emulator (pre-stabilised by the cascade) (first 200 starts)" \
+        in lines[4]
     assert "collect 2 s, evaluate 61 s (wall time, load average 1.9-2.1); 61 s of CPU" in table
 
 
