@@ -104,24 +104,32 @@ def train_mpur(policy: nn.Module, model: Any, sample: BatchSampler, cost_fn: Cos
                config: MPURConfig, rng: np.random.Generator, latent: LatentFn,
                uncertainty_fn: UncertaintyFn | None = None,
                u_stats: UncertaintyStats | None = None, writer: Any = None,
-               tag: str = "mpur", progress: bool = True) -> dict[str, list[float]]:
+               tag: str = "mpur", progress: bool = True,
+               model_fn: Callable[[dict[str, torch.Tensor]], Any] | None = None
+               ) -> dict[str, list[float]]:
     """Train ``policy`` through the frozen ``model``; returns per-step ``loss``, ``cost``
-    and ``uncertainty`` (the hinge) histories."""
+    and ``uncertainty`` (the hinge) histories. ``model_fn(batch)``, if given, builds the
+    model for each batch instead (e.g. ``worldmodels.oracle.ReplayOracle`` from the
+    batch's recorded future; ``model`` may then be None)."""
     if config.steps < 1 or config.horizon < 1:
         raise ValueError(f"steps and horizon must be >= 1, got {config.steps}, {config.horizon}")
     if config.lam > 0 and (uncertainty_fn is None or u_stats is None):
         raise ValueError("lam > 0 needs an uncertainty_fn and expert u_stats")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
+    if model is None and model_fn is None:
+        raise ValueError("train_mpur needs a model or a model_fn")
+    if model is not None:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
     opt = torch.optim.Adam(policy.parameters(), lr=config.lr)
     hist: dict[str, list[float]] = {"loss": [], "cost": [], "uncertainty": []}
     bar = tqdm(range(config.steps), desc=f"train {tag}", disable=not progress, leave=False)
     for step in bar:
         b = sample(rng, config.batch_size)
         z = latent(config.batch_size, config.horizon)
-        states, images, actions = policy_rollout(policy, model, b["context"], b["context_images"],
-                                                 config.horizon, z)
+        step_model = model if model_fn is None else model_fn(b)
+        states, images, actions = policy_rollout(policy, step_model, b["context"],
+                                                 b["context_images"], config.horizon, z)
         bsz, t = states.shape[:2]
         cost = cost_fn(images.flatten(0, 1), states.flatten(0, 1)).view(bsz, t).mean()
         loss = cost
