@@ -147,6 +147,12 @@ class EvalConfig:
     mpc_iterations: int = 5
     mpc_lr: float = 0.1
     mpc_u_weight: float = 0.1  # weight of the MC-dropout uncertainty in MPC's cost
+    # compute the other cars' predicted motion once per plan, re-warp it per inner
+    # iteration (experiments/highway_mpc.py; the speed-up is in benchmarks/bench_highway.py)
+    mpc_cache: bool = True
+    # gradient MPC costs seconds per step for a batch of egos: it drives only the first
+    # mpc_cars cars of each held-out set (its row says how many episodes)
+    mpc_cars: int = 20
 
 
 @dataclass
@@ -880,12 +886,18 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
             stamp = (he.file_stamp(_policy_path(run, method, seed)) if seed is not None
                      else None)
             key = he.cache_key(method=method, seed=seed, policy=stamp, context=context,
-                               mpc=dataclasses.asdict(ev) if method == "mpc" else None, **common)
+                               mpc=dataclasses.asdict(ev) if method == "mpc" else None,
+                               **common)
             video: list = []
 
-            def compute(act=act, context=context, record=record, video=video):
+            m_sets = sets
+            if method == "mpc":
+                m_sets = [he.HeldOut(h.name, h.rec, h.cars[:ev.mpc_cars], h.starts[:ev.mpc_cars])
+                          for h in sets]
+
+            def compute(act=act, context=context, record=record, video=video, m_sets=m_sets):
                 outs = []
-                for i, h in enumerate(sets):
+                for i, h in enumerate(m_sets):
                     out = he.drive(h, act, ev.ncond, context, view, ev.max_steps, u_fn,
                                    ev.uncertainty_every, record if i == 0 else -1,
                                    predict if record >= 0 and i == 0 else None)
@@ -918,59 +930,50 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
 
 def _mpc_act(model, ds, view: View, ev: EvalConfig, lane_weight: float, seed: int,
              device: torch.device):
-    """Gradient MPC as an evaluation ``Act``; a fresh planner (no warm start) per batch."""
+    """Gradient MPC (experiments/highway_mpc.py) as an evaluation ``Act``; a fresh planner
+    (no warm start) per batch of episodes."""
     planners: dict[int, object] = {}
-    k = model.ncond
 
     def act(batch, st, fr):
         if id(batch) not in planners:
             planners.clear()
             planners[id(batch)] = _gradient_mpc(model, ds, view, ev, lane_weight, seed)
-        packed = torch.cat([st[:, -k:].flatten(1), fr[:, -k:].float().div(255.0).flatten(1)], 1)
-        return planners[id(batch)].act(packed.to(device)).detach().cpu().numpy()
+        out = planners[id(batch)].act(st.to(device), fr.to(device).float() / 255.0)
+        return out.detach().cpu().numpy()
 
     return act
 
 
+def _u_map(view: View):
+    """U per step ``[B, T]`` from MC-dropout frame variances ``[B, T, C, H, W]`` and states
+    ``[B, T, 4]``: the cars channel's variance averaged under the proximity mask (the
+    ego-motion model's state is kinematic, so it has no variance; see
+    :func:`local_uncertainty`)."""
+    from envs.highway.costs import masks_torch
+
+    def u(var: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        b, t = states.shape[:2]
+        mask = masks_torch(states.flatten(0, 1).detach(), view)["proximity"].view(
+            b, t, view.height, view.width)
+        return (mask * var[:, :, 1]).flatten(2).sum(-1) / mask.flatten(2).sum(-1).clamp_min(1.0)
+
+    return u
+
+
 def _gradient_mpc(model, ds, view: View, ev: EvalConfig, lane_weight: float, seed: int):
-    """``planners.mpc.GradientMPC`` through the stochastic image model (z = 0, its mean
-    prediction): the "state" is the packed context (states and frames, flattened), the
-    cost the image cost of each predicted frame plus ``mpc_u_weight`` x MC-dropout U."""
-    from planners.mpc import GradientMPC
-    from worldmodels.uncertainty import mc_uncertainty
+    """Gradient MPC through the stochastic image model (z = 0, its mean prediction): the
+    image cost of each predicted frame plus ``mpc_u_weight`` x MC-dropout U; with
+    ``mpc_cache`` the other cars' predicted motion is computed once per plan
+    (experiments/highway_mpc.py)."""
+    from experiments.highway_mpc import SceneCacheMPC
 
-    nc, s_dim = model.ncond, model.state_dim
-    shape = tuple(model.image_shape)
-    n_state = nc * s_dim
-    cost_img = _cost_fn(view, lane_weight)
-
-    def unpack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (x[:, :n_state].view(-1, nc, s_dim), x[:, n_state:].view(-1, nc, *shape))
-
-    def dynamics(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        st, fr = unpack(x)
-        s, img = model.step(st, a, z=torch.zeros(len(x), model.z_dim), image=fr)
-        st = torch.cat([st[:, 1:], s[:, None]], 1)
-        fr = torch.cat([fr[:, 1:], img[:, None]], 1)
-        return torch.cat([st.flatten(1), fr.flatten(1)], 1)
-
-    def cost(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        st, fr = unpack(x)
-        return cost_img(fr[:, -1], st[:, -1])
-
-    def uncertainty(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        st, fr = unpack(x)
-        z = torch.zeros(len(x), 1, model.z_dim)
-        mc = mc_uncertainty(model, st, a[:, None], n=max(ev.mc_samples, 2), z=z, images=fr)
-        return local_uncertainty(mc, model, view)[:, 0]
-
+    torch.manual_seed(seed)
     st = ds.stats
-    low = torch.as_tensor(st.action_mean - 3 * st.action_std)
-    high = torch.as_tensor(st.action_mean + 3 * st.action_std)
-    return GradientMPC(dynamics, cost, low, high, ev.mpc_horizon, iterations=ev.mpc_iterations,
-                       lr=ev.mpc_lr, uncertainty=uncertainty if ev.mpc_u_weight > 0 else None,
-                       uncertainty_weight=ev.mpc_u_weight, seed=seed)
-
+    low = torch.as_tensor(st.action_mean - 3 * st.action_std, dtype=torch.float32)
+    high = torch.as_tensor(st.action_mean + 3 * st.action_std, dtype=torch.float32)
+    return SceneCacheMPC(model, _cost_fn(view, lane_weight), _u_map(view), low, high,
+                         ev.mpc_horizon, ev.mpc_iterations, ev.mpc_lr, ev.mpc_u_weight,
+                         max(ev.mc_samples, 2), cache=ev.mpc_cache)
 
 
 TASK = Task(

@@ -93,7 +93,7 @@ def drive(held: HeldOut, act: Act, ncond: int, context: int, view: View, max_ste
     warm = max(ncond, context)
     rec, cars = held.rec, held.cars
     batch = ReplayBatch(rec, cars, held.starts, view, CostConfig(), max_steps + warm,
-                        ignore_rear=True)
+                        ignore_rear=True, all_costs=False)
     imgs, states = batch.observe()
     frames, sts = [np.moveaxis(imgs, -1, 1)], [states]
     for _ in range(warm - 1):

@@ -10,7 +10,7 @@ import torch
 from envs.highway import Recording, View, record_traffic
 from envs.highway.privileged import IDMDriver
 from envs.highway.render import render_views
-from envs.highway.replay import COLLISION, FRONT, REAR, SIDE, SUCCESS, ReplayBatch, classify_hits
+from envs.highway.replay import COLLISION, FRONT, REAR, SIDE, ReplayBatch, classify_hits
 from experiments.highway_eval import (
     HeldOut,
     drive,
