@@ -7,6 +7,7 @@ counts). Also measured: our data-collection mode, which renders every car's view
 
     python benchmarks/bench_highway.py [--quick]
     python benchmarks/bench_highway.py --mpc-cache [--model RUN/checkpoints/model-.../best.pt]
+    python benchmarks/bench_highway.py --replay-render
 
 Writes benchmarks/results/highway.json. ``--mpc-cache`` instead measures gradient MPC
 through the ego-motion model with and without the scene cache (experiments/highway_mpc.py)
@@ -150,6 +151,45 @@ def mpc_cache(model_path: Path | None, batch: int = 16, calls: int = 6, horizon:
     return out
 
 
+def replay_rendering(egos: int = 60, steps: int = 40, seed: int = 0) -> dict:
+    """CPU seconds to render the views of ``egos`` egos of one replay batch (each at its
+    own recording step) for ``steps`` steps: one ``render_views`` call per distinct
+    recording step (egos grouped by step) against one ``render_pairs`` call for all
+    (``ReplayBatch.observe``), side by side on the same states."""
+    from envs.highway import record_traffic
+    from envs.highway.replay import ReplayBatch
+
+    rec = record_traffic(900, warmup=300, seed=seed + 5, progress=False)
+    cars = rec.complete_cars()[:egos]
+    starts = np.array([rec.span(int(c))[0] for c in cars])
+    view = View(offroad=True)
+    batch = ReplayBatch(rec, cars, starts, view, all_costs=False)
+    times = {"grouped_render_views": 0.0, "one_render_pairs": 0.0}
+    for _ in range(steps):
+        t0 = time.process_time()
+        new, _ = batch.observe()
+        times["one_render_pairs"] += time.process_time() - t0
+        t0 = time.process_time()
+        old = np.zeros_like(new)
+        t_clip = np.minimum(batch.ego.time, rec.steps - 1)
+        for t in np.unique(t_clip):
+            which = np.flatnonzero(t_clip == t)
+            others = np.flatnonzero(rec.valid[t])
+            index = {int(c): i for i, c in enumerate(others)}
+            own = np.array([index.get(int(batch.ego_ids[w]), -1) for w in which])
+            old[which] = render_views(batch.ego.pos[which], batch.ego.heading[which],
+                                      batch.ego.size[which], rec.pos[t, others],
+                                      rec.heading[t, others], rec.size[others], own, rec.road,
+                                      view)
+        times["grouped_render_views"] += time.process_time() - t0
+        assert np.array_equal(old, new), "the two renderings differ"
+        batch.step(rec.action[np.minimum(batch.ego.time, rec.steps - 1), cars])
+    n = len(cars) * steps
+    return {"ego_steps": n, **{f"{k}_ms_per_view": 1e3 * v / n for k, v in times.items()},
+            "speedup": times["grouped_render_views"] / times["one_render_pairs"],
+            "identical_images": True}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs")
@@ -158,7 +198,14 @@ def main() -> None:
                         help="measure the gradient-MPC scene cache instead")
     parser.add_argument("--model", type=Path, default=None,
                         help="a trained ego-motion model checkpoint for --mpc-cache")
+    parser.add_argument("--replay-render", action="store_true",
+                        help="measure the evaluation's batched rendering instead")
     args = parser.parse_args()
+    if args.replay_render:
+        res = replay_rendering(steps=10 if args.quick else 40)
+        for k, v in res.items():
+            print(f"{k:34s} {v}")
+        return
     if args.mpc_cache:
         import torch
 

@@ -99,7 +99,7 @@ class ModelConfig:
 class PolicyConfig:
     """Policy learning (all methods share the policy network)."""
 
-    methods: tuple[str, ...] = ("imitation", "vg", "svg", "mpur", "mper")
+    methods: tuple[str, ...] = ("imitation", "oracle", "vg", "svg", "mpur", "mper")
     seeds: tuple[int, ...] = (0, 1, 2)  # policy-training seeds (one data set and model)
     imitation_steps: int = 3000
     bptt_steps: int = 300
@@ -120,6 +120,13 @@ class PolicyConfig:
     oracle_horizon: int = 30
     oracle_batch_size: int = 16
     oracle_lr: float = 3e-4
+    # BPTT: no gradient through the policy's image input (halves the backward pass;
+    # the cost and the state inputs still carry it); planners/policy/mpur.py
+    detach_frames: bool = True
+    # of the frames before the last, the policy sees only these channels (the other
+    # cars; lanes, ego and off-road of the last frame suffice): a 10-frame context then
+    # costs the first convolution 13 input channels instead of 40. () = all channels
+    history_channels: tuple[int, ...] = (1,)
     # the policy also sees each other car's speed relative to the ego (block matching
     # between its last two frames; planners/policy/imitation.py). Off by default: it did
     # not help imitation (seeds 0 / 1: 20.0 / 13.3 % against 26.7 / 10.0 %; docs/highway.md)
@@ -603,7 +610,8 @@ def _new_policy(config: HighwayConfig, ds, ncond: int):
                   "max_speed": 20.0}
     return ContextPolicy(ds.state_dim, ds.action_dim, tuple(ds.image_shape), ncond,
                          st.state_mean, st.state_std, st.action_mean, st.action_std,
-                         hidden=p.hidden, channels=tuple(p.channels), motion=motion)
+                         hidden=p.hidden, channels=tuple(p.channels), motion=motion,
+                         history_channels=tuple(p.history_channels) or None)
 
 
 def _policy_path(run: Run, method: str, seed: int) -> Path:
@@ -629,7 +637,8 @@ def _load_policy(run: Run, method: str, ds, device: torch.device, seed: int):
                            cfg["ncond"], st["state_mean"], st["state_std"], st["action_mean"],
                            st["action_std"], hidden=cfg["hidden"],
                            channels=tuple(cfg["channels"]), bound=cfg["bound"],
-                           motion=cfg.get("motion"))
+                           motion=cfg.get("motion"),
+                           history_channels=cfg.get("history_channels"))
     load_state_dict_checked(policy, payload["state_dict"], str(path))
     return policy.to(device).eval()
 
@@ -752,7 +761,8 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
             if method == "oracle":
                 hist = train_mpur(policy, None, oracle_sample, cost,
                                   MPURConfig(steps=p.oracle_steps, batch_size=p.oracle_batch_size,
-                                             horizon=p.oracle_horizon, lr=p.oracle_lr, lam=0.0),
+                                             horizon=p.oracle_horizon, lr=p.oracle_lr, lam=0.0,
+                                             detach_frames=p.detach_frames),
                                   rng, lambda b, t: None, writer=run.writer(), tag=method,
                                   model_fn=_oracle_fn(view, ds.dt))
             elif method == "mper":
@@ -765,7 +775,8 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                 lam = p.lam if method == "mpur" else 0.0
                 hist = train_mpur(policy, model, sample, cost,
                                   MPURConfig(steps=p.bptt_steps, batch_size=p.batch_size,
-                                             horizon=p.horizon, lr=p.lr, lam=lam),
+                                             horizon=p.horizon, lr=p.lr, lam=lam,
+                                             detach_frames=p.detach_frames),
                                   rng, _latent_fn(model),
                                   _uncertainty_fn(model, p.mc_samples, view) if lam > 0 else None,
                                   u_stats if lam > 0 else None, run.writer(), tag=method)

@@ -39,15 +39,18 @@ LatentFn = Callable[[int, int], torch.Tensor | None]
 
 
 def policy_rollout(policy: nn.Module, model: Any, context: torch.Tensor, frames: torch.Tensor,
-                   horizon: int, z: torch.Tensor | None = None
+                   horizon: int, z: torch.Tensor | None = None, detach_frames: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Closed loop through the model: states ``[B, T, S]``, frames ``[B, T, C, H, W]`` and
     actions ``[B, T, A]`` from context states ``[B, ncond, S]`` and frames
-    ``[B, ncond, C, H, W]``; ``z`` ``[B, T, Z]`` or None."""
+    ``[B, ncond, C, H, W]``; ``z`` ``[B, T, Z]`` or None. ``detach_frames``: the policy's
+    image input carries no gradient back to earlier actions (the cost and the state
+    inputs still do); the backward pass then skips the input gradient of the policy's
+    convolutions, its most expensive part on a CPU."""
     ctx, fr = context, unit_frames(frames)
     states, images, actions = [], [], []
     for t in range(horizon):
-        a = policy(ctx, fr)
+        a = policy(ctx, fr.detach() if detach_frames else fr)
         zt = None if z is None else z[:, t]
         s, img = model.step(ctx, a, z=zt, image=fr)
         states.append(s)
@@ -98,6 +101,7 @@ class MPURConfig:
     grad_clip: float = 5.0
     lam: float = 0.5  # weight of the uncertainty hinge (0 = VG / SVG)
     action_weight: float = 0.0  # optional penalty on normalised action magnitude
+    detach_frames: bool = False  # see policy_rollout
 
 
 def train_mpur(policy: nn.Module, model: Any, sample: BatchSampler, cost_fn: CostFn,
@@ -129,7 +133,8 @@ def train_mpur(policy: nn.Module, model: Any, sample: BatchSampler, cost_fn: Cos
         z = latent(config.batch_size, config.horizon)
         step_model = model if model_fn is None else model_fn(b)
         states, images, actions = policy_rollout(policy, step_model, b["context"],
-                                                 b["context_images"], config.horizon, z)
+                                                 b["context_images"], config.horizon, z,
+                                                 config.detach_frames)
         bsz, t = states.shape[:2]
         cost = cost_fn(images.flatten(0, 1), states.flatten(0, 1)).view(bsz, t).mean()
         loss = cost
