@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.highway import Traffic, View, render_views
+from worldplan.envs.highway import Traffic, View, render_views
 
 
 def ours(sim_seconds: float, all_views: bool = False, seed: int = 0) -> dict:
@@ -98,12 +98,12 @@ def mpc_cache(model_path: Path | None, batch: int = 16, calls: int = 6, horizon:
     the scene cache, alternating on the same contexts (a short recording's egos)."""
     import torch
 
-    from envs.highway import record_traffic
-    from envs.highway.replay import ReplayBatch
-    from experiments.highway import _cost_fn, _u_map
-    from experiments.highway_mpc import SceneCacheMPC
-    from worldmodels.base import load_model
-    from worldmodels.ego_motion import EgoMotionImageModel
+    from worldplan.envs.highway import record_traffic
+    from worldplan.envs.highway.replay import ReplayBatch
+    from worldplan.experiments.highway import _cost_fn, _u_map
+    from worldplan.experiments.highway_mpc import SceneCacheMPC
+    from worldplan.worldmodels.base import load_model
+    from worldplan.worldmodels.ego_motion import EgoMotionImageModel
 
     torch.manual_seed(seed)
     view = View(offroad=True)
@@ -156,8 +156,8 @@ def replay_rendering(egos: int = 60, steps: int = 40, seed: int = 0) -> dict:
     own recording step) for ``steps`` steps: one ``render_views`` call per distinct
     recording step (egos grouped by step) against one ``render_pairs`` call for all
     (``ReplayBatch.observe``), side by side on the same states."""
-    from envs.highway import record_traffic
-    from envs.highway.replay import ReplayBatch
+    from worldplan.envs.highway import record_traffic
+    from worldplan.envs.highway.replay import ReplayBatch
 
     rec = record_traffic(900, warmup=300, seed=seed + 5, progress=False)
     cars = rec.complete_cars()[:egos]
@@ -215,7 +215,7 @@ def main() -> None:
             print(f"{k:34s} {v}")
         out = args.out or Path("benchmarks/results/highway_mpc_cache.json")
         out.parent.mkdir(parents=True, exist_ok=True)
-        from worldmodels.checkpoint import atomic_write_text
+        from worldplan.worldmodels.checkpoint import atomic_write_text
 
         atomic_write_text(out, json.dumps(res, indent=2) + "\n")
         return
@@ -244,7 +244,7 @@ def main() -> None:
     print(f"speed-up, ego view vs highway-env (image obs): {ratio:.1f}x; "
           f"vs highway-env (kinematics obs): {ratio_k:.1f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from worldmodels.checkpoint import atomic_write_text
+    from worldplan.worldmodels.checkpoint import atomic_write_text
 
     atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs.gym_tasks import PendulumTaskModel, make_env
-from planners.mpc import MPPI
+from worldplan.envs.gym_tasks import PendulumTaskModel, make_env
+from worldplan.planners.mpc import MPPI
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mpc.json"
 SAMPLES, HORIZON, STEPS, LAMBDA, SIGMA = 1000, 15, 200, 1.0, 1.0
@@ -116,16 +116,16 @@ def mppi_side_by_side(seeds: list[int]) -> dict:
 
 def latency(batch_sizes: list[int], repeats: int) -> list[dict]:
     """Planning ms per control step with a learned InvertedPendulum-sized world model."""
-    from envs.gym_tasks import make_task_model
-    from experiments.mujoco import (
+    from worldplan.envs.gym_tasks import make_task_model
+    from worldplan.experiments.mujoco import (
         ENV_DEFAULTS,
         ModelSettings,
         MPCSettings,
         build_planner,
         model_dynamics,
     )
-    from worldmodels.ensemble import Ensemble
-    from worldmodels.stochastic import StochasticModel
+    from worldplan.worldmodels.ensemble import Ensemble
+    from worldplan.worldmodels.stochastic import StochasticModel
 
     env_id = "InvertedPendulum-v5"
     tm = make_task_model(env_id)
@@ -186,7 +186,7 @@ def main() -> None:
           "(untrained weights; latency does not depend on them)")
     lat = latency([1, 64], repeats=3 if args.quick else 10)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    from worldmodels.checkpoint import atomic_write_text
+    from worldplan.worldmodels.checkpoint import atomic_write_text
 
     atomic_write_text(RESULTS, json.dumps({"mppi_pendulum": side, "latency": lat,
                                            "quick": args.quick,

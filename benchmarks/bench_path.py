@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from envs.maps import OccupancyGrid  # noqa: E402
-from planners.path import Space, astar, informed_rrt_star, rrt_star  # noqa: E402
-from worldmodels.checkpoint import atomic_write_text  # noqa: E402
+from worldplan.envs.maps import OccupancyGrid  # noqa: E402
+from worldplan.planners.path import Space, astar, informed_rrt_star, rrt_star  # noqa: E402
+from worldplan.worldmodels.checkpoint import atomic_write_text  # noqa: E402
 
 SQRT2 = math.sqrt(2.0)
 
@@ -265,7 +265,7 @@ def figure(path: Path, budget: float = 1.0) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from experiments.common import save_figure
+    from worldplan.experiments.common import save_figure
 
     centres, radii = circle_map(1)
     space = Space.from_circles(centres, radii)

@@ -33,17 +33,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from worldmodels import (  # noqa: E402
+from worldplan.worldmodels import (  # noqa: E402
     DeterministicModel,
     TrainConfig,
     load_dataset,
     train_model,
     write_dataset,
 )
-from worldmodels.checkpoint import atomic_write_text  # noqa: E402
-from worldmodels.ensemble import Ensemble  # noqa: E402
-from worldmodels.images import ImageModel  # noqa: E402
-from worldmodels.uncertainty import mc_uncertainty  # noqa: E402
+from worldplan.worldmodels.checkpoint import atomic_write_text  # noqa: E402
+from worldplan.worldmodels.ensemble import Ensemble  # noqa: E402
+from worldplan.worldmodels.images import ImageModel  # noqa: E402
+from worldplan.worldmodels.uncertainty import mc_uncertainty  # noqa: E402
 
 PEER_DIR = Path(tempfile.gettempdir()) / "worldplan_bench_peer"
 S, A, HIDDEN = 4, 1, 128

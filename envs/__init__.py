@@ -1,7 +1,7 @@
 """Tasks: gymnasium environments, their differentiable TaskModels, and maps."""
 
-from envs.interface import TaskModel, check_batch
-from envs.registration import ENVIRONMENTS, register_all
+from worldplan.envs.interface import TaskModel, check_batch
+from worldplan.envs.registration import ENVIRONMENTS, register_all
 
 register_all()
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from envs.maps import OccupancyGrid
+    from worldplan.envs.maps import OccupancyGrid
 
 
 @runtime_checkable

@@ -274,7 +274,7 @@ class OccupancyGrid:
         """Write the grid as a PNG (black = occupied), the inverse of :meth:`from_image`."""
         import cv2
 
-        from worldmodels.checkpoint import atomic_write_bytes
+        from worldplan.worldmodels.checkpoint import atomic_write_bytes
 
         image = np.where(np.flipud(self.occupied), 0, 255).astype(np.uint8)
         ok, buffer = cv2.imencode(".png", image)

@@ -7,9 +7,9 @@ import gymnasium as gym
 # id -> (entry point, default kwargs). Entry points are strings so that importing
 # ``envs`` stays cheap and a task's heavy imports happen only when it is made.
 ENVIRONMENTS: dict[str, tuple[str, dict]] = {
-    "worldplan/TruckBackerUpper-v0": ("envs.truck.env:TruckBackerUpperEnv", {}),
-    "worldplan/DenseTraffic-v0": ("envs.highway.env:DenseTrafficEnv", {}),
-    "worldplan/Navigation2D-v0": ("envs.navigation.env:Navigation2DEnv", {}),
+    "worldplan/TruckBackerUpper-v0": ("worldplan.envs.truck.env:TruckBackerUpperEnv", {}),
+    "worldplan/DenseTraffic-v0": ("worldplan.envs.highway.env:DenseTrafficEnv", {}),
+    "worldplan/Navigation2D-v0": ("worldplan.envs.navigation.env:Navigation2DEnv", {}),
 }
 
 

@@ -11,10 +11,10 @@ import logging
 import sys
 from pathlib import Path
 
-from experiments.config import from_dict, load_yaml, save_yaml, to_dict, to_yaml
-from experiments.runs import Run, RunError
-from experiments.tasks import STAGES, Task, UnknownNameError, available_tasks, load_task
-from worldmodels.checkpoint import CheckpointError
+from worldplan.experiments.config import from_dict, load_yaml, save_yaml, to_dict, to_yaml
+from worldplan.experiments.runs import Run, RunError
+from worldplan.experiments.tasks import STAGES, Task, UnknownNameError, available_tasks, load_task
+from worldplan.worldmodels.checkpoint import CheckpointError
 
 log = logging.getLogger("worldplan")
 

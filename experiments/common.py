@@ -37,7 +37,7 @@ def save_figure(fig, path: Path) -> Path:
 
     import matplotlib.pyplot as plt
 
-    from worldmodels.checkpoint import atomic_write_bytes
+    from worldplan.worldmodels.checkpoint import atomic_write_bytes
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")

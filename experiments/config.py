@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from worldmodels.checkpoint import atomic_write_text
+from worldplan.worldmodels.checkpoint import atomic_write_text
 
 T = TypeVar("T")
 

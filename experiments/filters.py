@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from experiments.common import resolve_device, save_figure, seed_everything
-from experiments.runs import Run
-from experiments.tasks import Task
-from filters import (
+from worldplan.experiments.common import resolve_device, save_figure, seed_everything
+from worldplan.experiments.runs import Run
+from worldplan.experiments.tasks import Task
+from worldplan.filters import (
     ExtendedKalmanFilter,
     KalmanFilter,
     ParticleFilter,

@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs.highway import Recording, record_traffic
-from envs.highway.costs import CostConfig
-from envs.highway.episodes import build_episodes, headings_from_velocity
-from envs.highway.kinematics import actions_from_states, states_from_tracks
-from envs.highway.render import View
-from envs.highway.traffic import TrafficConfig
-from experiments.common import resolve_device, save_figure, seed_everything
-from experiments.runs import Run
-from experiments.tasks import Task
+from worldplan.envs.highway import Recording, record_traffic
+from worldplan.envs.highway.costs import CostConfig
+from worldplan.envs.highway.episodes import build_episodes, headings_from_velocity
+from worldplan.envs.highway.kinematics import actions_from_states, states_from_tracks
+from worldplan.envs.highway.render import View
+from worldplan.envs.highway.traffic import TrafficConfig
+from worldplan.experiments.common import resolve_device, save_figure, seed_everything
+from worldplan.experiments.runs import Run
+from worldplan.experiments.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +207,9 @@ def smooth_tracks(detections: np.ndarray, valid: np.ndarray, dt: float,
                   ) -> tuple[np.ndarray, np.ndarray]:
     """RTS-smooth every car's track with a constant-acceleration (white jerk) model per
     axis: detections ``[T, C, 2]`` -> positions and velocities ``[T, C, 2]`` (NaN where
-    invalid). All C tracks go through ``filters.KalmanFilter`` as one batch, left-aligned
+    invalid). All C tracks go through ``worldplan.filters.KalmanFilter`` as one batch, left-aligned
     and padded with NaN (missing) rows."""
-    from filters import KalmanFilter
+    from worldplan.filters import KalmanFilter
 
     steps, n_cars = valid.shape
     first = np.argmax(valid, axis=0)
@@ -264,8 +264,8 @@ def extraction_errors(true_pos: np.ndarray, est_pos: np.ndarray, dt: float,
 def collect(config: HighwayConfig, run: Run) -> None:
     """Record traffic, track it, smooth it, and write one episode per car."""
     _set_threads(config)
-    from envs.highway.counterfactual import DriveNoise, counterfactual_drives
-    from worldmodels.dataset import split_episode_ids, write_dataset
+    from worldplan.envs.highway.counterfactual import DriveNoise, counterfactual_drives
+    from worldplan.worldmodels.dataset import split_episode_ids, write_dataset
 
     c = config.collect
     rng = seed_everything(config.seed)
@@ -417,7 +417,7 @@ POLICY_METHODS = ("imitation", "oracle", "vg", "svg", "mpur", "mper")
 
 
 def _privileged() -> dict:
-    from envs.highway.privileged import IDMDriver
+    from worldplan.envs.highway.privileged import IDMDriver
 
     # drivers that see the true replayed traffic: the harness's ceiling (docs/highway.md)
     return {"idm-keep-lane": IDMDriver(copy_lanes=False),
@@ -444,7 +444,7 @@ def _check_methods(methods: tuple[str, ...], allowed: tuple[str, ...], where: st
 
 def _open_dataset(run: Run):
     """The run's data set; a clear error when it is missing or made for another task."""
-    from worldmodels.dataset import load_dataset
+    from worldplan.worldmodels.dataset import load_dataset
 
     path = run.data / "dataset"
     ds = load_dataset(path, check_finite=False)
@@ -468,9 +468,9 @@ def _model_path(run: Run, which: str) -> Path:
 
 def _load_world_model(run: Run, which: str, ds, device: torch.device):
     """A trained ImageModel of this run, checked against the data set."""
-    from worldmodels.base import load_model
-    from worldmodels.checkpoint import CheckpointError
-    from worldmodels.images import ImageModel
+    from worldplan.worldmodels.base import load_model
+    from worldplan.worldmodels.checkpoint import CheckpointError
+    from worldplan.worldmodels.images import ImageModel
 
     path = _model_path(run, which)
     if not path.is_file():
@@ -489,7 +489,7 @@ def _load_world_model(run: Run, which: str, ds, device: torch.device):
 
 
 def _cost_fn(view: View, weight_lane: float):
-    from envs.highway.costs import image_costs_torch
+    from worldplan.envs.highway.costs import image_costs_torch
 
     def cost(images: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         c = image_costs_torch(images, states, view)
@@ -504,7 +504,7 @@ def local_uncertainty(mc, model, view: View) -> torch.Tensor:
     state. Why local: averaged over the whole 72 m x 15 m view, U is lowest where the
     view holds the fewest cars, and a policy trained against it learned to steer and
     speed so as to pull empty road in at the image borders."""
-    from envs.highway.costs import masks_torch
+    from worldplan.envs.highway.costs import masks_torch
 
     b, t = mc.mean.shape[:2]
     mask = masks_torch(mc.mean.flatten(0, 1).detach(), view)["proximity"].view(
@@ -515,7 +515,7 @@ def local_uncertainty(mc, model, view: View) -> torch.Tensor:
 
 
 def _uncertainty_fn(model, n: int, view: View):
-    from worldmodels.uncertainty import mc_uncertainty
+    from worldplan.worldmodels.uncertainty import mc_uncertainty
 
     base = model.model if isinstance(model, LastContext) else model
 
@@ -541,7 +541,7 @@ def _latent_fn(model):
 def _posterior_fn(model):
     """z ``[B, T, Z]`` (posterior means) inferred from the recorded future, teacher-forced
     along the recorded context (uses the ImageModel's encoders)."""
-    from worldmodels.images import to_unit
+    from worldplan.worldmodels.images import to_unit
 
     def posterior(ctx: torch.Tensor, cframes: torch.Tensor, tstates: torch.Tensor,
                   tframes: torch.Tensor) -> torch.Tensor:
@@ -582,7 +582,7 @@ class LastContext:
 
 def _oracle_fn(view: View, dt: float):
     """``batch -> ReplayOracle`` of the batch's recorded future (worldmodels/oracle.py)."""
-    from worldmodels.oracle import ReplayOracle
+    from worldplan.worldmodels.oracle import ReplayOracle
 
     def make(batch: dict[str, torch.Tensor]) -> ReplayOracle:
         return ReplayOracle(batch["target_images"], batch["targets"], view.res, dt)
@@ -599,7 +599,7 @@ def _sampler(windows, device: torch.device):
 
 
 def _new_policy(config: HighwayConfig, ds, ncond: int):
-    from planners.policy.imitation import ContextPolicy
+    from worldplan.planners.policy.imitation import ContextPolicy
 
     st = ds.stats
     p = config.policy
@@ -619,8 +619,12 @@ def _policy_path(run: Run, method: str, seed: int) -> Path:
 
 
 def _load_policy(run: Run, method: str, ds, device: torch.device, seed: int):
-    from planners.policy.imitation import ContextPolicy
-    from worldmodels.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
+    from worldplan.planners.policy.imitation import ContextPolicy
+    from worldplan.worldmodels.checkpoint import (
+        CheckpointError,
+        load_checkpoint,
+        load_state_dict_checked,
+    )
 
     path = _policy_path(run, method, seed)
     if not path.is_file():
@@ -647,9 +651,9 @@ def _load_policy(run: Run, method: str, ds, device: torch.device, seed: int):
 def train_model_stage(config: HighwayConfig, run: Run) -> None:
     """Deterministic ImageModel, then a stochastic one warm-started from it."""
     _set_threads(config)
-    from worldmodels.ego_motion import EgoMotionImageModel
-    from worldmodels.images import ImageModel
-    from worldmodels.training import TrainConfig, evaluate_horizon_error, train_model
+    from worldplan.worldmodels.ego_motion import EgoMotionImageModel
+    from worldplan.worldmodels.images import ImageModel
+    from worldplan.worldmodels.training import TrainConfig, evaluate_horizon_error, train_model
 
     m = config.model
     if m.z_dim < 1:
@@ -700,11 +704,11 @@ def train_model_stage(config: HighwayConfig, run: Run) -> None:
 def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     """Train every method in ``policy.methods`` and save ``checkpoints/policy-<m>.pt``."""
     _set_threads(config)
-    from planners.policy.imitation import ImitationConfig as ImCfg
-    from planners.policy.imitation import train_imitation
-    from planners.policy.mper import MPERConfig, train_mper
-    from planners.policy.mpur import MPURConfig, expert_uncertainty_stats, train_mpur
-    from worldmodels.checkpoint import save_checkpoint
+    from worldplan.planners.policy.imitation import ImitationConfig as ImCfg
+    from worldplan.planners.policy.imitation import train_imitation
+    from worldplan.planners.policy.mper import MPERConfig, train_mper
+    from worldplan.planners.policy.mpur import MPURConfig, expert_uncertainty_stats, train_mpur
+    from worldplan.worldmodels.checkpoint import save_checkpoint
 
     p = config.policy
     _check_methods(tuple(p.methods), POLICY_METHODS, "policy.methods")
@@ -801,7 +805,7 @@ def _held_out_sets(config: HighwayConfig, run: Run, ds, rec: Recording):
     """The test split of the training recording (``evaluate.test_split``) and one set per
     ``evaluate.eval_seeds`` recording (cached in the run's data folder); at most
     ``config.episodes`` cars per set when it is > 0."""
-    from experiments.highway_eval import HeldOut, eval_recording
+    from worldplan.experiments.highway_eval import HeldOut, eval_recording
 
     ev = config.evaluate
     used = {config.seed}
@@ -831,7 +835,7 @@ def _held_out_sets(config: HighwayConfig, run: Run, ds, rec: Recording):
 def evaluate_stage(config: HighwayConfig, run: Run) -> None:
     """Every method of ``evaluate.methods`` on the held-out cars of every held-out set
     (experiments/highway_eval.py); metrics.json, a markdown table, a video."""
-    from experiments import highway_eval as he
+    from worldplan.experiments import highway_eval as he
 
     _set_threads(config)
     ev = config.evaluate
@@ -855,7 +859,7 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
 
     u_fn = predict = None
     if sto is not None and ev.uncertainty:
-        from worldmodels.uncertainty import mc_uncertainty
+        from worldplan.worldmodels.uncertainty import mc_uncertainty
 
         k = sto.ncond
 
@@ -960,7 +964,7 @@ def _u_map(view: View):
     ``[B, T, 4]``: the cars channel's variance averaged under the proximity mask (the
     ego-motion model's state is kinematic, so it has no variance; see
     :func:`local_uncertainty`)."""
-    from envs.highway.costs import masks_torch
+    from worldplan.envs.highway.costs import masks_torch
 
     def u(var: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         b, t = states.shape[:2]
@@ -976,7 +980,7 @@ def _gradient_mpc(model, ds, view: View, ev: EvalConfig, lane_weight: float, see
     image cost of each predicted frame plus ``mpc_u_weight`` x MC-dropout U; with
     ``mpc_cache`` the other cars' predicted motion is computed once per plan
     (experiments/highway_mpc.py)."""
-    from experiments.highway_mpc import SceneCacheMPC
+    from worldplan.experiments.highway_mpc import SceneCacheMPC
 
     torch.manual_seed(seed)
     st = ds.stats

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs.highway import Recording, record_traffic
-from envs.highway.costs import CostConfig
-from envs.highway.render import View
-from envs.highway.replay import COLLISION, HITS, OFFROAD, SUCCESS, TIMEOUT, ReplayBatch
-from envs.highway.traffic import TrafficConfig
+from worldplan.envs.highway import Recording, record_traffic
+from worldplan.envs.highway.costs import CostConfig
+from worldplan.envs.highway.render import View
+from worldplan.envs.highway.replay import COLLISION, HITS, OFFROAD, SUCCESS, TIMEOUT, ReplayBatch
+from worldplan.envs.highway.traffic import TrafficConfig
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def file_stamp(path: Path) -> str:
 def cached(folder: Path, name: str, key: str, compute: Callable[[], dict]) -> dict:
     """Per-episode results from ``folder/name.json`` when its key matches, else computed
     and stored (atomically)."""
-    from worldmodels.checkpoint import atomic_write_text
+    from worldplan.worldmodels.checkpoint import atomic_write_text
 
     path = Path(folder) / f"{name}.json"
     if path.is_file():
@@ -252,7 +252,7 @@ def no_action(batch: ReplayBatch, st: torch.Tensor, fr: torch.Tensor) -> np.ndar
 
 
 def privileged_act(driver) -> Act:
-    """A privileged driver (``envs.highway.privileged``) as an :data:`Act`; its lateral
+    """A privileged driver (``worldplan.envs.highway.privileged``) as an :data:`Act`; its lateral
     reference is computed once per batch."""
     refs: dict[int, list] = {}
 

@@ -2,7 +2,7 @@
 
 The plan ``[B, T, 2]`` (bounded by ``tanh``) is optimised by Adam on the summed image cost
 of the predicted frames plus ``u_weight`` x the MC-dropout uncertainty (the cars
-channel's pixel variance under the proximity mask, as ``experiments.highway``'s
+channel's pixel variance under the proximity mask, as ``worldplan.experiments.highway``'s
 ``local_uncertainty``).
 
 Why the cache: in :class:`~worldmodels.ego_motion.EgoMotionImageModel` the network never
@@ -12,7 +12,7 @@ features, residual: everything but the pose) does not change between the inner
 iterations of one plan. With ``cache=True`` the model (and its MC-dropout samples) is
 rolled out once per call under the warm-start plan, and every inner iteration only
 re-warps those predicted frames (and their variance) from the poses they were predicted
-in into the poses of the current plan (:class:`worldmodels.oracle.ReplayOracle`, the same
+in into the poses of the current plan (:class:`worldplan.worldmodels.oracle.ReplayOracle`, the same
 warp as the oracle's). Exact for the warm-start plan; for other plans it differs from a
 full rollout only through the model's alignment of its context (measured in
 ``benchmarks/bench_highway.py``). ``cache=False`` re-runs the model and its MC samples
@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from worldmodels.oracle import ReplayOracle
+from worldplan.worldmodels.oracle import ReplayOracle
 
 CostFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -65,7 +65,7 @@ class SceneCacheMPC:
                  n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """States ``[B, T, 4]``, mean frames ``[B, T, C, H, W]`` and the frames' MC-dropout
         variance (None when ``n`` is 0) under ``actions``, with gradients."""
-        from worldmodels.uncertainty import mc_uncertainty
+        from worldplan.worldmodels.uncertainty import mc_uncertainty
 
         z = torch.zeros(len(ctx), actions.shape[1], self.model.z_dim)
         states, frames = self.model.rollout(ctx, actions, z=z, images=fr)

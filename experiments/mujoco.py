@@ -32,17 +32,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from envs.gym_tasks import (  # noqa: E402
+from worldplan.envs.gym_tasks import (  # noqa: E402
     TASK_MODELS,
     GymTaskModel,
     make_env,
     make_task_model,
     make_vector_env,  # noqa: E402
 )
-from experiments.common import resolve_device, seed_everything  # noqa: E402
-from experiments.runs import Run  # noqa: E402
-from experiments.tasks import Task  # noqa: E402
-from planners.mpc import (  # noqa: E402
+from worldplan.experiments.common import resolve_device, seed_everything  # noqa: E402
+from worldplan.experiments.runs import Run  # noqa: E402
+from worldplan.experiments.tasks import Task  # noqa: E402
+from worldplan.planners.mpc import (  # noqa: E402
     CEM,
     ILQR,
     MPPI,
@@ -52,7 +52,7 @@ from planners.mpc import (  # noqa: E402
     dare,
     linearize,
 )
-from worldmodels.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
+from worldplan.worldmodels.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +211,8 @@ def build_planner(name: str, dynamics: Callable[..., torch.Tensor], tm: GymTaskM
 
 # ------------------------------------------------------------------------------ models
 def _new_model(config: MujocoConfig, tm: GymTaskModel):
-    from worldmodels import DeterministicModel
-    from worldmodels.ensemble import Ensemble
+    from worldplan.worldmodels import DeterministicModel
+    from worldplan.worldmodels.ensemble import Ensemble
 
     s, a, m = tm.state_dim, tm.action_dim, config.learn
     hidden = m.hidden or ENV_DEFAULTS.get(config.env, {}).get("hidden", 128)
@@ -224,9 +224,9 @@ def _new_model(config: MujocoConfig, tm: GymTaskModel):
 def train_world_model(config: MujocoConfig, episodes: list[dict[str, np.ndarray]], run: Run,
                       round_index: int):
     """Write the episodes as a data set, train a fresh model on it, save ``model.pt``."""
-    from worldmodels import TrainConfig, load_dataset, train_model, write_dataset
-    from worldmodels.checkpoint import save_checkpoint
-    from worldmodels.training import train_stochastic
+    from worldplan.worldmodels import TrainConfig, load_dataset, train_model, write_dataset
+    from worldplan.worldmodels.checkpoint import save_checkpoint
+    from worldplan.worldmodels.training import train_stochastic
 
     tm = make_task_model(config.env)
     path = write_dataset(run.data / "dataset", episodes, task=f"mujoco/{config.env}",
@@ -252,7 +252,7 @@ def train_world_model(config: MujocoConfig, episodes: list[dict[str, np.ndarray]
 
 
 def load_world_model(run: Run, device: torch.device):
-    from worldmodels import load_model
+    from worldplan.worldmodels import load_model
 
     path = run.checkpoints / "model.pt"
     if not path.is_file():
@@ -513,7 +513,7 @@ def _curve_figure(curve: list[dict[str, Any]], config: MujocoConfig, run: Run) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from experiments.common import save_figure
+    from worldplan.experiments.common import save_figure
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([p["env_steps"] for p in curve], [p["mean_return"] for p in curve], "o-",

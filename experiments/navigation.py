@@ -5,7 +5,7 @@ For each of ``episodes`` seeded maps of ``worldplan/Navigation2D-v0``:
 1. a path planner (grid A* on the map inflated by the robot radius plus a margin, then
    shortcut; or RRT* on the same map) gives a path from the known start to the goal;
 2. a pure-pursuit tracker follows it, steering from the *estimated* position;
-3. a particle filter (``filters.ParticleFilter``, the task model's dynamics as the
+3. a particle filter (``worldplan.filters.ParticleFilter``, the task model's dynamics as the
    transition, Gaussian landmark ranges as the likelihood) localises the robot from the
    noisy ranges, one step at a time.
 
@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from envs.maps import OccupancyGrid
-from envs.navigation import MapConfig, Navigation2DEnv, NavigationParams
-from experiments.common import save_figure, seed_everything
-from experiments.runs import Run
-from experiments.tasks import Task
-from planners.path import NoPathError, Space, astar, rrt_star, shortcut
+from worldplan.envs.maps import OccupancyGrid
+from worldplan.envs.navigation import MapConfig, Navigation2DEnv, NavigationParams
+from worldplan.experiments.common import save_figure, seed_everything
+from worldplan.experiments.runs import Run
+from worldplan.experiments.tasks import Task
+from worldplan.planners.path import NoPathError, Space, astar, rrt_star, shortcut
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class PurePursuit:
 
 
 class MPPITracker:
-    """Path following by MPPI (:class:`planners.mpc.MPPI`) on the task model's dynamics:
+    """Path following by MPPI (:class:`worldplan.planners.mpc.MPPI`) on the task model's dynamics:
     each step the pure-pursuit point ``lookahead`` metres ahead becomes the target, and
     the running cost is the distance to it plus a steep penalty where the robot disc comes
     within ``clearance`` metres of a wall (looked up in a distance map of the map)."""
@@ -144,7 +144,7 @@ class MPPITracker:
                  config: NavigationConfig, seed: int, clearance: float = 0.05) -> None:
         from scipy.ndimage import distance_transform_edt
 
-        from planners.mpc import MPPI
+        from worldplan.planners.mpc import MPPI
 
         self.pursuit = PurePursuit(path, config.speed, 2 * config.lookahead,
                                    task_model.params.dt)
@@ -185,7 +185,7 @@ class MPPITracker:
 
 
 class OnlineParticleFilter:
-    """One-step-at-a-time use of :class:`filters.ParticleFilter`: each step runs its
+    """One-step-at-a-time use of :class:`worldplan.filters.ParticleFilter`: each step runs its
     ``filter`` over two time steps (the previous particles, then the transition under the
     applied control and the new measurement) and resamples the weighted result.
 
@@ -196,7 +196,7 @@ class OnlineParticleFilter:
 
     def __init__(self, task_model, start_state: np.ndarray, n_particles: int, init_std: float,
                  seed: int, robot_radius: float = 0.0) -> None:
-        from filters.particle import ParticleFilter, systematic_resample
+        from worldplan.filters.particle import ParticleFilter, systematic_resample
 
         self._resample = systematic_resample
         # Extra noise for what the model leaves out: contacts stop the robot dead, so

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worldmodels.checkpoint import atomic_write_text
+from worldplan.worldmodels.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
 

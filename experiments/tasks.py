@@ -8,17 +8,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from experiments.runs import Run
+from worldplan.experiments.runs import Run
 
 STAGES = ("collect", "train-model", "train-policy", "evaluate")
 
 # task name -> module defining ``TASK``; imported only when the task is run.
 TASK_MODULES: dict[str, str] = {
-    "truck": "experiments.truck",
-    "highway": "experiments.highway",
-    "mujoco": "experiments.mujoco",
-    "navigation": "experiments.navigation",
-    "filters": "experiments.filters",
+    "truck": "worldplan.experiments.truck",
+    "highway": "worldplan.experiments.highway",
+    "mujoco": "worldplan.experiments.mujoco",
+    "navigation": "worldplan.experiments.navigation",
+    "filters": "worldplan.experiments.filters",
 }
 
 Stage = Callable[[Any, Run], None]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs.truck import (
+from worldplan.envs.truck import (
     STRICT,
     DockingCriteria,
     Outcome,
@@ -28,14 +28,18 @@ from envs.truck import (
     simulate,
     step_np,
 )
-from envs.truck.kinematics import at_wall, hitch_angle, in_yard
-from experiments import truck_figures as figures
-from experiments.common import resolve_device, seed_everything
-from experiments.runs import Run
-from experiments.tasks import Task
-from experiments.truck_baselines import CascadeController, LQRController
-from planners.policy.bptt import BPTTConfig, Lesson, MLPPolicy, train_bptt
-from worldmodels.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
+from worldplan.envs.truck.kinematics import at_wall, hitch_angle, in_yard
+from worldplan.experiments import truck_figures as figures
+from worldplan.experiments.common import resolve_device, seed_everything
+from worldplan.experiments.runs import Run
+from worldplan.experiments.tasks import Task
+from worldplan.experiments.truck_baselines import CascadeController, LQRController
+from worldplan.planners.policy.bptt import BPTTConfig, Lesson, MLPPolicy, train_bptt
+from worldplan.worldmodels.checkpoint import (
+    load_checkpoint,
+    load_state_dict_checked,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +166,7 @@ def _threads(cfg: TruckConfig) -> None:
 
 
 def stage_collect(cfg: TruckConfig, run: Run) -> None:
-    from worldmodels.dataset import write_dataset
+    from worldplan.worldmodels.dataset import write_dataset
 
     if (run.data / "manifest.json").exists():
         log.info("data set %s exists; keeping it", run.data)
@@ -178,7 +182,7 @@ def stage_collect(cfg: TruckConfig, run: Run) -> None:
 
 # ----------------------------------------------------------------------------- emulator
 def _load_data(run: Run):
-    from worldmodels.dataset import load_dataset
+    from worldplan.worldmodels.dataset import load_dataset
 
     if not (run.data / "manifest.json").exists():
         raise FileNotFoundError(f"no data set in {run.data}: run `worldplan truck collect` first")
@@ -194,7 +198,7 @@ def emulator_dir(run: Run) -> Path:
 
 
 def load_emulator(run: Run, device: torch.device):
-    from worldmodels.base import load_model
+    from worldplan.worldmodels.base import load_model
 
     path = emulator_dir(run) / "best.pt"
     if not path.exists():
@@ -232,8 +236,8 @@ def horizon_errors(model, data, horizon: int) -> dict[str, np.ndarray]:
 
 def stage_train_model(cfg: TruckConfig, run: Run) -> None:
     _threads(cfg)
-    from worldmodels.deterministic import DeterministicModel
-    from worldmodels.training import TrainConfig, train_model
+    from worldplan.worldmodels.deterministic import DeterministicModel
+    from worldplan.worldmodels.training import TrainConfig, train_model
 
     out = emulator_dir(run)
     if (out / "best.pt").exists() and not run.resume:
@@ -362,7 +366,7 @@ class GradientMPCController:
     (finished episodes stay in the batch, held at the wall by ``stop_at_wall``)."""
 
     def __init__(self, cfg: TruckConfig, emulator) -> None:
-        from planners.mpc import GradientMPC
+        from worldplan.planners.mpc import GradientMPC
 
         tm = TruckTaskModel(cfg.params())
         m = cfg.mpc

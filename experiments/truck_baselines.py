@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.truck.kinematics import TruckParams, trailer_rear, wrap_angle
-from planners.mpc.lqr import dlqr
+from worldplan.envs.truck.kinematics import TruckParams, trailer_rear, wrap_angle
+from worldplan.planners.mpc.lqr import dlqr
 
 
 def _lateral_state(states: np.ndarray, p: TruckParams) -> np.ndarray:
@@ -89,8 +89,8 @@ def tune(seed: int = 1, n: int = 1000, dt: float = 1.0) -> dict[str, dict]:
     evaluation set's); returns the best gains and docking rate of each."""
     import itertools
 
-    from envs.truck import StartRegion, TruckTaskModel, simulate
-    from envs.truck.episode import Outcome
+    from worldplan.envs.truck import StartRegion, TruckTaskModel, simulate
+    from worldplan.envs.truck.episode import Outcome
 
     p = TruckParams(dt=dt, max_steps=int(round(150 / dt)))
     tm = TruckTaskModel(p)

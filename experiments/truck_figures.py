@@ -12,10 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from envs.truck import TruckParams, simulate, trailer_rear  # noqa: E402
-from envs.truck.render import YardCanvas  # noqa: E402
-from experiments.common import save_figure  # noqa: E402
-from worldmodels.checkpoint import atomic_write_bytes  # noqa: E402
+from worldplan.envs.truck import TruckParams, simulate, trailer_rear  # noqa: E402
+from worldplan.envs.truck.render import YardCanvas  # noqa: E402
+from worldplan.experiments.common import save_figure  # noqa: E402
+from worldplan.worldmodels.checkpoint import atomic_write_bytes  # noqa: E402
 
 
 def training_curve(history: dict, path: Path) -> Path:
@@ -88,7 +88,7 @@ def success_bars(metrics: dict, path: Path) -> Path:
 def grid_starts(p: TruckParams) -> np.ndarray:
     """Nine starting poses on a grid (rear 40 units out; offsets -18, 0, 18; trailer
     headings -60, 0, 60 degrees), as in Nguyen & Widrow's figures."""
-    from envs.truck.kinematics import pose_from_rear
+    from worldplan.envs.truck.kinematics import pose_from_rear
 
     ys, headings = [18.0, 0.0, -18.0], np.radians([-60.0, 0.0, 60.0])
     ry, th = np.meshgrid(ys, headings, indexing="ij")

@@ -4,10 +4,14 @@ particle filter and IMM. numpy in -> float64 numpy out; torch in -> torch out (a
 See docs/filters.md for the API and the measured figures.
 """
 
-from filters.imm import InteractingMultipleModel, constant_turn_model, constant_velocity_model
-from filters.kalman import KalmanFilter
-from filters.nonlinear import ExtendedKalmanFilter, UnscentedKalmanFilter
-from filters.particle import (
+from worldplan.filters.imm import (
+    InteractingMultipleModel,
+    constant_turn_model,
+    constant_velocity_model,
+)
+from worldplan.filters.kalman import KalmanFilter
+from worldplan.filters.nonlinear import ExtendedKalmanFilter, UnscentedKalmanFilter
+from worldplan.filters.particle import (
     ParticleDegeneracyError,
     ParticleDegeneracyWarning,
     ParticleFilter,

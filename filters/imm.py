@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from filters._common import (
+from worldplan.filters._common import (
     ArrayLike,
     check_covariance,
     finish,
@@ -84,7 +84,7 @@ class InteractingMultipleModel:
     ``transition_probabilities`` ``[K, K]`` (row ``i``: from model ``i``; rows sum to 1) or
     ``switch_probability`` (stay with ``1 - p``, switch uniformly otherwise);
     ``initial_mode_probabilities`` ``[K]`` (default uniform).
-    Conventions as :class:`filters.KalmanFilter` (first measurement observes the initial
+    Conventions as :class:`worldplan.filters.KalmanFilter` (first measurement observes the initial
     state, NaN rows missing, numpy/torch in -> same out).
     """
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from filters._common import (
+from worldplan.filters._common import (
     ArrayLike,
     check_covariance,
     check_shape,

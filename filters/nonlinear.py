@@ -3,7 +3,7 @@
 ``transition(x [B, S]) -> [B, S]`` (or ``transition(x, u [B, U])`` when controls are given)
 and ``measure(x [B, S]) -> [B, M]`` are batched torch callables: a TaskModel's ``step`` and
 ``observe``, or a learned world model. Noise is additive Gaussian, ``w ~ N(0, Q)``,
-``v ~ N(0, R)``. Conventions follow :class:`filters.KalmanFilter`: the first measurement
+``v ~ N(0, R)``. Conventions follow :class:`worldplan.filters.KalmanFilter`: the first measurement
 observes the initial state ``N(x0, P0)``; NaN rows (or ``mask`` True) are missing and skipped;
 measurements ``[T, M]`` or ``[B, T, M]``; numpy in -> float64 numpy out, torch in -> torch
 out on the measurements' device and dtype. ``controls[:, t]`` drives the step ``t -> t+1``.
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.func import jacrev, vmap
 
-from filters._common import (
+from worldplan.filters._common import (
     ArrayLike,
     check_covariance,
     finish,
@@ -32,7 +32,7 @@ from filters._common import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from envs.interface import TaskModel
+    from worldplan.envs.interface import TaskModel
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Model: ``x_{t+1} = transition(x_t[, u_t]) + w``, ``w ~ N(0, Q)``; the measurement density is
 Gaussian ``N(measure(x), R)`` or any ``log_likelihood(particles [B, N, S], z [B, M]) -> [B, N]``.
-Conventions as in :class:`filters.KalmanFilter`: the first measurement weights the initial
+Conventions as in :class:`worldplan.filters.KalmanFilter`: the first measurement weights the initial
 particles; NaN rows (or ``mask`` True) are missing (predict only). Every random draw comes
 from a ``torch.Generator`` seeded with ``seed``, so a call is reproducible.
 """
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from filters._common import (
+from worldplan.filters._common import (
     ArrayLike,
     check_covariance,
     finish,
@@ -28,7 +28,7 @@ from filters._common import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from envs.interface import TaskModel
+    from worldplan.envs.interface import TaskModel
 
 log = logging.getLogger(__name__)
 

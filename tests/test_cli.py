@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from experiments.cli import main
-from experiments.runs import Run
-from worldmodels.checkpoint import save_checkpoint
+from worldplan.experiments.cli import main
+from worldplan.experiments.runs import Run
+from worldplan.worldmodels.checkpoint import save_checkpoint
 
 
 def run_main(args: list[str], capsys) -> tuple[int, str]:
@@ -90,7 +90,7 @@ def test_corrupt_checkpoint_is_named(tmp_path, capsys):
 
 
 def test_data_set_of_another_task_is_refused(tmp_path, capsys):
-    from worldmodels.dataset import write_dataset
+    from worldplan.worldmodels.dataset import write_dataset
 
     run = Run.create(tmp_path / "r", "truck")
     episodes = [{"states": np.zeros((5, 4), np.float32), "actions": np.zeros((4, 1), np.float32)}

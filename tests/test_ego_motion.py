@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from envs.highway.kinematics import step_state_torch
-from envs.highway.render import View, render_views
-from envs.highway.road import Road
-from worldmodels.base import load_model
-from worldmodels.ego_motion import EgoMotionImageModel, warp_frames
+from worldplan.envs.highway.kinematics import step_state_torch
+from worldplan.envs.highway.render import View, render_views
+from worldplan.envs.highway.road import Road
+from worldplan.worldmodels.base import load_model
+from worldplan.worldmodels.ego_motion import EgoMotionImageModel, warp_frames
 
 VIEW = View()
 
@@ -95,7 +95,7 @@ def test_other_cars_do_not_react_and_gradients_reach_the_actions(tmp_path) -> No
     g2 = torch.autograd.grad(imgs[:, 2, 1].sum(), actions)[0]
     assert g0[:, 0, 0].abs().max() < 1e-6 < 1e-3 < g2[:, 0, 0].abs().min()
     # checkpoint round trip keeps the class and the geometry
-    from worldmodels.checkpoint import save_checkpoint
+    from worldplan.worldmodels.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "m.pt", m.to_checkpoint())
     back = load_model(tmp_path / "m.pt", torch.device("cpu"))
@@ -128,7 +128,7 @@ def test_flow_prior_moves_the_other_cars_and_not_the_lanes() -> None:
 
 
 def test_block_matching_measures_a_cars_displacement() -> None:
-    from worldmodels.ego_motion import block_matching_flow, shift_rows
+    from worldplan.worldmodels.ego_motion import block_matching_flow, shift_rows
 
     prev = torch.zeros(1, 1, 117, 24)
     prev[0, 0, 50:58, 9:12] = 1.0
@@ -177,7 +177,7 @@ def test_cost_volume_prior_keeps_every_cars_own_velocity() -> None:
 
 
 def test_policy_sees_each_cars_speed_relative_to_the_ego() -> None:
-    from planners.policy.imitation import ContextPolicy
+    from worldplan.planners.policy.imitation import ContextPolicy
 
     speeds, v_ego, dt = np.array([3.0, 9.0]), 6.0, 0.1
     start = np.array([[96.0, 5.55], [112.0, 9.25]])

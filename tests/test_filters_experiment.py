@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.filters import (
+from worldplan.experiments.filters import (
     TASK,
     FiltersConfig,
     localisation_demo,
     pendulum_comparison,
     quick_config,
 )
-from experiments.runs import Run
+from worldplan.experiments.runs import Run
 
 
 def test_pendulum_ukf_and_pf_beat_ekf_which_beats_linear_kf() -> None:

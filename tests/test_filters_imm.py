@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from filters import KalmanFilter
-from filters.imm import InteractingMultipleModel, constant_turn_model, constant_velocity_model
+from worldplan.filters import KalmanFilter
+from worldplan.filters.imm import (
+    InteractingMultipleModel,
+    constant_turn_model,
+    constant_velocity_model,
+)
 
 DT = 0.5
 H = np.eye(2, 4)

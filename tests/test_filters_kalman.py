@@ -7,7 +7,7 @@ import pytest
 import torch
 from pykalman import KalmanFilter as PyKalman
 
-from filters import KalmanFilter
+from worldplan.filters import KalmanFilter
 
 
 def random_model(seed: int, s: int = 3, m: int = 2) -> dict[str, np.ndarray]:

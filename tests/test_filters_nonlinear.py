@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_filters_kalman import random_model
 
-from filters import ExtendedKalmanFilter, KalmanFilter, UnscentedKalmanFilter
-from filters.nonlinear import jacobian
+from worldplan.filters import ExtendedKalmanFilter, KalmanFilter, UnscentedKalmanFilter
+from worldplan.filters.nonlinear import jacobian
 
 
 def linear_case(seed: int = 0):
@@ -185,7 +185,7 @@ class _Unicycle:
 
 
 def test_filters_from_a_task_model_beat_the_raw_measurements() -> None:
-    from filters import ParticleFilter
+    from worldplan.filters import ParticleFilter
 
     model = _Unicycle()
     gen = torch.Generator().manual_seed(0)

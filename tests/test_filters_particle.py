@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from filters import KalmanFilter, ParticleFilter
-from filters.particle import (
+from worldplan.filters import KalmanFilter, ParticleFilter
+from worldplan.filters.particle import (
     ParticleDegeneracyError,
     ParticleDegeneracyWarning,
     multinomial_resample,

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from envs.gym_tasks import (
+from worldplan.envs.gym_tasks import (
     TASK_MODELS,
     PendulumTaskModel,
     make_env,
     make_task_model,
     make_vector_env,
 )
-from envs.interface import TaskModel
-from planners.mpc import CEM, MPPI, GradientMPC, RecedingHorizonController
+from worldplan.envs.interface import TaskModel
+from worldplan.planners.mpc import CEM, MPPI, GradientMPC, RecedingHorizonController
 
 torch.set_num_threads(1)
 

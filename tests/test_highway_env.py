@@ -8,8 +8,8 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401  (registers the environments)
-from envs.highway import (
+import worldplan.envs  # noqa: F401  (registers the environments)
+from worldplan.envs.highway import (
     CostConfig,
     Recording,
     ReplayBatch,
@@ -24,8 +24,8 @@ from envs.highway import (
     step_np,
     step_state_torch,
 )
-from envs.highway.kinematics import MAX_ACCEL
-from envs.highway.replay import COLLISION, SUCCESS
+from worldplan.envs.highway.kinematics import MAX_ACCEL
+from worldplan.envs.highway.replay import COLLISION, SUCCESS
 
 
 @pytest.fixture(scope="module")

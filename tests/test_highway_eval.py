@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from envs.highway import Recording, View, record_traffic
-from envs.highway.privileged import IDMDriver
-from envs.highway.render import render_views
-from envs.highway.replay import COLLISION, FRONT, REAR, SIDE, ReplayBatch, classify_hits
-from experiments.highway_eval import (
+from worldplan.envs.highway import Recording, View, record_traffic
+from worldplan.envs.highway.privileged import IDMDriver
+from worldplan.envs.highway.render import render_views
+from worldplan.envs.highway.replay import COLLISION, FRONT, REAR, SIDE, ReplayBatch, classify_hits
+from worldplan.experiments.highway_eval import (
     HeldOut,
     drive,
     eval_recording,
@@ -21,7 +21,7 @@ from experiments.highway_eval import (
     summarise,
     wilson,
 )
-from worldmodels.oracle import ReplayOracle
+from worldplan.worldmodels.oracle import ReplayOracle
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from envs.highway import View
-from experiments.highway import _cost_fn, _u_map
-from experiments.highway_mpc import SceneCacheMPC
-from worldmodels.ego_motion import EgoMotionImageModel
+from worldplan.envs.highway import View
+from worldplan.experiments.highway import _cost_fn, _u_map
+from worldplan.experiments.highway_mpc import SceneCacheMPC
+from worldplan.worldmodels.ego_motion import EgoMotionImageModel
 
 
 def _context(b: int = 2) -> tuple[torch.Tensor, torch.Tensor]:

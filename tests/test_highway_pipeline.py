@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from envs.highway import Recording, View, actions_from_states, record_traffic, step_state_torch
-from envs.highway.episodes import build_episodes
-from experiments.highway import (
+from worldplan.envs.highway import (
+    Recording,
+    View,
+    actions_from_states,
+    record_traffic,
+    step_state_torch,
+)
+from worldplan.envs.highway.episodes import build_episodes
+from worldplan.experiments.highway import (
     HighwayConfig,
     evaluate_stage,
     extraction_errors,
@@ -20,11 +26,11 @@ from experiments.highway import (
     tracker_noise,
     train_policy_stage,
 )
-from experiments.runs import Run
-from planners.policy.imitation import ContextPolicy, ImitationConfig, train_imitation
-from planners.policy.mpur import MPURConfig, UncertaintyStats, train_mpur
-from worldmodels.checkpoint import CheckpointError, save_checkpoint
-from worldmodels.dataset import write_dataset
+from worldplan.experiments.runs import Run
+from worldplan.planners.policy.imitation import ContextPolicy, ImitationConfig, train_imitation
+from worldplan.planners.policy.mpur import MPURConfig, UncertaintyStats, train_mpur
+from worldplan.worldmodels.checkpoint import CheckpointError, save_checkpoint
+from worldplan.worldmodels.dataset import write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +85,8 @@ def test_episodes_line_up_states_actions_images_costs(recording: Recording) -> N
 
 
 def test_counterfactual_drives_replay_and_perturb(recording: Recording) -> None:
-    from envs.highway.counterfactual import DriveNoise, counterfactual_drives
-    from envs.highway.kinematics import step_np
+    from worldplan.envs.highway.counterfactual import DriveNoise, counterfactual_drives
+    from worldplan.envs.highway.kinematics import step_np
 
     r = recording
     cars = r.complete_cars()[:6]
@@ -235,7 +241,7 @@ def test_quick_preset_runs_the_whole_pipeline(tmp_path) -> None:
     """`worldplan highway all --preset quick` end to end (about 1 min)."""
     import json
 
-    from experiments.cli import run_cli
+    from worldplan.experiments.cli import run_cli
 
     run_dir = tmp_path / "hw"
     assert run_cli(["highway", "all", "--preset", "quick", "--run", str(run_dir)]) == 0

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from envs.maps import OccupancyGrid
-from planners.path import astar
+from worldplan.envs.maps import OccupancyGrid
+from worldplan.planners.path import astar
 
 
 def test_conversions_round_trip() -> None:
@@ -78,7 +78,7 @@ def test_generators_are_seeded_and_solvable() -> None:
     rooms = OccupancyGrid.rooms((40, 50), seed=1, room_size=8)
     free = np.argwhere(rooms.free)
     # Every free cell is reachable from every other (doors in every wall).
-    from planners.path import distance_field
+    from worldplan.planners.path import distance_field
 
     field = distance_field(rooms, tuple(free[0]), connectivity=4)
     assert np.isfinite(field[rooms.free]).all()

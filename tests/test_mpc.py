@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from planners.mpc import (
+from worldplan.planners.mpc import (
     CEM,
     ILQR,
     LQR,
@@ -18,7 +18,7 @@ from planners.mpc import (
     dare,
     dlqr,
 )
-from planners.mpc import linearize as linearize_fn
+from worldplan.planners.mpc import linearize as linearize_fn
 
 torch.set_num_threads(1)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from envs.gym_tasks import make_task_model
-from experiments.mujoco import (
+from worldplan.envs.gym_tasks import make_task_model
+from worldplan.experiments.mujoco import (
     ENV_DEFAULTS,
     TASK,
     LoopSettings,
@@ -24,8 +24,8 @@ from experiments.mujoco import (
     save_episodes,
     write_video,
 )
-from experiments.runs import Run
-from planners.mpc import CEM, dare
+from worldplan.experiments.runs import Run
+from worldplan.planners.mpc import CEM, dare
 
 torch.set_num_threads(1)
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import envs  # registers the environments
-from envs.maps import OccupancyGrid
-from envs.navigation import Navigation2DEnv, NavigationParams, mjcf_from_grid
+from worldplan import envs  # registers the environments
+from worldplan.envs.maps import OccupancyGrid
+from worldplan.envs.navigation import Navigation2DEnv, NavigationParams, mjcf_from_grid
 
 
 def test_check_env_and_render() -> None:

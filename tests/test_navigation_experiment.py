@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from envs.maps import OccupancyGrid
-from experiments.navigation import (
+from worldplan.envs.maps import OccupancyGrid
+from worldplan.experiments.navigation import (
     TASK,
     NavigationConfig,
     PurePursuit,
     evaluate,
     plan_path,
 )
-from experiments.runs import Run
+from worldplan.experiments.runs import Run
 
 
 def test_plan_path_is_free_for_the_robot() -> None:
@@ -71,8 +71,8 @@ def test_quick_evaluation_writes_metrics_and_figures(tmp_path) -> None:
 
 
 def test_mppi_tracker_reaches_the_goal_without_contacts() -> None:
-    from envs.navigation import Navigation2DEnv
-    from experiments.navigation import run_episode
+    from worldplan.envs.navigation import Navigation2DEnv
+    from worldplan.experiments.navigation import run_episode
 
     cfg = NavigationConfig(tracker="mppi", n_particles=100)
     env = Navigation2DEnv(map_config=cfg.map, max_steps=cfg.max_steps)

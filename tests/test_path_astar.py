@@ -12,8 +12,15 @@ from hypothesis import strategies as st
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra as csgraph_dijkstra
 
-from envs.maps import OccupancyGrid
-from planners.path import NoPathError, _native, astar, dijkstra, distance_field, path_is_valid
+from worldplan.envs.maps import OccupancyGrid
+from worldplan.planners.path import (
+    NoPathError,
+    _native,
+    astar,
+    dijkstra,
+    distance_field,
+    path_is_valid,
+)
 
 
 def _moves(connectivity: int):

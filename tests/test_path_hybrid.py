@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from envs.maps import OccupancyGrid
-from planners.path import NoPathError
-from planners.path.hybrid_astar import (
+from worldplan.envs.maps import OccupancyGrid
+from worldplan.planners.path import NoPathError
+from worldplan.planners.path.hybrid_astar import (
     car_primitives,
     car_step,
     grid_heuristic,
@@ -89,7 +89,13 @@ def test_no_path_and_bad_input() -> None:
 def test_truck_backs_around_an_obstacle_to_the_dock() -> None:
     """The lead's truck-and-trailer kinematics (backing only): the trailer rear reaches the
     dock square to the wall, around a block standing between it and the dock."""
-    from envs.truck.kinematics import TruckParams, cab_front, hitch_angle, step_np, trailer_rear
+    from worldplan.envs.truck.kinematics import (
+        TruckParams,
+        cab_front,
+        hitch_angle,
+        step_np,
+        trailer_rear,
+    )
 
     p = TruckParams()
     block = (26.0, 34.0, -15.0, 5.0)  # x0, x1, y0, y1

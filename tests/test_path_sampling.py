@@ -7,8 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from envs.maps import OccupancyGrid
-from planners.path import Space, informed_rrt_star, path_length, prm, rrt, rrt_star, shortcut
+from worldplan.envs.maps import OccupancyGrid
+from worldplan.planners.path import (
+    Space,
+    informed_rrt_star,
+    path_length,
+    prm,
+    rrt,
+    rrt_star,
+    shortcut,
+)
 
 START, GOAL = np.array([0.05, 0.05]), np.array([0.95, 0.95])
 

@@ -10,11 +10,18 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401  (registers the environments)
-from envs.truck import Outcome, StartRegion, TruckParams, TruckTaskModel, simulate, step_np
-from envs.truck.env import TruckBackerUpperEnv
-from envs.truck.kinematics import pose_from_rear, trailer_rear, wrap_angle
-from experiments.truck_baselines import CascadeController, LQRController
+import worldplan.envs  # noqa: F401  (registers the environments)
+from worldplan.envs.truck import (
+    Outcome,
+    StartRegion,
+    TruckParams,
+    TruckTaskModel,
+    simulate,
+    step_np,
+)
+from worldplan.envs.truck.env import TruckBackerUpperEnv
+from worldplan.envs.truck.kinematics import pose_from_rear, trailer_rear, wrap_angle
+from worldplan.experiments.truck_baselines import CascadeController, LQRController
 
 
 def make_env(**kwargs):

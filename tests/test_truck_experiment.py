@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from envs.truck import TruckTaskModel, simulate
-from experiments.cli import main
-from experiments.truck import (
+from worldplan.envs.truck import TruckTaskModel, simulate
+from worldplan.experiments.cli import main
+from worldplan.experiments.truck import (
     PolicyConfig,
     TruckConfig,
     curriculum,
@@ -19,7 +19,7 @@ from experiments.truck import (
     summarise,
     torch_controller,
 )
-from planners.policy.bptt import BPTTConfig, train_bptt
+from worldplan.planners.policy.bptt import BPTTConfig, train_bptt
 
 # What the quick preset's emulator-trained controller must reach on its 200 seeded starts.
 # The quick preset is a two-minute smoke run (8-epoch emulator, 330 policy updates): it

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodels import (
+from worldplan.worldmodels import (
     DatasetError,
     DeterministicModel,
     NonFiniteLossError,
@@ -20,8 +20,8 @@ from worldmodels import (
     train_model,
     write_dataset,
 )
-from worldmodels.checkpoint import CheckpointError
-from worldmodels.synthetic import toy_episodes
+from worldplan.worldmodels.checkpoint import CheckpointError
+from worldplan.worldmodels.synthetic import toy_episodes
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -209,7 +209,7 @@ def test_mc_dropout_switch() -> None:
 
 
 def test_checkpoint_roundtrip_keeps_normaliser(toy: Path, tmp_path: Path) -> None:
-    from worldmodels.checkpoint import save_checkpoint
+    from worldplan.worldmodels.checkpoint import save_checkpoint
 
     ds = load_dataset(toy)
     m = DeterministicModel(3, 2, ncond=2, hidden=16).eval()
@@ -223,7 +223,7 @@ def test_checkpoint_roundtrip_keeps_normaliser(toy: Path, tmp_path: Path) -> Non
 
 
 def test_corrupt_checkpoint_names_path(tmp_path: Path) -> None:
-    from worldmodels.checkpoint import save_checkpoint
+    from worldplan.worldmodels.checkpoint import save_checkpoint
 
     m = DeterministicModel(3, 2)
     path = save_checkpoint(tmp_path / "m.pt", m.to_checkpoint())
@@ -314,8 +314,8 @@ def test_nonfinite_guard_skips_and_counts(toy: Path, monkeypatch) -> None:
 
 # ------------------------------------------------------------------ other models
 def test_image_model_trains_and_rolls_out(tmp_path: Path) -> None:
-    from worldmodels.images import ImageModel
-    from worldmodels.uncertainty import mc_uncertainty
+    from worldplan.worldmodels.images import ImageModel
+    from worldplan.worldmodels.uncertainty import mc_uncertainty
 
     ds = load_dataset(write_dataset(tmp_path / "img", toy_episodes(n=6, T=8, images=True),
                                     task="t", dt=0.1))
@@ -350,7 +350,7 @@ def test_image_model_trains_and_rolls_out(tmp_path: Path) -> None:
 
 
 def test_ensemble_checkpoint_and_disagreement(toy: Path, tmp_path: Path) -> None:
-    from worldmodels.ensemble import Ensemble
+    from worldplan.worldmodels.ensemble import Ensemble
 
     ds = load_dataset(toy)
     torch.manual_seed(0)
@@ -372,8 +372,8 @@ def test_ensemble_checkpoint_and_disagreement(toy: Path, tmp_path: Path) -> None
 
 
 def test_train_stochastic_two_phases_and_resume(toy: Path, tmp_path: Path) -> None:
-    from worldmodels.stochastic import StochasticModel
-    from worldmodels.training import train_stochastic
+    from worldplan.worldmodels.stochastic import StochasticModel
+    from worldplan.worldmodels.training import train_stochastic
 
     ds = load_dataset(toy)
     torch.manual_seed(0)
@@ -425,8 +425,8 @@ def test_trained_model_keeps_its_normaliser_when_fine_tuned(toy: Path, tmp_path:
 
 
 def test_image_model_two_phase_warm_start(tmp_path: Path) -> None:
-    from worldmodels.images import ImageModel
-    from worldmodels.training import train_stochastic
+    from worldplan.worldmodels.images import ImageModel
+    from worldplan.worldmodels.training import train_stochastic
 
     ds = load_dataset(write_dataset(tmp_path / "img", toy_episodes(n=6, T=8, images=True),
                                     task="t", dt=0.1))

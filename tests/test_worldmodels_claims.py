@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodels import DeterministicModel, load_model
-from worldmodels.checkpoint import load_checkpoint
-from worldmodels.dataset import write_dataset
-from worldmodels.demos import (
+from worldplan.worldmodels import DeterministicModel, load_model
+from worldplan.worldmodels.checkpoint import load_checkpoint
+from worldplan.worldmodels.dataset import write_dataset
+from worldplan.worldmodels.demos import (
     MODE_TOL,
     action_sensitivity,
     multimodal_stats,
@@ -27,9 +27,9 @@ from worldmodels.demos import (
     train_uncertainty,
     uncertainty_auroc,
 )
-from worldmodels.stochastic import StochasticModel
-from worldmodels.synthetic import bimodal_truth, toy_episodes
-from worldmodels.uncertainty import mc_uncertainty
+from worldplan.worldmodels.stochastic import StochasticModel
+from worldplan.worldmodels.synthetic import bimodal_truth, toy_episodes
+from worldplan.worldmodels.uncertainty import mc_uncertainty
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -125,7 +125,7 @@ def test_stochastic_warm_start_and_latent_forms(tmp_path: Path) -> None:
 WRITER = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(1)
-    from worldmodels import DeterministicModel, TrainConfig, load_dataset, train_model
+    from worldplan.worldmodels import DeterministicModel, TrainConfig, load_dataset, train_model
     ds = load_dataset(sys.argv[1])
     torch.manual_seed(0)
     m = DeterministicModel(3, 2, hidden=768, layers=3)
@@ -173,8 +173,8 @@ def test_truck_rollouts_stay_close_to_the_kinematics(tmp_path: Path) -> None:
     """30-step open-loop rollouts of a deterministic model trained on random-steering truck
     episodes, on held-out episodes (measured: ~0.04 / 0.37 / 0.76 units at 1 / 10 / 30
     steps; headings ~2 / 5 degrees at 30 steps)."""
-    from experiments.truck import CollectConfig, TruckConfig, collect_episodes
-    from worldmodels import TrainConfig, evaluate_horizon_error, load_dataset, train_model
+    from worldplan.experiments.truck import CollectConfig, TruckConfig, collect_episodes
+    from worldplan.worldmodels import TrainConfig, evaluate_horizon_error, load_dataset, train_model
 
     cfg = TruckConfig(collect=CollectConfig(episodes=600))
     episodes = collect_episodes(cfg, np.random.default_rng(0))

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodels.dataset import write_dataset
-from worldmodels.synthetic import toy_episodes
-from worldmodels.train import TrainArgs, run
-from worldmodels.training import TrainConfig
+from worldplan.worldmodels.dataset import write_dataset
+from worldplan.worldmodels.synthetic import toy_episodes
+from worldplan.worldmodels.train import TrainArgs, run
+from worldplan.worldmodels.training import TrainConfig
 
 REL_TOL = 1e-5
 
@@ -39,7 +39,7 @@ def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "worldmodels.train", "--data", str(data), "--out", str(tmp_path / "ddp"),
+           "-m", "worldplan.worldmodels.train", "--data", str(data), "--out", str(tmp_path / "ddp"),
            "--hidden", "32", "--dropout", "0.0", "--ncond", "2", "--seed", "7",
            "--no-progress", "--train.epochs", "3", "--train.batch-size", "64",
            "--train.lr", "0.003", "--train.npred", "2"]

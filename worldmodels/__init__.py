@@ -1,14 +1,20 @@
 """Learned forward models (deterministic, conditional VAE with z-dropout, ensembles,
 image + vector), offline data sets and their training. See docs/worldmodels.md."""
 
-from worldmodels.base import MODEL_KINDS, WorldModel, load_model
-from worldmodels.dataset import Dataset, DatasetError, NormStats, load_dataset, write_dataset
-from worldmodels.deterministic import DeterministicModel
-from worldmodels.ego_motion import EgoMotionImageModel
-from worldmodels.ensemble import Ensemble
-from worldmodels.images import ImageModel
-from worldmodels.stochastic import StochasticModel
-from worldmodels.training import (
+from worldplan.worldmodels.base import MODEL_KINDS, WorldModel, load_model
+from worldplan.worldmodels.dataset import (
+    Dataset,
+    DatasetError,
+    NormStats,
+    load_dataset,
+    write_dataset,
+)
+from worldplan.worldmodels.deterministic import DeterministicModel
+from worldplan.worldmodels.ego_motion import EgoMotionImageModel
+from worldplan.worldmodels.ensemble import Ensemble
+from worldplan.worldmodels.images import ImageModel
+from worldplan.worldmodels.stochastic import StochasticModel
+from worldplan.worldmodels.training import (
     NonFiniteLossError,
     TrainConfig,
     check_compatible,
@@ -17,7 +23,7 @@ from worldmodels.training import (
     train_model,
     train_stochastic,
 )
-from worldmodels.uncertainty import mc_uncertainty
+from worldplan.worldmodels.uncertainty import mc_uncertainty
 
 __all__ = [
     "MODEL_KINDS",

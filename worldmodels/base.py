@@ -19,8 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldmodels.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
-from worldmodels.dataset import STAT_KEYS, NormStats
+from worldplan.worldmodels.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_checked,
+)
+from worldplan.worldmodels.dataset import STAT_KEYS, NormStats
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The recipes behind the issue's claims, shared by the tests (which assert the numbers)
-and :mod:`worldmodels.figures` (which draws them): multimodal futures, action
+and :mod:`worldplan.worldmodels.figures` (which draws them): multimodal futures, action
 sensitivity with and without z-dropout, and uncertainty AUROC in vs out of distribution.
 """
 
@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldmodels.dataset import load_dataset, write_dataset
-from worldmodels.deterministic import DeterministicModel
-from worldmodels.ensemble import Ensemble
-from worldmodels.stochastic import StochasticModel
-from worldmodels.synthetic import bimodal_episodes, bimodal_truth, smooth_episodes
-from worldmodels.training import TrainConfig, train_model
-from worldmodels.uncertainty import auroc, mc_uncertainty
+from worldplan.worldmodels.dataset import load_dataset, write_dataset
+from worldplan.worldmodels.deterministic import DeterministicModel
+from worldplan.worldmodels.ensemble import Ensemble
+from worldplan.worldmodels.stochastic import StochasticModel
+from worldplan.worldmodels.synthetic import bimodal_episodes, bimodal_truth, smooth_episodes
+from worldplan.worldmodels.training import TrainConfig, train_model
+from worldplan.worldmodels.uncertainty import auroc, mc_uncertainty
 
 log = logging.getLogger(__name__)
 

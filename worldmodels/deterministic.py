@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worldmodels.base import MCDropout, WorldModel, mlp
+from worldplan.worldmodels.base import MCDropout, WorldModel, mlp
 
 
 class DeterministicModel(WorldModel):

@@ -31,7 +31,7 @@ other cars. Here:
 
    plus a per-pixel residual;
 3. the next ego state is the kinematic update of the action
-   (``envs.highway.kinematics.step_state_torch``), and the predicted frame is warped
+   (``worldplan.envs.highway.kinematics.step_state_torch``), and the predicted frame is warped
    into the next ego pose, with gradients to the action through the pose.
 
 Poses come from the states ``[x, y, vx, vy]``: the position and the heading of the
@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodels.images import ImageModel, to_unit
+from worldplan.worldmodels.images import ImageModel, to_unit
 
 
 def shift_rows(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -249,7 +249,7 @@ class EgoMotionImageModel(ImageModel):
         return out.view_as(frames)
 
     def kinematics(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        from envs.highway.kinematics import step_state_torch
+        from worldplan.envs.highway.kinematics import step_state_torch
 
         return step_state_torch(state, action, self.ego_length, self.dt)
 

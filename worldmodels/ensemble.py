@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worldmodels.base import MCDropout, WorldModel
+from worldplan.worldmodels.base import MCDropout, WorldModel
 
 
 class BatchedLinear(nn.Module):

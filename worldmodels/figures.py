@@ -1,10 +1,10 @@
 """Figures and numbers for the issue's claims::
 
-    python -m worldmodels.figures OUT_DIR
+    python -m worldplan.worldmodels.figures OUT_DIR
 
 Writes ``multimodal.png``, ``action_sensitivity.png``, ``uncertainty.png`` and
 ``numbers.json`` (the measured fractions, sensitivities and AUROCs) into OUT_DIR.
-Trains the small synthetic models of :mod:`worldmodels.demos` (a few minutes on CPU).
+Trains the small synthetic models of :mod:`worldplan.worldmodels.demos` (a few minutes on CPU).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldmodels.checkpoint import atomic_write_bytes, atomic_write_text
-from worldmodels.demos import (
+from worldplan.worldmodels.checkpoint import atomic_write_bytes, atomic_write_text
+from worldplan.worldmodels.demos import (
     MODE_TOL,
     QUERY_ACTION,
     QUERY_STATE,
@@ -31,7 +31,7 @@ from worldmodels.demos import (
     uncertainty_auroc,
     uncertainty_scores,
 )
-from worldmodels.synthetic import bimodal_truth
+from worldplan.worldmodels.synthetic import bimodal_truth
 
 log = logging.getLogger(__name__)
 

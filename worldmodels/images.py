@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodels.base import MCDropout, WorldModel, mlp
-from worldmodels.stochastic import Z_DROPOUT_FORMS, LatentHead
+from worldplan.worldmodels.base import MCDropout, WorldModel, mlp
+from worldplan.worldmodels.stochastic import Z_DROPOUT_FORMS, LatentHead
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from envs.highway.kinematics import step_state_torch
-from worldmodels.ego_motion import headings, warp_frames
-from worldmodels.images import to_unit
+from worldplan.envs.highway.kinematics import step_state_torch
+from worldplan.worldmodels.ego_motion import headings, warp_frames
+from worldplan.worldmodels.images import to_unit
 
 
 class ReplayOracle:

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from worldmodels.base import mlp
-from worldmodels.deterministic import DeterministicModel
+from worldplan.worldmodels.base import mlp
+from worldplan.worldmodels.deterministic import DeterministicModel
 
 Z_DROPOUT_FORMS = ("zero", "prior")
 RECON_LOSSES = ("mse", "l1")

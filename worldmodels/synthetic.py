@@ -1,6 +1,6 @@
 """Small synthetic tasks whose true dynamics are known, for tests, figures and benchmarks.
 
-Every generator returns episodes in the :func:`worldmodels.dataset.write_dataset` format
+Every generator returns episodes in the :func:`worldplan.worldmodels.dataset.write_dataset` format
 and draws from ``np.random.default_rng(seed)``.
 """
 

@@ -1,7 +1,7 @@
 """Command-line training of a world model on a data set folder, the same entry point on
 one process or under ``torchrun`` (DDP, gloo on CPU)::
 
-    python -m worldmodels.train --data DATA --out OUT --model deterministic
+    python -m worldplan.worldmodels.train --data DATA --out OUT --model deterministic
     torchrun --nproc_per_node=2 -m worldmodels.train --data DATA --out OUT
 
 Writes ``OUT/checkpoints/{last,best}.pt`` and ``OUT/history.json`` (rank 0), including
@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from worldmodels.base import WorldModel
-from worldmodels.checkpoint import atomic_write_text
-from worldmodels.dataset import load_dataset
-from worldmodels.deterministic import DeterministicModel
-from worldmodels.ensemble import Ensemble
-from worldmodels.images import ImageModel
-from worldmodels.stochastic import StochasticModel
-from worldmodels.training import TrainConfig, train_model
+from worldplan.worldmodels.base import WorldModel
+from worldplan.worldmodels.checkpoint import atomic_write_text
+from worldplan.worldmodels.dataset import load_dataset
+from worldplan.worldmodels.deterministic import DeterministicModel
+from worldplan.worldmodels.ensemble import Ensemble
+from worldplan.worldmodels.images import ImageModel
+from worldplan.worldmodels.stochastic import StochasticModel
+from worldplan.worldmodels.training import TrainConfig, train_model
 
 MODELS = ("deterministic", "stochastic", "ensemble", "image")
 

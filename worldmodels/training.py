@@ -3,7 +3,7 @@ against non-finite batches, held-out loss per epoch, ``last.pt``/``best.pt`` che
 bit-for-bit resume, TensorBoard scalars, and DDP under ``torchrun`` (gloo on CPU).
 
 The loss is the model's own: ``model(batch)["loss"]`` on a window batch dict (see
-:meth:`worldmodels.dataset.WindowDataset.get_batch`).
+:meth:`worldplan.worldmodels.dataset.WindowDataset.get_batch`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import torch.distributed as dist
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from worldmodels.base import WorldModel
-from worldmodels.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from worldmodels.dataset import Dataset
+from worldplan.worldmodels.base import WorldModel
+from worldplan.worldmodels.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from worldplan.worldmodels.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def train_model(
     statistics (trained or warm-started) keeps them. With
     ``checkpoint_dir``, writes ``last.pt`` every epoch (and every ``checkpoint_every``
     steps) and ``best.pt`` when the val loss improves; both load with
-    :func:`worldmodels.base.load_model`. ``resume=True`` continues from ``last.pt``
+    :func:`worldplan.worldmodels.base.load_model`. ``resume=True`` continues from ``last.pt``
     bit-for-bit (optimizer, RNG, data order). ``writer`` is a TensorBoard
     ``SummaryWriter``; scalars go under ``tag/``. Under ``torchrun`` the model is wrapped in
     DDP and each rank sees its share of every batch.
@@ -192,7 +192,7 @@ def train_model(
         if payload.get("kind") != model.kind:
             raise CheckpointError(f"checkpoint {last_path} holds a {payload.get('kind')!r}, "
                                   f"the model is a {model.kind!r}")
-        from worldmodels.checkpoint import load_state_dict_checked
+        from worldplan.worldmodels.checkpoint import load_state_dict_checked
 
         load_state_dict_checked(model, payload["state_dict"], str(last_path))
         tr = payload["training"]
@@ -494,8 +494,8 @@ def train_stochastic(
     ``checkpoint_dir/deterministic`` and ``checkpoint_dir/stochastic``; ``resume``
     continues whichever phase was interrupted. Returns ``(stochastic model, {"deterministic":
     history, "stochastic": history})``."""
-    from worldmodels.images import ImageModel
-    from worldmodels.stochastic import StochasticModel
+    from worldplan.worldmodels.images import ImageModel
+    from worldplan.worldmodels.stochastic import StochasticModel
 
     root = Path(checkpoint_dir) if checkpoint_dir is not None else None
     h_det = train_model(deterministic, dataset, det_config, root / "deterministic" if root

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from worldmodels.base import WorldModel
+from worldplan.worldmodels.base import WorldModel
 
 
 class MCUncertainty(NamedTuple):

@@ -6,7 +6,7 @@
 States are gymnasium's observations, so a learned model and the true step share them.
 """
 
-from envs.gym_tasks.models import (
+from worldplan.envs.gym_tasks.models import (
     TASK_MODELS,
     GymTaskModel,
     HalfCheetahTaskModel,

@@ -17,7 +17,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from envs.interface import check_batch
+from worldplan.envs.interface import check_batch
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,18 @@
 """Dense highway traffic (PPUU): IDM + MOBIL simulator, ego-centred images, image costs."""
 
-from envs.highway.costs import CostConfig, image_costs_np, image_costs_torch
-from envs.highway.kinematics import (
+from worldplan.envs.highway.costs import CostConfig, image_costs_np, image_costs_torch
+from worldplan.envs.highway.kinematics import (
            actions_from_states,
            states_from_tracks,
            step_np,
            step_state_torch,
 )
-from envs.highway.recording import Recording, record_traffic
-from envs.highway.render import View, render_scene, render_views
-from envs.highway.replay import OUTCOMES, ReplayBatch
-from envs.highway.road import Road
-from envs.highway.task_model import HighwayTaskModel
-from envs.highway.traffic import Traffic, TrafficConfig
+from worldplan.envs.highway.recording import Recording, record_traffic
+from worldplan.envs.highway.render import View, render_scene, render_views
+from worldplan.envs.highway.replay import OUTCOMES, ReplayBatch
+from worldplan.envs.highway.road import Road
+from worldplan.envs.highway.task_model import HighwayTaskModel
+from worldplan.envs.highway.traffic import Traffic, TrafficConfig
 
 __all__ = ["OUTCOMES", "CostConfig", "HighwayTaskModel", "Recording", "ReplayBatch", "Road",
            "Traffic", "TrafficConfig", "View", "actions_from_states", "image_costs_np",

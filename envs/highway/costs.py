@@ -2,7 +2,8 @@
 simulator's twin, which also decides collisions).
 
 Images are ``[B, C, H, W]`` floats in [0, 1] (channel 0 lanes, 1 cars, 2 ego, 3 optional
-off-road), in the layout of :mod:`envs.highway.render`; states ``[B, 4]`` = [x, y, vx, vy].
+off-road), in the layout of :mod:`worldplan.envs.highway.render`; states ``[B, 4]`` =
+[x, y, vx, vy].
 Each cost is the maximum over pixels of a mask centred on the ego times a channel:
 
 - proximity: along the heading the mask is 1 over the ego's length and falls linearly
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from envs.highway.render import DEFAULT_VIEW, View
+from worldplan.envs.highway.render import DEFAULT_VIEW, View
 
 
 @dataclass(frozen=True)

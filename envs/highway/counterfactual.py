@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from envs.highway.costs import DEFAULT_COSTS, CostConfig
-from envs.highway.kinematics import MAX_ACCEL
-from envs.highway.recording import Recording
-from envs.highway.render import DEFAULT_VIEW, View
-from envs.highway.replay import OUTCOMES, ReplayBatch
+from worldplan.envs.highway.costs import DEFAULT_COSTS, CostConfig
+from worldplan.envs.highway.kinematics import MAX_ACCEL
+from worldplan.envs.highway.recording import Recording
+from worldplan.envs.highway.render import DEFAULT_VIEW, View
+from worldplan.envs.highway.replay import OUTCOMES, ReplayBatch
 
 
 @dataclass(frozen=True)

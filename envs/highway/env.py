@@ -1,7 +1,7 @@
 """``worldplan/DenseTraffic-v0``: drive through congested highway traffic (PPUU's task).
 
 Observation: ``{"image": [117, 24, C] uint8, "state": [x, y, vx, vy] float32}`` (see
-:mod:`envs.highway.render` for the image layout). Action: ``[a, b]``, acceleration in
+:mod:`worldplan.envs.highway.render` for the image layout). Action: ``[a, b]``, acceleration in
 m/s^2 and steering curvature in 1/m (PPUU's kinematic update, :mod:`.kinematics`).
 Reward: minus the image cost (proximity + 0.2 lane (+ off-road)).
 
@@ -25,13 +25,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.highway.costs import CostConfig, image_costs_np
-from envs.highway.kinematics import MAX_ACCEL
-from envs.highway.recording import Recording
-from envs.highway.render import View, render_scene, render_views
-from envs.highway.replay import OUTCOMES, ReplayBatch
-from envs.highway.task_model import MAX_STEER, HighwayTaskModel
-from envs.highway.traffic import Traffic, TrafficConfig
+from worldplan.envs.highway.costs import CostConfig, image_costs_np
+from worldplan.envs.highway.kinematics import MAX_ACCEL
+from worldplan.envs.highway.recording import Recording
+from worldplan.envs.highway.render import View, render_scene, render_views
+from worldplan.envs.highway.replay import OUTCOMES, ReplayBatch
+from worldplan.envs.highway.task_model import MAX_STEER, HighwayTaskModel
+from worldplan.envs.highway.traffic import Traffic, TrafficConfig
 
 
 class DenseTrafficEnv(gym.Env):

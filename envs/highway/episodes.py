@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-from envs.highway.costs import DEFAULT_COSTS, CostConfig, image_costs_np
-from envs.highway.kinematics import MAX_ACCEL, actions_from_states, states_from_tracks
-from envs.highway.render import DEFAULT_VIEW, View, render_views
-from envs.highway.road import Road
+from worldplan.envs.highway.costs import DEFAULT_COSTS, CostConfig, image_costs_np
+from worldplan.envs.highway.kinematics import MAX_ACCEL, actions_from_states, states_from_tracks
+from worldplan.envs.highway.render import DEFAULT_VIEW, View, render_views
+from worldplan.envs.highway.road import Road
 
 
 def headings_from_velocity(vel: np.ndarray, min_speed: float = 0.2) -> np.ndarray:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.highway.kinematics import MAX_ACCEL
-from envs.highway.replay import ReplayBatch
+from worldplan.envs.highway.kinematics import MAX_ACCEL
+from worldplan.envs.highway.replay import ReplayBatch
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from envs.highway.road import Road
+from worldplan.envs.highway.road import Road
 
 SHIFT = 4  # OpenCV sub-pixel bits
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.highway.costs import DEFAULT_COSTS, CostConfig, image_costs_np
-from envs.highway.kinematics import step_np
-from envs.highway.recording import Recording
-from envs.highway.render import DEFAULT_VIEW, View, render_pairs, view_reach
+from worldplan.envs.highway.costs import DEFAULT_COSTS, CostConfig, image_costs_np
+from worldplan.envs.highway.kinematics import step_np
+from worldplan.envs.highway.recording import Recording
+from worldplan.envs.highway.render import DEFAULT_VIEW, View, render_pairs, view_reach
 
 RUNNING, SUCCESS, COLLISION, OFFROAD, TIMEOUT = 0, 1, 2, 3, 4
 OUTCOMES = ("running", "success", "collision", "offroad", "timeout")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from envs.highway.costs import DEFAULT_COSTS, CostConfig, image_costs_torch
-from envs.highway.kinematics import MAX_ACCEL
-from envs.highway.render import DEFAULT_VIEW, View
-from envs.interface import check_batch
+from worldplan.envs.highway.costs import DEFAULT_COSTS, CostConfig, image_costs_torch
+from worldplan.envs.highway.kinematics import MAX_ACCEL
+from worldplan.envs.highway.render import DEFAULT_VIEW, View
+from worldplan.envs.interface import check_batch
 
 MAX_STEER = 1.0 / 4.3  # 1/m: the car-length rule for the shortest car
 

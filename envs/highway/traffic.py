@@ -1,6 +1,6 @@
 """Dense traffic driven by IDM (car following) and MOBIL (lane changes), vectorised.
 
-Every car moves by the kinematic update of :mod:`envs.highway.kinematics` with the
+Every car moves by the kinematic update of :mod:`worldplan.envs.highway.kinematics` with the
 action ``[a, b]``: ``a`` from the Intelligent Driver Model (Treiber, Hennecke & Helbing
 2000), ``b`` from a lane-keeping controller steering toward the centre of the car's
 target lane, which MOBIL (Kesting, Treiber & Helbing 2007) changes.
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from envs.highway.kinematics import DT, step_np
-from envs.highway.road import Road
+from worldplan.envs.highway.kinematics import DT, step_np
+from worldplan.envs.highway.road import Road
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """2-D navigation: a MuJoCo point-mass robot on an occupancy-grid map with landmark ranging."""
 
-from envs.navigation.env import MapConfig, Navigation2DEnv, mjcf_from_grid
-from envs.navigation.task_model import NavigationParams, NavigationTaskModel
+from worldplan.envs.navigation.env import MapConfig, Navigation2DEnv, mjcf_from_grid
+from worldplan.envs.navigation.task_model import NavigationParams, NavigationTaskModel
 
 __all__ = [
     "MapConfig",

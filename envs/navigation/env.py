@@ -1,7 +1,7 @@
 """``worldplan/Navigation2D-v0``: drive a MuJoCo point-mass robot through a 2-D map to a
 goal, sensing only noisy ranges to known landmarks.
 
-Each reset draws a map (an :class:`envs.maps.OccupancyGrid` of random boxes inside an
+Each reset draws a map (an :class:`worldplan.envs.maps.OccupancyGrid` of random boxes inside an
 outer wall, or the one passed in ``options["map"]``), generates the MJCF from it (one box
 geom per horizontal run of occupied cells), and places the robot and the goal in free
 space, reachable from each other. The robot is a disc on two slide joints (x, y) driven by
@@ -20,8 +20,8 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.maps import OccupancyGrid
-from envs.navigation.task_model import NavigationParams, NavigationTaskModel
+from worldplan.envs.maps import OccupancyGrid
+from worldplan.envs.navigation.task_model import NavigationParams, NavigationTaskModel
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ class Navigation2DEnv(gym.Env):
     def render(self):
         if self.render_mode != "rgb_array" or self.grid is None:
             return None
-        from envs.navigation.render import render_scene
+        from worldplan.envs.navigation.render import render_scene
 
         return render_scene(self.grid, self._trace, self.landmarks, self.goal,
                             self.params.radius)

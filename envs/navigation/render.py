@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from envs.maps import OccupancyGrid
+from worldplan.envs.maps import OccupancyGrid
 
 
 def render_scene(

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from envs.interface import check_batch
-from envs.maps import OccupancyGrid
+from worldplan.envs.interface import check_batch
+from worldplan.envs.maps import OccupancyGrid
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,14 @@
 """The truck backer-upper of Nguyen & Widrow (1990)."""
 
-from envs.truck.episode import BatchResult, Outcome, simulate
-from envs.truck.kinematics import TruckParams, step_np, step_torch, trailer_rear, wrap_angle
-from envs.truck.task_model import STRICT, DockingCriteria, StartRegion, TruckTaskModel
+from worldplan.envs.truck.episode import BatchResult, Outcome, simulate
+from worldplan.envs.truck.kinematics import (
+    TruckParams,
+    step_np,
+    step_torch,
+    trailer_rear,
+    wrap_angle,
+)
+from worldplan.envs.truck.task_model import STRICT, DockingCriteria, StartRegion, TruckTaskModel
 
 __all__ = [
     "STRICT", "BatchResult", "DockingCriteria", "Outcome", "StartRegion", "TruckParams",

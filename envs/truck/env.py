@@ -9,10 +9,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.truck.episode import Outcome, classify
-from envs.truck.kinematics import TruckParams, step_np, trailer_rear, wrap_angle
-from envs.truck.render import render_frame
-from envs.truck.task_model import StartRegion, TruckTaskModel
+from worldplan.envs.truck.episode import Outcome, classify
+from worldplan.envs.truck.kinematics import TruckParams, step_np, trailer_rear, wrap_angle
+from worldplan.envs.truck.render import render_frame
+from worldplan.envs.truck.task_model import StartRegion, TruckTaskModel
 
 
 class TruckBackerUpperEnv(gym.Env):

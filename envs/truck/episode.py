@@ -9,7 +9,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from envs.truck.kinematics import (
+from worldplan.envs.truck.kinematics import (
     TruckParams,
     at_wall,
     hitch_angle,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from envs.truck.kinematics import TruckParams, cab_front, trailer_rear
+from worldplan.envs.truck.kinematics import TruckParams, cab_front, trailer_rear
 
 WIDTH = 2.5  # half-width of cab and trailer, yard units
 

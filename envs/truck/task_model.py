@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from envs.interface import check_batch
-from envs.truck.kinematics import (
+from worldplan.envs.interface import check_batch
+from worldplan.envs.truck.kinematics import (
     TruckParams,
     at_wall,
     hitch_angle,
@@ -61,7 +61,7 @@ STRICT = DockingCriteria(0.5, 5.0)
 
 
 class TruckTaskModel:
-    """TaskModel of the truck backer-upper (see :mod:`envs.interface`).
+    """TaskModel of the truck backer-upper (see :mod:`worldplan.envs.interface`).
 
     State ``[B, 4]`` = hitch (x, y), cab heading, trailer heading; action ``[B, 1]`` =
     steering angle (rad). The cost is Nguyen & Widrow's: what matters is where the

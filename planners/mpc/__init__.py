@@ -6,11 +6,11 @@
 See docs/mpc.md.
 """
 
-from planners.mpc.base import Planner, as_bounds
-from planners.mpc.controller import EpisodeResult, RecedingHorizonController
-from planners.mpc.gradient import GradientMPC
-from planners.mpc.lqr import ILQR, LQR, batch_jacobian, dare, dlqr, linearize
-from planners.mpc.sampling import CEM, MPPI, colored_noise
+from worldplan.planners.mpc.base import Planner, as_bounds
+from worldplan.planners.mpc.controller import EpisodeResult, RecedingHorizonController
+from worldplan.planners.mpc.gradient import GradientMPC
+from worldplan.planners.mpc.lqr import ILQR, LQR, batch_jacobian, dare, dlqr, linearize
+from worldplan.planners.mpc.sampling import CEM, MPPI, colored_noise
 
 __all__ = ["CEM", "ILQR", "LQR", "MPPI", "EpisodeResult", "GradientMPC", "Planner",
            "RecedingHorizonController", "as_bounds",

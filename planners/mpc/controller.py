@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from planners.mpc.base import Planner
+from worldplan.planners.mpc.base import Planner
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from planners.mpc.base import BoundLike, Planner, _check_int, _check_positive
+from worldplan.planners.mpc.base import BoundLike, Planner, _check_int, _check_positive
 
 log = logging.getLogger(__name__)
 

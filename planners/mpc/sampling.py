@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from planners.mpc.base import Planner, _check_int, _check_positive
+from worldplan.planners.mpc.base import Planner, _check_int, _check_positive
 
 log = logging.getLogger(__name__)
 

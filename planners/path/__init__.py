@@ -1,15 +1,22 @@
 """Path planning: grid search (A*, weighted A*, Dijkstra), sampling-based planners
 (RRT, RRT*, informed RRT*, PRM*) and hybrid A* for car-like kinematics."""
 
-from planners.path.grid import NoPathError, Path, astar, dijkstra, distance_field, path_is_valid
-from planners.path.hybrid_astar import (
+from worldplan.planners.path.grid import (
+    NoPathError,
+    Path,
+    astar,
+    dijkstra,
+    distance_field,
+    path_is_valid,
+)
+from worldplan.planners.path.hybrid_astar import (
     HybridPath,
     car_primitives,
     car_step,
     grid_heuristic,
     hybrid_astar,
 )
-from planners.path.sampling import (
+from worldplan.planners.path.sampling import (
     SamplingResult,
     Space,
     informed_rrt_star,

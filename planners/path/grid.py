@@ -1,4 +1,4 @@
-"""Grid search: A*, weighted A* and Dijkstra on an :class:`envs.maps.OccupancyGrid`.
+"""Grid search: A*, weighted A* and Dijkstra on an :class:`worldplan.envs.maps.OccupancyGrid`.
 
 Cells are ``(row, col)``; moves are 4- or 8-connected with cost 1 per straight step and
 sqrt(2) per diagonal, times the grid's resolution (metres). With ``corner_cutting=False``
@@ -6,7 +6,7 @@ sqrt(2) per diagonal, times the grid's resolution (metres). With ``corner_cuttin
 squeezes between two diagonally touching obstacles; ``True`` gives the plain 8-connected
 grid graph (networkx's ``grid_2d_graph`` plus diagonals, pyastar2d).
 
-The search runs in a small C core (:mod:`planners.path._native`) when a C compiler is
+The search runs in a small C core (:mod:`worldplan.planners.path._native`) when a C compiler is
 available, else in pure Python; both return the same optimal cost.
 """
 
@@ -21,8 +21,8 @@ from typing import Literal
 
 import numpy as np
 
-from envs.maps import OccupancyGrid, as_occupancy
-from planners.path import _native
+from worldplan.envs.maps import OccupancyGrid, as_occupancy
+from worldplan.planners.path import _native
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.maps import OccupancyGrid
-from planners.path.grid import NoPathError, distance_field
+from worldplan.envs.maps import OccupancyGrid
+from worldplan.planners.path.grid import NoPathError, distance_field
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A :class:`Space` is a box ``[low, high]`` in ``D`` dimensions plus a batched collision
 checker: ``is_free(points [N, D]) -> [N] bool`` and optionally ``segment_free(a [N, D],
 b [N, D]) -> [N] bool`` (else segments are sampled every ``collision_step``). Ready-made
-spaces: :meth:`Space.from_grid` (an :class:`envs.maps.OccupancyGrid`) and
+spaces: :meth:`Space.from_grid` (an :class:`worldplan.envs.maps.OccupancyGrid`) and
 :meth:`Space.from_circles` (exact disc obstacles).
 
 Every planner takes a budget in iterations and/or seconds and a seed, and returns a
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from envs.maps import OccupancyGrid
+from worldplan.envs.maps import OccupancyGrid
 
 log = logging.getLogger(__name__)
 

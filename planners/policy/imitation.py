@@ -9,7 +9,7 @@ checkpoint (``state_dict`` + :meth:`config`) is self-contained.
 With ``motion`` (ego-centred frames and ``[x, y, vx, vy]`` states only), the network also
 sees, per pixel of one channel (the other cars), their forward speed relative to the
 ego, measured between the last two frames by
-:func:`worldmodels.ego_motion.context_flow`. Why: a car closing in at 1 m/s moves 0.16 px
+:func:`worldplan.worldmodels.ego_motion.context_flow`. Why: a car closing in at 1 m/s moves 0.16 px
 between two frames 0.1 s apart, which a small CNN trained for minutes does not pick up;
 car-following needs that closing speed.
 """
@@ -88,7 +88,7 @@ class ContextPolicy(nn.Module):
             self.register_buffer(name, t)
         self.bound = float(bound)
         if self.motion:
-            from worldmodels.ego_motion import flow_shifts
+            from worldplan.worldmodels.ego_motion import flow_shifts
 
             m = self.motion
             self.register_buffer("flow_shifts", flow_shifts(m["max_speed"], m["dt"], m["res"]),
@@ -123,7 +123,7 @@ class ContextPolicy(nn.Module):
     def _relative_speed(self, states: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``[B, 1, H, W]``: (other car's forward speed - ego speed) / 5 m/s, times the
         channel's coverage (zero where there is no car)."""
-        from worldmodels.ego_motion import context_flow
+        from worldplan.worldmodels.ego_motion import context_flow
 
         m = self.motion
         cur, flow = context_flow(states, frames, int(m["channel"]), m["res"], m["min_speed"],

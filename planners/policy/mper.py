@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from planners.policy.imitation import BatchSampler, unit_frames
-from planners.policy.mpur import policy_rollout
+from worldplan.planners.policy.imitation import BatchSampler, unit_frames
+from worldplan.planners.policy.mpur import policy_rollout
 
 log = logging.getLogger(__name__)
 

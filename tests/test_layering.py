@@ -1,0 +1,90 @@
+"""The package layering (docs/architecture.md), checked on every import statement.
+
+Layers, lowest first: ``filters``; ``worldmodels``; ``planners``; the tasks in ``envs``;
+``experiments`` (the command). A package imports only from the layers below it. The task
+contracts ``envs.interface`` (the TaskModel protocol) and ``envs.maps`` (occupancy grids)
+are shared by every layer. ``KNOWN_VIOLATIONS`` lists the edges still to be removed: it may
+only shrink (a listed edge that no longer exists fails too).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("filters", "worldmodels", "planners", "envs", "experiments")
+SHARED = ("envs.interface", "envs.maps")
+# importer module -> imported module; each is a defect to remove, not a permission.
+KNOWN_VIOLATIONS = {
+    ("worldmodels.ego_motion", "envs.highway.kinematics"),
+}
+
+
+def _project_imports(path: Path) -> set[str]:
+    """Project modules imported anywhere in ``path`` (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "worldplan" and len(parts) > 1 and parts[1] in PACKAGES:
+                found.add(".".join(parts[1:]))
+    return found
+
+
+def _allowed(importer: str, imported: str) -> bool:
+    own, other = importer.split(".")[0], imported.split(".")[0]
+    if own == other or any(imported == s or imported.startswith(s + ".") for s in SHARED):
+        return True
+    return PACKAGES.index(other) < PACKAGES.index(own)
+
+
+def layering_violations(root: Path = ROOT) -> set[tuple[str, str]]:
+    """Every (importer, imported) module pair that goes up or across the layers."""
+    bad = set()
+    for package in PACKAGES:
+        for path in (root / package).rglob("*.py"):
+            importer = ".".join(path.relative_to(root).with_suffix("").parts)
+            importer = importer.removesuffix(".__init__")
+            for imported in _project_imports(path):
+                # ``from a.b import c`` names both a.b and a.b.c; judge the module
+                if not _allowed(importer, imported):
+                    bad.add((importer, _module_of(imported, root)))
+    return bad
+
+
+def _module_of(name: str, root: Path) -> str:
+    """``envs.highway.kinematics.step`` -> ``envs.highway.kinematics`` (the file)."""
+    parts = name.split(".")
+    while parts and not ((root / Path(*parts)).with_suffix(".py").is_file()
+                         or (root / Path(*parts) / "__init__.py").is_file()):
+        parts.pop()
+    return ".".join(parts)
+
+
+def test_no_package_imports_a_layer_above_it() -> None:
+    new = layering_violations() - KNOWN_VIOLATIONS
+    assert not new, "imports against the layering (docs/architecture.md):\n" + "\n".join(
+        f"  {a} imports {b}" for a, b in sorted(new))
+
+
+def test_known_violations_are_still_real() -> None:
+    stale = KNOWN_VIOLATIONS - layering_violations()
+    assert not stale, f"remove these fixed edges from KNOWN_VIOLATIONS: {sorted(stale)}"
+
+
+def test_checker_catches_a_violation(tmp_path: Path) -> None:
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "envs" / "truck.py").write_text("X = 1\n")
+    (tmp_path / "planners" / "bad.py").write_text(
+        "def f():\n    from worldplan.envs.truck import X\n    return X\n")
+    (tmp_path / "planners" / "fine.py").write_text(
+        "from worldplan.envs.interface import TaskModel\nfrom worldplan.filters import KF\n")
+    assert layering_violations(tmp_path) == {("planners.bad", "envs.truck")}
