@@ -99,7 +99,7 @@ class ModelConfig:
 class PolicyConfig:
     """Policy learning (all methods share the policy network)."""
 
-    methods: tuple[str, ...] = ("imitation", "vg", "svg", "mpur", "mper")
+    methods: tuple[str, ...] = ("imitation", "oracle", "vg", "svg", "mpur", "mper")
     seeds: tuple[int, ...] = (0, 1, 2)  # policy-training seeds (one data set and model)
     imitation_steps: int = 3000
     bptt_steps: int = 300
@@ -111,6 +111,22 @@ class PolicyConfig:
     lane_weight: float = 0.2
     hidden: int = 64
     channels: tuple[int, ...] = (8, 8, 16)
+    # context frames the policy sees (0 = the world model's ncond); the world models are
+    # fed the last ncond of them
+    ncond: int = 0
+    # "oracle": BPTT through the true replayed future (worldmodels/oracle.py), the check
+    # of the objective and the learner with a perfect model
+    oracle_steps: int = 1500
+    oracle_horizon: int = 30
+    oracle_batch_size: int = 16
+    oracle_lr: float = 3e-4
+    # BPTT: no gradient through the policy's image input (halves the backward pass;
+    # the cost and the state inputs still carry it); planners/policy/mpur.py
+    detach_frames: bool = True
+    # of the frames before the last, the policy sees only these channels (the other
+    # cars; lanes, ego and off-road of the last frame suffice): a 10-frame context then
+    # costs the first convolution 13 input channels instead of 40. () = all channels
+    history_channels: tuple[int, ...] = (1,)
     # the policy also sees each other car's speed relative to the ego (block matching
     # between its last two frames; planners/policy/imitation.py). Off by default: it did
     # not help imitation (seeds 0 / 1: 20.0 / 13.3 % against 26.7 / 10.0 %; docs/highway.md)
@@ -121,8 +137,16 @@ class PolicyConfig:
 class EvalConfig:
     ncond: int = 20  # steps the ego replays its own recording before the policy drives
     max_steps: int = 800
-    methods: tuple[str, ...] = ("no-action", "expert-replay", "imitation", "vg", "svg",
-                                "mpur", "mper", "mpc")
+    methods: tuple[str, ...] = ("no-action", "expert-replay", "idm", "idm-watch", "oracle",
+                                "imitation", "vg", "svg", "mpur", "mper", "mpc")
+    # held-out cars: the training recording's test split plus fresh recordings made with
+    # these seeds (never the training seed), each cached in the run's data folder
+    test_split: bool = True
+    eval_seeds: tuple[int, ...] = (1001, 1002)
+    eval_record_seconds: float = 150.0
+    eval_warmup_seconds: float = 60.0
+    eval_cars: int = 150  # per fresh recording
+    uncertainty: bool = True  # MC-dropout U of the stochastic model along the episodes
     mc_samples: int = 2
     uncertainty_every: int = 10  # steps between MC-dropout uncertainty measurements
     video: bool = True
@@ -130,6 +154,12 @@ class EvalConfig:
     mpc_iterations: int = 5
     mpc_lr: float = 0.1
     mpc_u_weight: float = 0.1  # weight of the MC-dropout uncertainty in MPC's cost
+    # compute the other cars' predicted motion once per plan, re-warp it per inner
+    # iteration (experiments/highway_mpc.py; the speed-up is in benchmarks/bench_highway.py)
+    mpc_cache: bool = True
+    # gradient MPC costs seconds per step for a batch of egos: it drives only the first
+    # mpc_cars cars of each held-out set (its row says how many episodes)
+    mpc_cars: int = 20
 
 
 @dataclass
@@ -154,9 +184,11 @@ def quick_config() -> HighwayConfig:
         model=ModelConfig(ncond=2, npred=2, hidden=64, channels=(8, 16, 16), z_dim=8,
                           det_steps=15, sto_steps=15, batch_size=16, horizon_error=False),
         policy=PolicyConfig(seeds=(0,), imitation_steps=60, bptt_steps=8, batch_size=8, horizon=4,
-                            mc_samples=2, hidden=64, channels=(8, 8, 16)),
+                            mc_samples=2, hidden=64, channels=(8, 8, 16), oracle_steps=150,
+                            oracle_horizon=15, oracle_batch_size=16),
         evaluate=EvalConfig(max_steps=800, mc_samples=2, uncertainty_every=10, video=True,
-                            mpc_horizon=3, mpc_iterations=2))
+                            mpc_horizon=3, mpc_iterations=2, eval_seeds=(1001,),
+                            eval_record_seconds=70.0, eval_warmup_seconds=30.0, eval_cars=12))
 
 
 # ----------------------------------------------------------------------------- smoothing
@@ -381,11 +413,23 @@ def _set_threads(config: HighwayConfig) -> None:
     torch.set_num_threads(config.threads)
 
 
-POLICY_METHODS = ("imitation", "vg", "svg", "mpur", "mper")
-METHODS = ("no-action", "expert-replay", *POLICY_METHODS, "mpc")
+POLICY_METHODS = ("imitation", "oracle", "vg", "svg", "mpur", "mper")
+
+
+def _privileged() -> dict:
+    from worldplan.envs.highway.privileged import IDMDriver
+
+    # drivers that see the true replayed traffic: the harness's ceiling (docs/highway.md)
+    return {"idm-keep-lane": IDMDriver(copy_lanes=False),
+            "idm": IDMDriver(),
+            "idm-watch": IDMDriver(time_gap=0.6, watch_follower=True)}
+
+
+PRIVILEGED = _privileged()
+METHODS = ("no-action", "expert-replay", *PRIVILEGED, *POLICY_METHODS, "mpc")
 MODEL_DIRS = {"deterministic": "model-deterministic", "stochastic": "model-stochastic"}
 # which world model each learned method trains through (None: no model)
-METHOD_MODEL = {"imitation": None, "vg": "deterministic", "svg": "stochastic",
+METHOD_MODEL = {"imitation": None, "oracle": None, "vg": "deterministic", "svg": "stochastic",
                 "mpur": "stochastic", "mper": "stochastic"}
 
 
@@ -473,13 +517,16 @@ def local_uncertainty(mc, model, view: View) -> torch.Tensor:
 def _uncertainty_fn(model, n: int, view: View):
     from worldplan.worldmodels.uncertainty import mc_uncertainty
 
+    base = model.model if isinstance(model, LastContext) else model
+
     def u(context: torch.Tensor, frames: torch.Tensor, actions: torch.Tensor,
           z: torch.Tensor | None) -> torch.Tensor:
         # one sampled network per MC sample for the whole rollout: several times cheaper
         # on a CPU than fresh masks per step, and still a variance over dropout networks
-        mc = mc_uncertainty(model, context, actions, n=n, z=z, images=frames,
+        k = base.ncond
+        mc = mc_uncertainty(base, context[:, -k:], actions, n=n, z=z, images=frames[:, -k:],
                             masks="trajectory")
-        return local_uncertainty(mc, model, view)
+        return local_uncertainty(mc, base, view)
 
     return u
 
@@ -513,6 +560,36 @@ def _posterior_fn(model):
     return posterior
 
 
+class LastContext:
+    """A world model fed only the last ``model.ncond`` entries of a longer policy context
+    (``step`` and ``_features`` slice; everything else passes through)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def step(self, context, action, z=None, image=None):
+        k = self.model.ncond
+        return self.model.step(context[:, -k:], action, z=z,
+                               image=None if image is None else image[:, -k:])
+
+    def _features(self, context, frames):
+        k = self.model.ncond
+        return self.model._features(context[:, -k:], frames[:, -k:])
+
+
+def _oracle_fn(view: View, dt: float):
+    """``batch -> ReplayOracle`` of the batch's recorded future (worldmodels/oracle.py)."""
+    from worldplan.worldmodels.oracle import ReplayOracle
+
+    def make(batch: dict[str, torch.Tensor]) -> ReplayOracle:
+        return ReplayOracle(batch["target_images"], batch["targets"], view.res, dt)
+
+    return make
+
+
 def _sampler(windows, device: torch.device):
     def sample(rng: np.random.Generator, n: int) -> dict[str, torch.Tensor]:
         idx = rng.integers(0, len(windows), size=n)
@@ -533,7 +610,8 @@ def _new_policy(config: HighwayConfig, ds, ncond: int):
                   "max_speed": 20.0}
     return ContextPolicy(ds.state_dim, ds.action_dim, tuple(ds.image_shape), ncond,
                          st.state_mean, st.state_std, st.action_mean, st.action_std,
-                         hidden=p.hidden, channels=tuple(p.channels), motion=motion)
+                         hidden=p.hidden, channels=tuple(p.channels), motion=motion,
+                         history_channels=tuple(p.history_channels) or None)
 
 
 def _policy_path(run: Run, method: str, seed: int) -> Path:
@@ -563,7 +641,8 @@ def _load_policy(run: Run, method: str, ds, device: torch.device, seed: int):
                            cfg["ncond"], st["state_mean"], st["state_std"], st["action_mean"],
                            st["action_std"], hidden=cfg["hidden"],
                            channels=tuple(cfg["channels"]), bound=cfg["bound"],
-                           motion=cfg.get("motion"))
+                           motion=cfg.get("motion"),
+                           history_channels=cfg.get("history_channels"))
     load_state_dict_checked(policy, payload["state_dict"], str(path))
     return policy.to(device).eval()
 
@@ -637,7 +716,11 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     device = resolve_device(config.device)
     needs = {METHOD_MODEL[m] for m in p.methods} - {None}
     models = {w: _load_world_model(run, w, ds, device) for w in sorted(needs)}  # fail early
-    ncond = next(iter(models.values())).ncond if models else config.model.ncond
+    model_ncond = next(iter(models.values())).ncond if models else config.model.ncond
+    ncond = p.ncond or model_ncond
+    if ncond < model_ncond:
+        raise ValueError(f"policy.ncond {ncond} is shorter than the world model's context "
+                         f"{model_ncond}")
     view = View(**ds.manifest["generator"]["config"]["view"])
     cost = _cost_fn(view, p.lane_weight)
     rng = seed_everything(config.seed)
@@ -645,6 +728,10 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     windows = ds.windows("train", ncond, max(p.horizon, 1),
                          episodes=_recorded_ids(ds, "train"))
     sample = _sampler(windows, device)
+    oracle_sample = None
+    if "oracle" in p.methods:
+        oracle_sample = _sampler(ds.windows("train", ncond, p.oracle_horizon,
+                                            episodes=_recorded_ids(ds, "train")), device)
     summary: dict[str, dict] = {}
     u_stats = None
     if "mpur" in p.methods:
@@ -672,8 +759,17 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                 # (as PPUU's MPER/MPUR runs start from a sensible driver)
                 policy.load_state_dict(
                     _load_policy(run, "imitation", ds, device, seed).state_dict())
-            model = models[METHOD_MODEL[method]]
-            if method == "mper":
+            model = models.get(METHOD_MODEL[method])
+            if model is not None and model.ncond < ncond:
+                model = LastContext(model)
+            if method == "oracle":
+                hist = train_mpur(policy, None, oracle_sample, cost,
+                                  MPURConfig(steps=p.oracle_steps, batch_size=p.oracle_batch_size,
+                                             horizon=p.oracle_horizon, lr=p.oracle_lr, lam=0.0,
+                                             detach_frames=p.detach_frames),
+                                  rng, lambda b, t: None, writer=run.writer(), tag=method,
+                                  model_fn=_oracle_fn(view, ds.dt))
+            elif method == "mper":
                 hist = {"loss": train_mper(policy, model, sample, _posterior_fn(model),
                                            model.delta_std,
                                            MPERConfig(steps=p.bptt_steps, batch_size=p.batch_size,
@@ -683,7 +779,8 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                 lam = p.lam if method == "mpur" else 0.0
                 hist = train_mpur(policy, model, sample, cost,
                                   MPURConfig(steps=p.bptt_steps, batch_size=p.batch_size,
-                                             horizon=p.horizon, lr=p.lr, lam=lam),
+                                             horizon=p.horizon, lr=p.lr, lam=lam,
+                                             detach_frames=p.detach_frames),
                                   rng, _latent_fn(model),
                                   _uncertainty_fn(model, p.mc_samples, view) if lam > 0 else None,
                                   u_stats if lam > 0 else None, run.writer(), tag=method)
@@ -704,103 +801,42 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
 
 
 # ----------------------------------------------------------------------------- evaluate
-def _test_cars(ds, episodes: int) -> tuple[np.ndarray, np.ndarray]:
-    meta = ds.manifest["generator"]["config"]
-    ids = _recorded_ids(ds, "test")
-    if not ids:
-        raise ValueError(f"data set {ds.path} has no test episodes")
-    cars = np.array([meta["car_ids"][i] for i in ids])
-    starts = np.array([meta["start_steps"][i] for i in ids])
-    if episodes > 0:
-        cars, starts = cars[:episodes], starts[:episodes]
-    return cars, starts
+def _held_out_sets(config: HighwayConfig, run: Run, ds, rec: Recording):
+    """The test split of the training recording (``evaluate.test_split``) and one set per
+    ``evaluate.eval_seeds`` recording (cached in the run's data folder); at most
+    ``config.episodes`` cars per set when it is > 0."""
+    from worldplan.experiments.highway_eval import HeldOut, eval_recording
 
-
-def run_episodes(rec: Recording, cars: np.ndarray, starts: np.ndarray, act, ncond: int,
-                 context: int, view: View, max_steps: int, uncertainty=None,
-                 u_every: int = 5, record: int = -1, predict=None) -> dict[str, object]:
-    """Drive held-out cars among recorded traffic, all at once.
-
-    Each ego replays its own recorded actions for ``ncond - 1`` steps (filling a context of
-    ``context`` frames), then ``act(states [E, context, 4], frames [E, context, C, H, W])
-    -> [E, 2]`` drives. ``uncertainty(states, frames, actions) -> [E]`` is sampled every
-    ``u_every`` steps. ``record`` >= 0 keeps that episode's frames (and, with
-    ``predict(states, frames, actions) -> frames [E, C, H, W]``, the model's predictions).
-    """
-    from worldplan.envs.highway.replay import OUTCOMES, ReplayBatch
-
-    warm = max(ncond, context)
-    batch = ReplayBatch(rec, cars, starts, view, CostConfig(), max_steps + warm)
-    e = batch.size
-    imgs, states = batch.observe()
-    frames = [np.moveaxis(imgs, -1, 1)]
-    sts = [states]
-    for _ in range(warm - 1):
-        t = np.minimum(batch.ego.time, rec.steps - 1)
-        imgs, states, _ = batch.step(rec.action[t, cars])
-        frames.append(np.moveaxis(imgs, -1, 1))
-        sts.append(states)
-    replayed_done = batch.done.copy()
-    start_x = batch.ego.pos[:, 0].copy()
-    fr = torch.as_tensor(np.stack(frames[-context:], 1))
-    st = torch.as_tensor(np.stack(sts[-context:], 1), dtype=torch.float32)
-    u_sum, u_n = np.zeros(e), np.zeros(e)
-    video: list[np.ndarray] = []
-    for step in range(max_steps):
-        if batch.done.all():
-            break
-        with torch.no_grad():
-            action = act(st, fr).detach().cpu().numpy().astype(np.float64)
-        running = ~batch.done
-        if uncertainty is not None and step % u_every == 0:
-            with torch.no_grad():
-                u = uncertainty(st, fr, torch.as_tensor(action, dtype=torch.float32))
-            u_sum[running] += u.cpu().numpy()[running]
-            u_n[running] += 1
-        if record >= 0 and running[record]:
-            pred = None
-            if predict is not None:
-                with torch.no_grad():
-                    pred = predict(st[record:record + 1], fr[record:record + 1],
-                                   torch.as_tensor(action[record:record + 1],
-                                                   dtype=torch.float32))
-        imgs, states, _ = batch.step(action)
-        if record >= 0 and running[record]:
-            video.append(_video_frame(imgs[record], pred))
-        new_fr = torch.as_tensor(np.moveaxis(imgs, -1, 1))[:, None]
-        fr = torch.cat([fr[:, 1:], new_fr], 1)
-        st = torch.cat([st[:, 1:], torch.as_tensor(states, dtype=torch.float32)[:, None]], 1)
-    outcome = batch.outcome.copy()
-    outcome[outcome == 0] = 4  # still running at the step budget: a timeout
-    return {"outcome": [OUTCOMES[int(o)] for o in outcome],
-            "success": outcome == 1, "distance": batch.ego.pos[:, 0] - start_x,
-            "uncertainty": np.where(u_n > 0, u_sum / np.maximum(u_n, 1), np.nan),
-            "replay_failed": replayed_done, "video": video}
-
-
-def _video_frame(obs: np.ndarray, pred: torch.Tensor | None, scale: int = 4) -> np.ndarray:
-    """Observation (and the model's prediction of it) side by side, enlarged, BGR."""
-    import cv2
-
-    panels = [obs[..., :3]]
-    if pred is not None:
-        p = (pred[0, :3].clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
-        panels.append(np.full((obs.shape[0], 2, 3), 128, np.uint8))
-        panels.append(np.moveaxis(p, 0, -1))
-    img = np.concatenate(panels, 1)
-    img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    return np.ascontiguousarray(img[..., ::-1])
-
-
-def _write_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> Path | None:
-    """BGR frames as an H.264 mp4 (:mod:`worldplan.experiments.video`)."""
-    from worldplan.experiments.video import write_video
-
-    return write_video([f[..., ::-1] for f in frames], path, fps=fps)
+    ev = config.evaluate
+    used = {config.seed}
+    bad = [s for s in ev.eval_seeds if s in used]
+    if bad or len(set(ev.eval_seeds)) != len(ev.eval_seeds):
+        raise ValueError(f"evaluate.eval_seeds must be distinct and differ from the training "
+                         f"seed {config.seed}, got {list(ev.eval_seeds)}")
+    sets = []
+    if ev.test_split:
+        meta = ds.manifest["generator"]["config"]
+        ids = _recorded_ids(ds, "test")
+        if not ids:
+            raise ValueError(f"data set {ds.path} has no test episodes")
+        sets.append(HeldOut("test", rec, np.array([meta["car_ids"][i] for i in ids]),
+                            np.array([meta["start_steps"][i] for i in ids])))
+    for seed in ev.eval_seeds:
+        sets.append(eval_recording(seed, ev.eval_record_seconds, ev.eval_warmup_seconds,
+                                   ev.eval_cars, run.data))
+    if not sets:
+        raise ValueError("no held-out cars: set evaluate.test_split or evaluate.eval_seeds")
+    if config.episodes > 0:
+        sets = [HeldOut(h.name, h.rec, h.cars[:config.episodes], h.starts[:config.episodes])
+                for h in sets]
+    return sets
 
 
 def evaluate_stage(config: HighwayConfig, run: Run) -> None:
-    """Every method of ``evaluate.methods`` on the held-out cars; metrics.json, a video."""
+    """Every method of ``evaluate.methods`` on the held-out cars of every held-out set
+    (experiments/highway_eval.py); metrics.json, a markdown table, a video."""
+    from worldplan.experiments import highway_eval as he
+
     _set_threads(config)
     ev = config.evaluate
     _check_methods(tuple(ev.methods), METHODS, "evaluate.methods")
@@ -813,171 +849,147 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
     seeds = tuple(config.policy.seeds)
     policies = {(m, s): _load_policy(run, m, ds, device, s)
                 for m in ev.methods if m in POLICY_METHODS for s in seeds}
-    need_model = any(m in (*POLICY_METHODS, "mpc") for m in ev.methods) or _model_path(
-        run, "stochastic").is_file()
+    need_model = "mpc" in ev.methods or (ev.uncertainty and _model_path(
+        run, "stochastic").is_file())
     sto = _load_world_model(run, "stochastic", ds, device) if need_model else None
     rec = Recording.load(run.data / ds.manifest["generator"]["config"]["recording"])
-    cars, starts = _test_cars(ds, config.episodes)
     view = View(**ds.manifest["generator"]["config"]["view"])
-    context = sto.ncond if sto is not None else 1
+    sets = _held_out_sets(config, run, ds, rec)
     seed_everything(config.seed)
 
     u_fn = predict = None
-    if sto is not None:
+    if sto is not None and ev.uncertainty:
         from worldplan.worldmodels.uncertainty import mc_uncertainty
+
+        k = sto.ncond
 
         def u_fn(states, frames, actions):
             z = torch.zeros(len(states), 1, sto.z_dim)
-            mc = mc_uncertainty(sto, states.to(device), actions[:, None].to(device),
+            mc = mc_uncertainty(sto, states[:, -k:].to(device), actions[:, None].to(device),
                                 n=max(ev.mc_samples, 2), z=z.to(device),
-                                images=frames.to(device))
+                                images=frames[:, -k:].to(device))
             return local_uncertainty(mc, sto, view)[:, 0]
 
         def predict(states, frames, actions):
-            return sto.step(states.to(device), actions.to(device),
+            return sto.step(states[:, -k:].to(device), actions.to(device),
                             z=torch.zeros(len(states), sto.z_dim, device=device),
-                            image=frames.to(device))[1]
+                            image=frames[:, -k:].to(device))[1]
 
+    common = {"sets": [(h.name, len(h.cars)) for h in sets], "ncond": ev.ncond,
+              "max_steps": ev.max_steps, "u": bool(u_fn), "mc": ev.mc_samples,
+              "u_every": ev.uncertainty_every,
+              "model": he.file_stamp(_model_path(run, "stochastic")) if sto else None}
     results: dict[str, dict] = {}
-    for method, seed in [(m, s) for m in ev.methods
-                         for s in (seeds if m in POLICY_METHODS else (None,))]:
-        t0 = time.perf_counter()
-        if method == "no-action":
-            def act(st, fr):
-                return torch.zeros(len(st), 2)
-        elif method == "expert-replay":
-            act = None  # the recorded driver: see _run_expert
-        elif method == "mpc":
-            planner = _gradient_mpc(sto, ds, view, ev, config.policy.lane_weight, config.seed)
-
-            def act(st, fr, planner=planner):
-                packed = torch.cat([st.flatten(1), fr.float().div(255.0).flatten(1)], 1)
-                return planner.act(packed.to(device)).detach()
-        else:
-            pol = policies[(method, seed)]
-
-            def act(st, fr, pol=pol):
-                return pol(st.to(device), fr.to(device))
-        record = 0 if (ev.video and method == "mpur" and seed == seeds[0]) else -1
-        if method == "expert-replay":
-            out = _run_expert(rec, cars, starts, ev, view, context)
-        else:
-            out = run_episodes(rec, cars, starts, act, ev.ncond, context, view, ev.max_steps,
-                               u_fn, ev.uncertainty_every, record,
-                               predict if record >= 0 else None)
-        if record >= 0:
-            with run.optional_artefact("the evaluation video"):
-                _write_video(out["video"], run.videos / "mpur_episode.mp4")
-        u = out["uncertainty"]
-        res = {
-            "success_rate": float(np.mean(out["success"])),
-            "mean_distance_m": float(np.mean(out["distance"])),
-            "mean_uncertainty": float(np.nanmean(u)) if np.isfinite(u).any() else None,
-            "collision_rate": float(np.mean([o == "collision" for o in out["outcome"]])),
-            "offroad_rate": float(np.mean([o == "offroad" for o in out["outcome"]])),
-            "episodes": int(len(cars)), "seconds": time.perf_counter() - t0}
-        log.info("%-14s %s", method if seed is None else f"{method}/seed{seed}", res)
-        if seed is None:
-            results[method] = res
-        else:
-            results.setdefault(method, {"per_seed": {}})["per_seed"][str(seed)] = res
-            if len(results[method]["per_seed"]) == len(seeds):
-                results[method] = _over_seeds(results[method]["per_seed"])
+    for method in ev.methods:
+        per_seed, per_seed_eps = {}, {}
+        for seed in (seeds if method in POLICY_METHODS else (None,)):
+            t0 = time.process_time()
+            context = sto.ncond if sto is not None else 1
+            if method == "no-action":
+                act = he.no_action
+            elif method == "expert-replay":
+                act = he.expert_act
+            elif method in PRIVILEGED:
+                act = he.privileged_act(PRIVILEGED[method])
+            elif method == "mpc":
+                act = _mpc_act(sto, ds, view, ev, config.policy.lane_weight, config.seed, device)
             else:
-                continue
+                pol = policies[(method, seed)]
+                act = he.policy_act(pol, device)
+                context = max(context, pol.cfg["ncond"])
+            record = 0 if (ev.video and method == "mpur" and seed == seeds[0]) else -1
+            stamp = (he.file_stamp(_policy_path(run, method, seed)) if seed is not None
+                     else None)
+            key = he.cache_key(method=method, seed=seed, policy=stamp, context=context,
+                               mpc=dataclasses.asdict(ev) if method == "mpc" else None,
+                               **common)
+            video: list = []
+
+            m_sets = sets
+            if method == "mpc":
+                m_sets = [he.HeldOut(h.name, h.rec, h.cars[:ev.mpc_cars], h.starts[:ev.mpc_cars])
+                          for h in sets]
+
+            def compute(act=act, context=context, record=record, video=video, m_sets=m_sets):
+                outs = []
+                for i, h in enumerate(m_sets):
+                    out = he.drive(h, act, ev.ncond, context, view, ev.max_steps, u_fn,
+                                   ev.uncertainty_every, record if i == 0 else -1,
+                                   predict if record >= 0 and i == 0 else None)
+                    video.extend(out.pop("video"))
+                    outs.append(out)
+                return he.concat(outs)
+
+            name = method if seed is None else f"{method}-seed{seed}"
+            eps = he.cached(run.path / "eval-cache", name, key, compute)
+            if video:
+                with run.optional_artefact("the evaluation video"):
+                    he.write_video([he.video_frame(o, p) for o, p in video],
+                                   run.videos / "mpur_episode.mp4")
+            row = he.summarise(eps)
+            row["cpu_seconds"] = time.process_time() - t0
+            log.info("%-16s success %.3f (%.3f-%.3f) no-rear %.3f, cpu %.0f s", name,
+                     row["success_rate"], *row["success_ci95"], row["success_no_rear"],
+                     row["cpu_seconds"])
+            if seed is None:
+                results[method] = row
+            else:
+                per_seed[str(seed)], per_seed_eps[str(seed)] = row, eps
+        if per_seed:
+            results[method] = he.over_seeds(per_seed, per_seed_eps)
         run.update_metrics("evaluate", {method: results[method]})
-    _print_table(results)
+    table = he.format_table(results)
+    (run.path / "evaluation.md").write_text(table + "\n")
+    log.info("evaluation (%d held-out cars: %s):\n%s", sum(len(h.cars) for h in sets),
+             ", ".join(f"{h.name} {len(h.cars)}" for h in sets), table)
 
 
-def _over_seeds(per_seed: dict[str, dict]) -> dict:
-    """Mean over policy seeds of every figure, the std and best of the success rate, and
-    the per-seed results."""
-    rows = list(per_seed.values())
-    out: dict = {}
-    for key in ("success_rate", "mean_distance_m", "mean_uncertainty", "collision_rate",
-                "offroad_rate", "seconds"):
-        vals = [r[key] for r in rows if r[key] is not None]
-        out[key] = float(np.mean(vals)) if vals else None
-    rates = [r["success_rate"] for r in rows]
-    out.update(success_rate_std=float(np.std(rates)), success_rate_best=float(np.max(rates)),
-               best_seed=int(list(per_seed)[int(np.argmax(rates))]),
-               episodes=rows[0]["episodes"], seeds=len(rows), per_seed=per_seed)
-    return out
+def _mpc_act(model, ds, view: View, ev: EvalConfig, lane_weight: float, seed: int,
+             device: torch.device):
+    """Gradient MPC (experiments/highway_mpc.py) as an evaluation ``Act``; a fresh planner
+    (no warm start) per batch of episodes."""
+    planners: dict[int, object] = {}
+
+    def act(batch, st, fr):
+        if id(batch) not in planners:
+            planners.clear()
+            planners[id(batch)] = _gradient_mpc(model, ds, view, ev, lane_weight, seed)
+        out = planners[id(batch)].act(st.to(device), fr.to(device).float() / 255.0)
+        return out.detach().cpu().numpy()
+
+    return act
+
+
+def _u_map(view: View):
+    """U per step ``[B, T]`` from MC-dropout frame variances ``[B, T, C, H, W]`` and states
+    ``[B, T, 4]``: the cars channel's variance averaged under the proximity mask (the
+    ego-motion model's state is kinematic, so it has no variance; see
+    :func:`local_uncertainty`)."""
+    from worldplan.envs.highway.costs import masks_torch
+
+    def u(var: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        b, t = states.shape[:2]
+        mask = masks_torch(states.flatten(0, 1).detach(), view)["proximity"].view(
+            b, t, view.height, view.width)
+        return (mask * var[:, :, 1]).flatten(2).sum(-1) / mask.flatten(2).sum(-1).clamp_min(1.0)
+
+    return u
 
 
 def _gradient_mpc(model, ds, view: View, ev: EvalConfig, lane_weight: float, seed: int):
-    """``worldplan.planners.mpc.GradientMPC`` through the stochastic image model (z = 0, its mean
-    prediction): the "state" is the packed context (states and frames, flattened), the
-    cost the image cost of each predicted frame plus ``mpc_u_weight`` x MC-dropout U."""
-    from worldplan.planners.mpc import GradientMPC
-    from worldplan.worldmodels.uncertainty import mc_uncertainty
+    """Gradient MPC through the stochastic image model (z = 0, its mean prediction): the
+    image cost of each predicted frame plus ``mpc_u_weight`` x MC-dropout U; with
+    ``mpc_cache`` the other cars' predicted motion is computed once per plan
+    (experiments/highway_mpc.py)."""
+    from worldplan.experiments.highway_mpc import SceneCacheMPC
 
-    nc, s_dim = model.ncond, model.state_dim
-    shape = tuple(model.image_shape)
-    n_state = nc * s_dim
-    cost_img = _cost_fn(view, lane_weight)
-
-    def unpack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (x[:, :n_state].view(-1, nc, s_dim), x[:, n_state:].view(-1, nc, *shape))
-
-    def dynamics(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        st, fr = unpack(x)
-        s, img = model.step(st, a, z=torch.zeros(len(x), model.z_dim), image=fr)
-        st = torch.cat([st[:, 1:], s[:, None]], 1)
-        fr = torch.cat([fr[:, 1:], img[:, None]], 1)
-        return torch.cat([st.flatten(1), fr.flatten(1)], 1)
-
-    def cost(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        st, fr = unpack(x)
-        return cost_img(fr[:, -1], st[:, -1])
-
-    def uncertainty(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        st, fr = unpack(x)
-        z = torch.zeros(len(x), 1, model.z_dim)
-        mc = mc_uncertainty(model, st, a[:, None], n=max(ev.mc_samples, 2), z=z, images=fr)
-        return local_uncertainty(mc, model, view)[:, 0]
-
+    torch.manual_seed(seed)
     st = ds.stats
-    low = torch.as_tensor(st.action_mean - 3 * st.action_std)
-    high = torch.as_tensor(st.action_mean + 3 * st.action_std)
-    return GradientMPC(dynamics, cost, low, high, ev.mpc_horizon, iterations=ev.mpc_iterations,
-                       lr=ev.mpc_lr, uncertainty=uncertainty if ev.mpc_u_weight > 0 else None,
-                       uncertainty_weight=ev.mpc_u_weight, seed=seed)
-
-
-def _run_expert(rec: Recording, cars: np.ndarray, starts: np.ndarray, ev: EvalConfig,
-                view: View, context: int) -> dict[str, object]:
-    """The recorded driver itself (an upper reference: every car gets through)."""
-    from worldplan.envs.highway.replay import OUTCOMES, ReplayBatch
-
-    batch = ReplayBatch(rec, cars, starts, view, CostConfig(), ev.max_steps + ev.ncond)
-    for _ in range(max(ev.ncond, context) - 1):
-        batch.step(rec.action[np.minimum(batch.ego.time, rec.steps - 1), cars])
-    start_x = batch.ego.pos[:, 0].copy()
-    for _ in range(ev.max_steps):
-        if batch.done.all():
-            break
-        batch.step(rec.action[np.minimum(batch.ego.time, rec.steps - 1), cars])
-    outcome = batch.outcome.copy()
-    outcome[outcome == 0] = 4
-    return {"outcome": [OUTCOMES[int(o)] for o in outcome], "success": outcome == 1,
-            "distance": batch.ego.pos[:, 0] - start_x,
-            "uncertainty": np.full(len(cars), np.nan), "video": []}
-
-
-def _print_table(results: dict[str, dict]) -> None:
-    lines = [f"{'method':14s} {'success (mean +- std, best)':>28s} {'distance m':>11s} "
-             f"{'mean U':>10s}"]
-    for m, r in results.items():
-        u = r["mean_uncertainty"]
-        rate = f"{100 * r['success_rate']:.1f}%"
-        if "success_rate_std" in r:
-            rate += f" +- {100 * r['success_rate_std']:.1f} ({100 * r['success_rate_best']:.1f})"
-        # U spans 1e-6 (ego-motion model) to 1 (PPUU's ImageModel): 3 significant digits
-        u_text = "-" if u is None else f"{u:.3g}"
-        lines.append(f"{m:14s} {rate:>28s} {r['mean_distance_m']:11.1f} {u_text:>10s}")
-    log.info("evaluation:\n%s", "\n".join(lines))
-
+    low = torch.as_tensor(st.action_mean - 3 * st.action_std, dtype=torch.float32)
+    high = torch.as_tensor(st.action_mean + 3 * st.action_std, dtype=torch.float32)
+    return SceneCacheMPC(model, _cost_fn(view, lane_weight), _u_map(view), low, high,
+                         ev.mpc_horizon, ev.mpc_iterations, ev.mpc_lr, ev.mpc_u_weight,
+                         max(ev.mc_samples, 2), cache=ev.mpc_cache)
 
 
 def validate_config(config: HighwayConfig) -> None:

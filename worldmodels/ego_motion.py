@@ -138,10 +138,13 @@ def headings(vel: torch.Tensor, min_speed: float) -> torch.Tensor:
 
 
 def warp_frames(frames: torch.Tensor, pos_from: torch.Tensor, head_from: torch.Tensor,
-                pos_to: torch.Tensor, head_to: torch.Tensor, res: float) -> torch.Tensor:
+                pos_to: torch.Tensor, head_to: torch.Tensor, res: float,
+                padding: str = "border") -> torch.Tensor:
     """Re-project ego-centred frames ``[B, C, H, W]`` seen from poses ``(pos_from,
     head_from)`` ``[B, 2]`` into poses ``(pos_to, head_to)`` (bilinear; rows along the
-    heading with row 0 ahead, columns with column 0 on the left, ``res`` m per pixel)."""
+    heading with row 0 ahead, columns with column 0 on the left, ``res`` m per pixel).
+    ``padding``: ``"border"`` continues lanes past the view's edge, ``"zeros"`` shows
+    nothing there (right for cars)."""
     _, _, h, w = frames.shape
     n_from = torch.stack([-head_from[:, 1], head_from[:, 0]], 1)
     n_to = torch.stack([-head_to[:, 1], head_to[:, 0]], 1)
@@ -158,7 +161,7 @@ def warp_frames(frames: torch.Tensor, pos_from: torch.Tensor, head_from: torch.T
         torch.stack([dot(n_to, head_from) * w / h, dot(head_to, head_from),
                      -2.0 * dot(d, head_from) / (res * h)], 1)], 1)
     grid = F.affine_grid(theta, list(frames.shape), align_corners=False)
-    return F.grid_sample(frames, grid, mode="bilinear", padding_mode="border",
+    return F.grid_sample(frames, grid, mode="bilinear", padding_mode=padding,
                          align_corners=False)
 
 

@@ -83,6 +83,33 @@ def render_views(ego_pos: np.ndarray, ego_heading: np.ndarray, ego_size: np.ndar
     down-sampling per channel (OpenCV).
     """
     ego_pos = np.asarray(ego_pos, np.float64).reshape(-1, 2)
+    car_pos = np.asarray(car_pos, np.float64).reshape(-1, 2)
+    n = len(car_pos)
+    reach = view_reach(view)
+    near = (np.abs(car_pos[None, :, :] - ego_pos[:, None, :]).max(-1) < reach)  # [E, N]
+    ego_index = np.asarray(ego_index).reshape(-1)
+    own = (ego_index >= 0) & (ego_index < n)
+    near[np.flatnonzero(own), ego_index[own]] = False
+    pairs_e, pairs_n = np.nonzero(near)
+    return render_pairs(ego_pos, ego_heading, ego_size, pairs_e, car_pos[pairs_n],
+                        np.asarray(car_heading, np.float64).reshape(-1, 2)[pairs_n],
+                        np.asarray(car_size, np.float64).reshape(-1, 2)[pairs_n], road, view)
+
+
+def view_reach(view: View) -> float:
+    """Half the view's diagonal plus a car: cars farther than this (per axis) are unseen."""
+    return float(np.hypot(view.height * view.res, view.width * view.res) / 2 + 4.0)
+
+
+def render_pairs(ego_pos: np.ndarray, ego_heading: np.ndarray, ego_size: np.ndarray,
+                 pair_ego: np.ndarray, car_pos: np.ndarray, car_heading: np.ndarray,
+                 car_size: np.ndarray, road: Road, view: View = DEFAULT_VIEW) -> np.ndarray:
+    """Observations ``[E, H, W, C]`` uint8 from (ego, car) pairs: car k (``car_pos[k]``,
+    ``car_heading[k]``, ``car_size[k]``, all ``[K, 2]``) is drawn in the view of ego
+    ``pair_ego[k]`` (sorted ascending). The egos may look at different scenes (e.g.
+    different recording steps): only the pairs decide who sees what."""
+    ego_pos = np.asarray(ego_pos, np.float64).reshape(-1, 2)
+    ego_heading = np.asarray(ego_heading, np.float64).reshape(-1, 2)
     e_count = len(ego_pos)
     h4, w4 = view.height * view.scale, view.width * view.scale
     out = np.zeros((e_count, view.height, view.width, view.channels), np.uint8)
@@ -91,20 +118,16 @@ def render_views(ego_pos: np.ndarray, ego_heading: np.ndarray, ego_size: np.ndar
     # OpenCV's fill also covers pixels the outline touches (about half a canvas pixel
     # all round): shrink every rectangle by that much so areas come out true.
     pad = 0.85 * view.res / view.scale  # measured: mean area error < 1% on random cars
-    sizes = np.maximum(np.asarray(car_size, np.float64).reshape(-1, 2) - pad, 0.0)
     esizes = np.maximum(np.asarray(ego_size, np.float64).reshape(-1, 2) - pad, 0.0)
-    n = len(car_pos)
-    reach = np.hypot(view.height * view.res, view.width * view.res) / 2 + 4.0
+    pair_ego = np.asarray(pair_ego, int).reshape(-1)
+    n = len(pair_ego)
+    reach = view_reach(view)
     if n:
+        sizes = np.maximum(np.asarray(car_size, np.float64).reshape(-1, 2) - pad, 0.0)
         corners = car_corners(np.asarray(car_pos, np.float64), np.asarray(car_heading, np.float64),
                               sizes[:, 0], sizes[:, 1])
-        near = (np.abs(car_pos[None, :, :] - ego_pos[:, None, :]).max(-1) < reach)  # [E, N]
-        ego_index = np.asarray(ego_index).reshape(-1)
-        own = (ego_index >= 0) & (ego_index < n)
-        near[np.flatnonzero(own), ego_index[own]] = False
-        pairs_e, pairs_n = np.nonzero(near)
-        car_px = _to_canvas(corners[pairs_n], ego_pos[pairs_e], ego_heading[pairs_e], view)
-        bounds = np.searchsorted(pairs_e, np.arange(e_count + 1))
+        car_px = _to_canvas(corners, ego_pos[pair_ego], ego_heading[pair_ego], view)
+        bounds = np.searchsorted(pair_ego, np.arange(e_count + 1))
     ego_corners = car_corners(ego_pos, ego_heading, esizes[:, 0], esizes[:, 1])
     ego_px = _to_canvas(ego_corners, ego_pos, ego_heading, view)  # [E, 4, 2]
     # lane markings near each ego, as segments of +-reach metres along the road

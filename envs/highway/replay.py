@@ -6,6 +6,14 @@ actions with the kinematic update; every other car replays its recording. The eg
 succeeds on reaching the end of the evaluation segment, and fails on a collision (the
 numpy image cost's footprint test), on leaving the road (its centre crosses an edge),
 or when the recording or the step budget runs out.
+
+Every collision is classified by the car it is with (``hit``: front, rear or side; see
+:func:`classify_hits`). With ``ignore_rear=True`` an episode also keeps running through
+hits from behind, so that one pass gives both PPUU's outcome (``outcome``, the first
+event, and ``event_distance``) and the outcome when rear hits are forgiven
+(``outcome_no_rear``): a follower replaying its recording does not slow down for an ego
+that drives differently from the recorded one, so part of every rear hit is the
+replay's, not the ego's.
 """
 
 from __future__ import annotations
@@ -17,10 +25,36 @@ import numpy as np
 from worldplan.envs.highway.costs import DEFAULT_COSTS, CostConfig, image_costs_np
 from worldplan.envs.highway.kinematics import step_np
 from worldplan.envs.highway.recording import Recording
-from worldplan.envs.highway.render import DEFAULT_VIEW, View, render_views
+from worldplan.envs.highway.render import DEFAULT_VIEW, View, render_pairs, view_reach
 
 RUNNING, SUCCESS, COLLISION, OFFROAD, TIMEOUT = 0, 1, 2, 3, 4
 OUTCOMES = ("running", "success", "collision", "offroad", "timeout")
+NO_HIT, FRONT, REAR, SIDE = 0, 1, 2, 3
+HITS = ("none", "front", "rear", "side")
+CONTACT_MARGIN = 0.3  # m: rectangles this close count as touching (image test ~0.15 m deep)
+
+
+def classify_hits(ego_pos: np.ndarray, ego_heading: np.ndarray, ego_size: np.ndarray,
+                  car_pos: np.ndarray, car_size: np.ndarray,
+                  margin: float = CONTACT_MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """Which of N cars touch one ego, and from where.
+
+    ego_pos/ego_heading ``[2]``, ego_size ``[2]`` (length, width); car_pos ``[N, 2]``,
+    car_size ``[N, 2]``. In the ego's frame a car touches when its centre is within the
+    half-sums of the lengths (along) and widths (across) plus ``margin`` (cars on a
+    highway are nearly parallel, so boxes aligned with the ego are close enough). Returns
+    (touching ``[N]`` bool, kind ``[N]``: FRONT / REAR when the along-overlap is the
+    smaller in units of those half-sums, i.e. the cars met end to end, else SIDE).
+    """
+    rel = np.asarray(car_pos, np.float64) - ego_pos
+    fwd = rel @ ego_heading
+    left = rel @ np.array([-ego_heading[1], ego_heading[0]])
+    half_l = (ego_size[0] + car_size[:, 0]) / 2 + margin
+    half_w = (ego_size[1] + car_size[:, 1]) / 2 + margin
+    touching = (np.abs(fwd) < half_l) & (np.abs(left) < half_w)
+    end_to_end = np.abs(fwd) / half_l >= np.abs(left) / half_w
+    kind = np.where(end_to_end, np.where(fwd > 0, FRONT, REAR), SIDE)
+    return touching, kind
 
 
 @dataclass
@@ -41,7 +75,8 @@ class ReplayBatch:
 
     def __init__(self, recording: Recording, ego_ids: np.ndarray, start: np.ndarray,
                  view: View = DEFAULT_VIEW, costs: CostConfig = DEFAULT_COSTS,
-                 max_steps: int = 1000) -> None:
+                 max_steps: int = 1000, ignore_rear: bool = False,
+                 all_costs: bool = True) -> None:
         self.rec, self.view, self.cost_cfg = recording, view, costs
         self.ego_ids = np.asarray(ego_ids, int).reshape(-1)
         start = np.asarray(start, int).reshape(-1)
@@ -66,6 +101,12 @@ class ReplayBatch:
         self.steps = np.zeros(len(e), int)
         self.max_steps = max_steps
         self.last_costs: dict[str, np.ndarray] = {}
+        self.ignore_rear = bool(ignore_rear)
+        self.all_costs = bool(all_costs)  # False: only the collision test (faster)
+        self.hit = np.zeros(len(e), int)  # kind of the collision that set ``outcome``
+        self.outcome_no_rear = np.zeros(len(e), int)
+        self.event_distance = np.full(len(e), np.nan)  # at the first event (``outcome``)
+        self._rear_hitters: list[set[int]] = [set() for _ in range(len(e))]
 
     @property
     def size(self) -> int:
@@ -73,7 +114,8 @@ class ReplayBatch:
 
     @property
     def done(self) -> np.ndarray:
-        return self.outcome != RUNNING
+        """Episodes that are over (with ``ignore_rear``: over when rear hits are forgiven)."""
+        return (self.outcome_no_rear if self.ignore_rear else self.outcome) != RUNNING
 
     def distance(self) -> np.ndarray:
         """Metres travelled along the road since the start ``[E]``."""
@@ -82,22 +124,24 @@ class ReplayBatch:
     def observe(self) -> tuple[np.ndarray, np.ndarray]:
         """Images ``[E, H, W, C]`` uint8 and states ``[E, 4]`` at the current steps."""
         r, ego = self.rec, self.ego
-        out = np.zeros((self.size, self.view.height, self.view.width, self.view.channels), np.uint8)
-        t_clip = np.minimum(ego.time, r.steps - 1)
-        for t in np.unique(t_clip):
-            which = np.flatnonzero(t_clip == t)
-            cars = np.flatnonzero(r.valid[t])
-            own = np.full(len(which), -1)
-            lookup = {c: i for i, c in enumerate(cars)}
-            for k, w in enumerate(which):
-                own[k] = lookup.get(int(self.ego_ids[w]), -1)
-            out[which] = render_views(ego.pos[which], ego.heading[which], ego.size[which],
-                                      r.pos[t, cars], r.heading[t, cars], r.size[cars], own,
-                                      r.road, self.view)
+        t = np.minimum(ego.time, r.steps - 1)
+        # every ego sees the cars valid at its own recording step: (ego, car) pairs for
+        # all egos at once, one rendering call
+        rel = np.abs(r.pos[t] - ego.pos[:, None]).max(-1)  # [E, cars]
+        near = r.valid[t] & (rel < view_reach(self.view))
+        near[np.arange(self.size), self.ego_ids] = False
+        pe, pc = np.nonzero(near)
+        te = t[pe]
+        out = render_pairs(ego.pos, ego.heading, ego.size, pe, r.pos[te, pc], r.heading[te, pc],
+                           r.size[pc], r.road, self.view)
         return out, ego.state()
 
     def costs(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Numpy image costs ``[E]`` of ``images`` ``[E, H, W, C]`` uint8."""
+        """Numpy image costs ``[E]`` of ``images`` ``[E, H, W, C]`` uint8 (only
+        ``collision`` unless ``all_costs``)."""
+        if not self.all_costs:
+            over = images[..., 1].astype(np.int16) + images[..., 2] - 255
+            return {"collision": np.maximum(over.reshape(self.size, -1).max(1), 0) / 255.0}
         return image_costs_np(images, self.ego.state(), self.view, self.cost_cfg,
                               self.ego.size, channels_last=True)
 
@@ -120,13 +164,49 @@ class ReplayBatch:
         road = self.rec.road
         y = ego.pos[:, 1]
         success = ego.pos[:, 0] >= road.segment_end
-        collision = costs["collision"] > self.cost_cfg.collision_threshold
+        collision = run & (costs["collision"] > self.cost_cfg.collision_threshold)
         offroad = (y < 0) | (y > road.width)
         timeout = (ego.time >= self.rec.steps - 1) | (self.steps >= self.max_steps)
-        new = np.full(self.size, RUNNING)
-        new = np.where(timeout, TIMEOUT, new)
+        kind = np.zeros(self.size, int)
+        forgiven = np.zeros(self.size, bool)  # every car touching is one that hit from behind
+        for e in np.flatnonzero(collision):
+            kind[e], forgiven[e] = self._classify(e)
+        first = run & (self.outcome == RUNNING)
+        self.outcome = np.where(first, self._decide(success, collision, offroad, timeout),
+                                self.outcome)
+        new_event = first & (self.outcome != RUNNING)
+        self.hit = np.where(new_event & (self.outcome == COLLISION), kind, self.hit)
+        self.event_distance = np.where(new_event, self.distance(), self.event_distance)
+        if self.ignore_rear:
+            self.outcome_no_rear = np.where(
+                run, self._decide(success, collision & ~forgiven, offroad, timeout),
+                self.outcome_no_rear)
+        else:
+            self.outcome_no_rear = self.outcome.copy()
+        return images, states, costs
+
+    @staticmethod
+    def _decide(success, collision, offroad, timeout) -> np.ndarray:
+        new = np.where(timeout, TIMEOUT, RUNNING)
         new = np.where(success, SUCCESS, new)
         new = np.where(offroad, OFFROAD, new)
-        new = np.where(collision, COLLISION, new)
-        self.outcome = np.where(run, new, self.outcome)
-        return images, states, costs
+        return np.where(collision, COLLISION, new)
+
+    def _classify(self, e: int) -> tuple[int, bool]:
+        """Kind of ego ``e``'s collision (the car with the deepest contact), and whether
+        every car it touches has hit it from behind (such cars are remembered)."""
+        r, t = self.rec, min(int(self.ego.time[e]), self.rec.steps - 1)
+        cars = np.flatnonzero(r.valid[t])
+        cars = cars[cars != self.ego_ids[e]]
+        touching, kind = classify_hits(self.ego.pos[e], self.ego.heading[e], self.ego.size[e],
+                                       r.pos[t, cars], r.size[cars])
+        if not touching.any():  # the image test saw contact the box test misses: take
+            d = np.linalg.norm(r.pos[t, cars] - self.ego.pos[e], axis=1)  # the nearest car
+            touching = d == d.min() if len(d) else touching
+        if not touching.any():
+            return SIDE, False
+        ids, kinds = cars[touching], kind[touching]
+        d = np.linalg.norm(r.pos[t, ids] - self.ego.pos[e], axis=1)
+        main = int(kinds[np.argmin(d)])
+        self._rear_hitters[e].update(int(c) for c in ids[kinds == REAR])
+        return main, all(int(c) in self._rear_hitters[e] for c in ids)

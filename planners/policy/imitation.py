@@ -45,7 +45,8 @@ class ContextPolicy(nn.Module):
     def __init__(self, state_dim: int, action_dim: int, image_shape: tuple[int, int, int],
                  ncond: int, state_mean: Any, state_std: Any, action_mean: Any, action_std: Any,
                  hidden: int = 128, channels: tuple[int, ...] = (8, 16, 32),
-                 bound: float = 3.0, motion: dict[str, float] | None = None) -> None:
+                 bound: float = 3.0, motion: dict[str, float] | None = None,
+                 history_channels: tuple[int, ...] | None = None) -> None:
         super().__init__()
         if ncond < 1 or state_dim < 1 or action_dim < 1:
             raise ValueError(f"ncond, state_dim and action_dim must be >= 1, got "
@@ -53,13 +54,21 @@ class ContextPolicy(nn.Module):
         if len(image_shape) != 3:
             raise ValueError(f"image_shape must be (C, H, W), got {image_shape}")
         self.motion = _check_motion(motion, ncond, state_dim, image_shape)
+        c, h, w = image_shape
+        if history_channels is not None:
+            history_channels = tuple(int(k) for k in history_channels)
+            if not history_channels or not all(0 <= k < c for k in history_channels):
+                raise ValueError(f"history_channels must be channels of the {c}-channel "
+                                 f"image, got {history_channels}")
+        self.history = history_channels
         self.cfg = {"state_dim": state_dim, "action_dim": action_dim,
                     "image_shape": [int(v) for v in image_shape], "ncond": ncond,
                     "hidden": hidden, "channels": list(channels), "bound": bound,
-                    "motion": self.motion}
-        c, h, w = image_shape
+                    "motion": self.motion,
+                    "history_channels": None if self.history is None else list(self.history)}
         layers: list[nn.Module] = []
-        cin = ncond * c + (1 if self.motion else 0)
+        per_old = c if self.history is None else len(self.history)
+        cin = c + (ncond - 1) * per_old + (1 if self.motion else 0)
         for co in channels:
             layers += [nn.Conv2d(cin, co, 3, stride=2, padding=1), nn.ReLU()]
             cin = co
@@ -97,7 +106,10 @@ class ContextPolicy(nn.Module):
             raise ValueError(f"frames must be [B, {ncond}, {', '.join(map(str, shape))}], "
                              f"got {list(frames.shape)}")
         unit = unit_frames(frames)
-        x = unit.flatten(1, 2)
+        if self.history is None or ncond == 1:
+            x = unit.flatten(1, 2)
+        else:  # older frames: only the channels that change (e.g. the other cars)
+            x = torch.cat([unit[:, :-1, list(self.history)].flatten(1, 2), unit[:, -1]], 1)
         if self.motion:
             x = torch.cat([x, self._relative_speed(states, unit)], 1)
         feat = self.image_fc(self.conv(x).flatten(1))

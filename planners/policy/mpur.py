@@ -39,15 +39,18 @@ LatentFn = Callable[[int, int], torch.Tensor | None]
 
 
 def policy_rollout(policy: nn.Module, model: Any, context: torch.Tensor, frames: torch.Tensor,
-                   horizon: int, z: torch.Tensor | None = None
+                   horizon: int, z: torch.Tensor | None = None, detach_frames: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Closed loop through the model: states ``[B, T, S]``, frames ``[B, T, C, H, W]`` and
     actions ``[B, T, A]`` from context states ``[B, ncond, S]`` and frames
-    ``[B, ncond, C, H, W]``; ``z`` ``[B, T, Z]`` or None."""
+    ``[B, ncond, C, H, W]``; ``z`` ``[B, T, Z]`` or None. ``detach_frames``: the policy's
+    image input carries no gradient back to earlier actions (the cost and the state
+    inputs still do); the backward pass then skips the input gradient of the policy's
+    convolutions, its most expensive part on a CPU."""
     ctx, fr = context, unit_frames(frames)
     states, images, actions = [], [], []
     for t in range(horizon):
-        a = policy(ctx, fr)
+        a = policy(ctx, fr.detach() if detach_frames else fr)
         zt = None if z is None else z[:, t]
         s, img = model.step(ctx, a, z=zt, image=fr)
         states.append(s)
@@ -98,30 +101,40 @@ class MPURConfig:
     grad_clip: float = 5.0
     lam: float = 0.5  # weight of the uncertainty hinge (0 = VG / SVG)
     action_weight: float = 0.0  # optional penalty on normalised action magnitude
+    detach_frames: bool = False  # see policy_rollout
 
 
 def train_mpur(policy: nn.Module, model: Any, sample: BatchSampler, cost_fn: CostFn,
                config: MPURConfig, rng: np.random.Generator, latent: LatentFn,
                uncertainty_fn: UncertaintyFn | None = None,
                u_stats: UncertaintyStats | None = None, writer: Any = None,
-               tag: str = "mpur", progress: bool = True) -> dict[str, list[float]]:
+               tag: str = "mpur", progress: bool = True,
+               model_fn: Callable[[dict[str, torch.Tensor]], Any] | None = None
+               ) -> dict[str, list[float]]:
     """Train ``policy`` through the frozen ``model``; returns per-step ``loss``, ``cost``
-    and ``uncertainty`` (the hinge) histories."""
+    and ``uncertainty`` (the hinge) histories. ``model_fn(batch)``, if given, builds the
+    model for each batch instead (e.g. ``worldplan.worldmodels.oracle.ReplayOracle`` from the
+    batch's recorded future; ``model`` may then be None)."""
     if config.steps < 1 or config.horizon < 1:
         raise ValueError(f"steps and horizon must be >= 1, got {config.steps}, {config.horizon}")
     if config.lam > 0 and (uncertainty_fn is None or u_stats is None):
         raise ValueError("lam > 0 needs an uncertainty_fn and expert u_stats")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
+    if model is None and model_fn is None:
+        raise ValueError("train_mpur needs a model or a model_fn")
+    if model is not None:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
     opt = torch.optim.Adam(policy.parameters(), lr=config.lr)
     hist: dict[str, list[float]] = {"loss": [], "cost": [], "uncertainty": []}
     bar = tqdm(range(config.steps), desc=f"train {tag}", disable=not progress, leave=False)
     for step in bar:
         b = sample(rng, config.batch_size)
         z = latent(config.batch_size, config.horizon)
-        states, images, actions = policy_rollout(policy, model, b["context"], b["context_images"],
-                                                 config.horizon, z)
+        step_model = model if model_fn is None else model_fn(b)
+        states, images, actions = policy_rollout(policy, step_model, b["context"],
+                                                 b["context_images"], config.horizon, z,
+                                                 config.detach_frames)
         bsz, t = states.shape[:2]
         cost = cost_fn(images.flatten(0, 1), states.flatten(0, 1)).view(bsz, t).mean()
         loss = cost
