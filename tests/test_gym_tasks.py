@@ -137,7 +137,7 @@ def test_unknown_env_and_bad_arguments() -> None:
     with pytest.raises(ValueError, match="num_envs"):
         make_vector_env("Pendulum-v1", 0)
     assert set(TASK_MODELS) == {"Pendulum-v1", "InvertedPendulum-v5", "Reacher-v5",
-                                "HalfCheetah-v5"}
+                                "HalfCheetah-v5", "MountainCarContinuous-v0"}
     with pytest.raises(TypeError, match="planner"):
         RecedingHorizonController("cem")
 
