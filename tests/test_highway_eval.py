@@ -88,7 +88,7 @@ def test_reference_drivers_order_as_expected(recording: Recording) -> None:
     cars = r.complete_cars()[:10]
     held = HeldOut("t", r, cars, np.array([r.span(c)[0] for c in cars]))
     view = View()
-    rows = {name: summarise({k: v for k, v in drive(held, act, 20, 1, view, 500).items()
+    rows = {name: summarise({k: v for k, v in drive(held, act, 20, 1, view, 800).items()
                              if k != "video"})
             for name, act in (("expert", expert_act), ("none", no_action),
                               ("idm", privileged_act(IDMDriver())))}
