@@ -505,7 +505,7 @@ def _cost_fn(view: View, weight_lane: float, proximity: str = "max"):
     mask (only the nearest car counts); ``"front-rear"`` adds the max over the half of
     the mask ahead of the ego's centre and the max over the half behind, so a follower
     closing in is not hidden by a nearer leader (and the reverse)."""
-    from envs.highway.costs import image_costs_torch, masks_torch
+    from worldplan.envs.highway.costs import image_costs_torch, masks_torch
 
     if proximity not in PROXIMITY_FORMS:
         raise ValueError(f"proximity must be one of {PROXIMITY_FORMS}, got {proximity!r}")

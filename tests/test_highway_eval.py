@@ -147,7 +147,7 @@ def test_a_privileged_driver_follows_each_new_batch(recording: Recording) -> Non
 
 
 def test_front_rear_proximity_sees_the_follower_behind_a_nearer_leader() -> None:
-    from experiments.highway import _cost_fn
+    from worldplan.experiments.highway import _cost_fn
 
     view = View()
     img = torch.zeros(1, 3, 117, 24)
