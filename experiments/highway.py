@@ -109,6 +109,9 @@ class PolicyConfig:
     lam: float = 0.5  # MPUR's uncertainty weight
     mc_samples: int = 2
     lane_weight: float = 0.2
+    # "max" (PPUU) or "front-rear" (the nearest car ahead and the nearest behind both
+    # count); experiments/highway.py _cost_fn
+    proximity: str = "max"
     hidden: int = 64
     channels: tuple[int, ...] = (8, 8, 16)
     # context frames the policy sees (0 = the world model's ncond); the world models are
@@ -116,9 +119,9 @@ class PolicyConfig:
     ncond: int = 0
     # "oracle": BPTT through the true replayed future (worldmodels/oracle.py), the check
     # of the objective and the learner with a perfect model
-    oracle_steps: int = 1500
+    oracle_steps: int = 800  # 800 x 8 windows x 3 s: 868 s on this CPU at load 4-5
     oracle_horizon: int = 30
-    oracle_batch_size: int = 16
+    oracle_batch_size: int = 8
     oracle_lr: float = 3e-4
     # BPTT: no gradient through the policy's image input (halves the backward pass;
     # the cost and the state inputs still carry it); planners/policy/mpur.py
@@ -184,11 +187,16 @@ def quick_config() -> HighwayConfig:
         model=ModelConfig(ncond=2, npred=2, hidden=64, channels=(8, 16, 16), z_dim=8,
                           det_steps=15, sto_steps=15, batch_size=16, horizon_error=False),
         policy=PolicyConfig(seeds=(0,), imitation_steps=60, bptt_steps=8, batch_size=8, horizon=4,
-                            mc_samples=2, hidden=64, channels=(8, 8, 16), oracle_steps=150,
-                            oracle_horizon=15, oracle_batch_size=16),
+                            mc_samples=2, hidden=64, channels=(8, 8, 16), oracle_steps=30,
+                            oracle_horizon=10, oracle_batch_size=8),
         evaluate=EvalConfig(max_steps=800, mc_samples=2, uncertainty_every=10, video=True,
                             mpc_horizon=3, mpc_iterations=2, eval_seeds=(1001,),
-                            eval_record_seconds=70.0, eval_warmup_seconds=30.0, eval_cars=12))
+                            eval_record_seconds=70.0, eval_warmup_seconds=30.0, eval_cars=6,
+                            mpc_cars=4,
+                            # gradient MPC costs minutes even on 4 cars per set: tested on
+                            # its own (tests/test_highway_mpc.py)
+                            methods=("no-action", "expert-replay", "idm", "oracle",
+                                     "imitation", "vg", "svg", "mpur", "mper")))
 
 
 # ----------------------------------------------------------------------------- smoothing
@@ -488,12 +496,29 @@ def _load_world_model(run: Run, which: str, ds, device: torch.device):
     return model
 
 
-def _cost_fn(view: View, weight_lane: float):
-    from worldplan.envs.highway.costs import image_costs_torch
+PROXIMITY_FORMS = ("max", "front-rear")
+
+
+def _cost_fn(view: View, weight_lane: float, proximity: str = "max"):
+    """The policy cost ``(images [B, C, H, W], states [B, 4]) -> [B]``: proximity + lane x
+    ``weight_lane`` + off-road. ``proximity``: ``"max"`` is PPUU's max over the whole
+    mask (only the nearest car counts); ``"front-rear"`` adds the max over the half of
+    the mask ahead of the ego's centre and the max over the half behind, so a follower
+    closing in is not hidden by a nearer leader (and the reverse)."""
+    from worldplan.envs.highway.costs import image_costs_torch, masks_torch
+
+    if proximity not in PROXIMITY_FORMS:
+        raise ValueError(f"proximity must be one of {PROXIMITY_FORMS}, got {proximity!r}")
+    fwd = torch.as_tensor(np.ascontiguousarray(view.pixel_grid()[0]), dtype=torch.float32)
 
     def cost(images: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         c = image_costs_torch(images, states, view)
-        return c["proximity"] + weight_lane * c["lane"] + c["offroad"]
+        prox = c["proximity"]
+        if proximity == "front-rear":
+            masked = masks_torch(states, view)["proximity"] * images[:, 1]
+            ahead = fwd.to(images) >= 0
+            prox = (masked * ahead).flatten(1).amax(1) + (masked * ~ahead).flatten(1).amax(1)
+        return prox + weight_lane * c["lane"] + c["offroad"]
 
     return cost
 
@@ -722,7 +747,7 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
         raise ValueError(f"policy.ncond {ncond} is shorter than the world model's context "
                          f"{model_ncond}")
     view = View(**ds.manifest["generator"]["config"]["view"])
-    cost = _cost_fn(view, p.lane_weight)
+    cost = _cost_fn(view, p.lane_weight, p.proximity)
     rng = seed_everything(config.seed)
     # policies learn from the recorded drivers' contexts (the drives only teach the model)
     windows = ds.windows("train", ncond, max(p.horizon, 1),
@@ -948,13 +973,13 @@ def _mpc_act(model, ds, view: View, ev: EvalConfig, lane_weight: float, seed: in
              device: torch.device):
     """Gradient MPC (experiments/highway_mpc.py) as an evaluation ``Act``; a fresh planner
     (no warm start) per batch of episodes."""
-    planners: dict[int, object] = {}
+    held: dict[str, object] = {}  # the batch (kept alive, so ``is`` is reliable), planner
 
     def act(batch, st, fr):
-        if id(batch) not in planners:
-            planners.clear()
-            planners[id(batch)] = _gradient_mpc(model, ds, view, ev, lane_weight, seed)
-        out = planners[id(batch)].act(st.to(device), fr.to(device).float() / 255.0)
+        if held.get("batch") is not batch:
+            held.update(batch=batch,
+                        planner=_gradient_mpc(model, ds, view, ev, lane_weight, seed))
+        out = held["planner"].act(st.to(device), fr.to(device).float() / 255.0)
         return out.detach().cpu().numpy()
 
     return act

@@ -181,6 +181,8 @@ def over_seeds(per_seed: dict[str, dict], episodes: dict[str, dict[str, list]]) 
             vals = [r[key] for r in rows if r[key] is not None]
             out[key] = float(np.mean(vals)) if vals else None
     rates = [r["success_rate"] for r in rows]
+    out["success_by_set"] = {k: float(np.mean([r["success_by_set"][k] for r in rows]))
+                             for k in rows[0]["success_by_set"]}
     pooled = summarise(concat(list(episodes.values())))
     out.update(success_rate_std=float(np.std(rates)), success_rate_best=float(np.max(rates)),
                success_rate_worst=float(np.min(rates)),
@@ -255,14 +257,12 @@ def no_action(batch: ReplayBatch, st: torch.Tensor, fr: torch.Tensor) -> np.ndar
 def privileged_act(driver) -> Act:
     """A privileged driver (``worldplan.envs.highway.privileged``) as an :data:`Act`; its lateral
     reference is computed once per batch."""
-    refs: dict[int, list] = {}
+    held: dict[str, object] = {}  # the batch (kept alive, so ``is`` is reliable) and refs
 
     def act(batch: ReplayBatch, st: torch.Tensor, fr: torch.Tensor) -> np.ndarray:
-        key = id(batch)
-        if key not in refs:
-            refs.clear()
-            refs[key] = driver.reference(batch)
-        return driver.act(batch, refs[key])
+        if held.get("batch") is not batch:
+            held.update(batch=batch, refs=driver.reference(batch))
+        return driver.act(batch, held["refs"])
 
     return act
 

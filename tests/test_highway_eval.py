@@ -88,7 +88,7 @@ def test_reference_drivers_order_as_expected(recording: Recording) -> None:
     cars = r.complete_cars()[:10]
     held = HeldOut("t", r, cars, np.array([r.span(c)[0] for c in cars]))
     view = View()
-    rows = {name: summarise({k: v for k, v in drive(held, act, 20, 1, view, 500).items()
+    rows = {name: summarise({k: v for k, v in drive(held, act, 20, 1, view, 800).items()
                              if k != "video"})
             for name, act in (("expert", expert_act), ("none", no_action),
                               ("idm", privileged_act(IDMDriver())))}
@@ -133,3 +133,33 @@ def test_oracle_reproduces_the_recorded_frames_and_passes_gradients(recording: R
     with pytest.raises(ValueError, match="holds 3 recorded steps"):
         for _ in range(3):
             oracle.step(ctx, action.detach())
+
+
+def test_a_privileged_driver_follows_each_new_batch(recording: Recording) -> None:
+    """One act drives several held-out sets in turn (its per-batch reference is renewed)."""
+    r = recording
+    act = privileged_act(IDMDriver())
+    for n in (3, 5):
+        cars = r.complete_cars()[:n]
+        held = HeldOut("t", r, cars, np.array([r.span(c)[0] for c in cars]))
+        out = drive(held, act, 5, 1, View(), 30)
+        assert len(out["outcome"]) == n
+
+
+def test_front_rear_proximity_sees_the_follower_behind_a_nearer_leader() -> None:
+    from worldplan.experiments.highway import _cost_fn
+
+    view = View()
+    img = torch.zeros(1, 3, 117, 24)
+    img[0, 2, 55:62, 10:14] = 1.0  # the ego at the centre
+    state = torch.tensor([[0.0, 0.0, 8.0, 0.0]])
+    lead = img.clone()
+    lead[0, 1, 44:51, 10:14] = 1.0  # a leader close ahead
+    both = lead.clone()
+    both[0, 1, 68:75, 10:14] = 1.0  # and a follower a little farther behind
+    pmax, pfr = _cost_fn(view, 0.0, "max"), _cost_fn(view, 0.0, "front-rear")
+    assert pmax(both, state) == pytest.approx(pmax(lead, state).item())  # hidden by the max
+    assert pfr(both, state) > pfr(lead, state) + 0.1
+    assert pfr(lead, state) == pytest.approx(pmax(lead, state).item())
+    with pytest.raises(ValueError, match="proximity"):
+        _cost_fn(view, 0.0, "sum")

@@ -247,8 +247,8 @@ def test_quick_preset_runs_the_whole_pipeline(tmp_path) -> None:
     assert run_cli(["highway", "all", "--preset", "quick", "--run", str(run_dir)]) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     ev = metrics["evaluate"]
-    assert set(ev) == {"no-action", "expert-replay", "idm", "idm-watch", "oracle", "imitation",
-                       "vg", "svg", "mpur", "mper", "mpc"}
+    assert set(ev) == {"no-action", "expert-replay", "idm", "oracle", "imitation",
+                       "vg", "svg", "mpur", "mper"}
     for m in ev.values():
         assert {"success_rate", "success_ci95", "success_no_rear", "mean_distance_m",
                 "collision_front", "collision_rear", "collision_side",
@@ -258,10 +258,9 @@ def test_quick_preset_runs_the_whole_pipeline(tmp_path) -> None:
     assert ev["expert-replay"]["success_rate"] == 1.0  # the recorded drivers get through
     assert ev["no-action"]["success_rate"] <= 0.3  # dense enough that doing nothing fails
     # held-out cars from the training recording's test split and a fresh recording
-    assert ev["no-action"]["episodes"] >= 12 + 1
-    # the objective and the learner, checked with a perfect model: learning through the
-    # true replayed future beats doing nothing on the same cars
-    assert ev["oracle"]["success_rate"] > ev["no-action"]["success_rate"]
+    assert ev["no-action"]["episodes"] == 4 + 6
+    # the privileged driver (true replayed traffic) is the ceiling of the harness
+    assert ev["idm"]["success_rate"] >= 0.7
     assert (run_dir / "evaluation.md").is_file()
     c = metrics["collect"]
     assert 4.0 < c["traffic"]["mean_speed"] < 9.0
