@@ -117,7 +117,7 @@ class PolicyConfig:
     # context frames the policy sees (0 = the world model's ncond); the world models are
     # fed the last ncond of them
     ncond: int = 0
-    # "oracle": BPTT through the true replayed future (worldmodels/oracle.py), the check
+    # "oracle": BPTT through the true replayed future (envs/highway/oracle.py), the check
     # of the objective and the learner with a perfect model
     oracle_steps: int = 800  # 800 x 8 windows x 3 s: 868 s on this CPU at load 4-5
     oracle_horizon: int = 30
@@ -606,8 +606,8 @@ class LastContext:
 
 
 def _oracle_fn(view: View, dt: float):
-    """``batch -> ReplayOracle`` of the batch's recorded future (worldmodels/oracle.py)."""
-    from worldplan.worldmodels.oracle import ReplayOracle
+    """``batch -> ReplayOracle`` of the batch's recorded future (envs/highway/oracle.py)."""
+    from worldplan.envs.highway.oracle import ReplayOracle
 
     def make(batch: dict[str, torch.Tensor]) -> ReplayOracle:
         return ReplayOracle(batch["target_images"], batch["targets"], view.res, dt)

@@ -12,7 +12,7 @@ features, residual: everything but the pose) does not change between the inner
 iterations of one plan. With ``cache=True`` the model (and its MC-dropout samples) is
 rolled out once per call under the warm-start plan, and every inner iteration only
 re-warps those predicted frames (and their variance) from the poses they were predicted
-in into the poses of the current plan (:class:`worldplan.worldmodels.oracle.ReplayOracle`, the same
+in into the poses of the current plan (:class:`worldplan.envs.highway.oracle.ReplayOracle`, the same
 warp as the oracle's). Exact for the warm-start plan; for other plans it differs from a
 full rollout only through the model's alignment of its context (measured in
 ``benchmarks/bench_highway.py``). ``cache=False`` re-runs the model and its MC samples
@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from worldplan.worldmodels.oracle import ReplayOracle
+from worldplan.envs.highway.oracle import ReplayOracle
 
 CostFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from worldplan.envs.highway import Recording, View, record_traffic
+from worldplan.envs.highway.oracle import ReplayOracle
 from worldplan.envs.highway.privileged import IDMDriver
 from worldplan.envs.highway.render import render_views
 from worldplan.envs.highway.replay import COLLISION, FRONT, REAR, SIDE, ReplayBatch, classify_hits
@@ -21,7 +22,6 @@ from worldplan.experiments.highway_eval import (
     summarise,
     wilson,
 )
-from worldplan.worldmodels.oracle import ReplayOracle
 
 
 @pytest.fixture(scope="module")

@@ -113,7 +113,7 @@ def train_mpur(policy: nn.Module, model: Any, sample: BatchSampler, cost_fn: Cos
                ) -> dict[str, list[float]]:
     """Train ``policy`` through the frozen ``model``; returns per-step ``loss``, ``cost``
     and ``uncertainty`` (the hinge) histories. ``model_fn(batch)``, if given, builds the
-    model for each batch instead (e.g. ``worldplan.worldmodels.oracle.ReplayOracle`` from the
+    model for each batch instead (e.g. ``worldplan.envs.highway.oracle.ReplayOracle`` from the
     batch's recorded future; ``model`` may then be None)."""
     if config.steps < 1 or config.horizon < 1:
         raise ValueError(f"steps and horizon must be >= 1, got {config.steps}, {config.horizon}")
