@@ -347,21 +347,39 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     try:
         code = run_cli(argv)
-    except USER_ERRORS as exc:
-        if debug:
+    except Exception as exc:
+        if _caused_by_interrupt(exc):
+            code = _interrupted()
+        elif debug or not isinstance(exc, (*USER_ERRORS, OSError)):
             raise
-        print(f"worldplan: error: {exc}", file=sys.stderr)
-        code = 2
-    except OSError as exc:  # unwritable or unreadable folders and files: name the path
-        if debug:
-            raise
-        print(f"worldplan: error: {_os_error_line(exc)}", file=sys.stderr)
-        code = 2
+        elif isinstance(exc, USER_ERRORS):
+            print(f"worldplan: error: {exc}", file=sys.stderr)
+            code = 2
+        else:  # unwritable or unreadable folders and files: name the path
+            print(f"worldplan: error: {_os_error_line(exc)}", file=sys.stderr)
+            code = 2
     except KeyboardInterrupt:
-        print("worldplan: interrupted; run the same command again to continue",
-              file=sys.stderr)
-        code = 130
+        code = _interrupted()
     sys.exit(code)
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Was ``exc`` raised while handling a Ctrl-C? A KeyboardInterrupt that lands inside an
+    import (torch imports some modules lazily, mid-training) surfaces as another error whose
+    cause or context is the interrupt."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _interrupted() -> int:
+    print("worldplan: interrupted; run the same command again to continue", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -98,3 +98,29 @@ def test_data_set_of_another_task_is_refused(tmp_path, capsys):
     write_dataset(run.data, episodes, task="highway", dt=0.1)
     code, err = run_main(["truck", "train-model", "--run", str(run.path)], capsys)
     assert code != 0 and "made for task 'highway'" in error_line(err)
+
+
+def _raise_wrapped_interrupt(argv):
+    # what Ctrl-C inside a lazy import looks like (torch imports torch._dynamo mid-training)
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as exc:
+        raise RuntimeError("Error calling __set_name__ on 'Field' instance") from exc
+
+
+def test_an_interrupt_wrapped_by_another_error_is_an_interrupt(monkeypatch, capsys):
+    monkeypatch.setattr("worldplan.experiments.cli.run_cli", _raise_wrapped_interrupt)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["truck", "all"])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "worldplan: interrupted; run the same command again to continue"]
+
+
+def test_a_bug_shows_its_traceback(monkeypatch):
+    def bug(argv):
+        raise RuntimeError("a bug, not bad input")
+
+    monkeypatch.setattr("worldplan.experiments.cli.run_cli", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["truck", "all"])
