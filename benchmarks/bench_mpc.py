@@ -117,20 +117,15 @@ def mppi_side_by_side(seeds: list[int]) -> dict:
 def latency(batch_sizes: list[int], repeats: int) -> list[dict]:
     """Planning ms per control step with a learned InvertedPendulum-sized world model."""
     from worldplan.envs.gym_tasks import make_task_model
-    from worldplan.experiments.mujoco import (
-        ENV_DEFAULTS,
-        ModelSettings,
-        MPCSettings,
-        build_planner,
-        model_dynamics,
-    )
+    from worldplan.experiments.mujoco import ModelSettings
+    from worldplan.planners.mpc.factory import MPCSettings, build_planner, model_dynamics
     from worldplan.worldmodels.ensemble import Ensemble
     from worldplan.worldmodels.stochastic import StochasticModel
 
     env_id = "InvertedPendulum-v5"
     tm = make_task_model(env_id)
     ms = ModelSettings()
-    hidden = ms.hidden or ENV_DEFAULTS[env_id]["hidden"]
+    hidden = ms.hidden or tm.planning["hidden"]
     torch.manual_seed(0)
     models = {
         "ensemble": Ensemble(tm.state_dim, tm.action_dim, k=ms.k, hidden=hidden,
@@ -140,11 +135,11 @@ def latency(batch_sizes: list[int], repeats: int) -> list[dict]:
     }
     rows = []
     for model_name, model in models.items():
-        dynamics, latent, unc = model_dynamics(model, None)
+        dynamics, latent, unc = model_dynamics(model)
         for planner_name in ("cem", "mppi", "gradient", "ilqr"):
             if latent and planner_name == "ilqr":
                 continue
-            planner = build_planner(planner_name, dynamics, tm, MPCSettings(), env_id,
+            planner = build_planner(planner_name, dynamics, tm, MPCSettings(), tm.planning,
                                     latent_dim=latent, uncertainty=unc)
             for b in batch_sizes:
                 state = 0.01 * torch.randn(b, tm.state_dim,

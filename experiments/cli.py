@@ -82,7 +82,22 @@ def _help_hint(task: Task) -> str:
     return f"`worldplan {task.name} all --help` lists the fields"
 
 
-def _print_task_help(task: Task, stage: str | None) -> None:
+def _help_config(task: Task, args: argparse.Namespace, rest: list[str]) -> Any:
+    """The config whose values ``--help`` shows: the preset with the given overrides (the
+    plain preset if they do not parse), with per-environment defaults filled in."""
+    preset = args.preset if args.preset in task.presets else "default"
+    config = task.presets[preset]()
+    if rest:
+        try:
+            config = parse_overrides(config, rest, _help_hint(task))
+        except ValueError:
+            pass  # help is still shown, for the preset
+    if task.shown_defaults is not None:
+        config = task.shown_defaults(config)
+    return config
+
+
+def _print_task_help(task: Task, stage: str | None, config: Any) -> None:
     import tyro
 
     print(f"usage: worldplan {task.name} {{{','.join((*task.stage_order(), *COMMANDS))}}} "
@@ -97,9 +112,12 @@ def _print_task_help(task: Task, stage: str | None) -> None:
     print("show          print the summary table of --run R (twice: compare two runs)\n")
     print("common options: --preset {" + ",".join(task.presets) + "}, --run DIR, "
           "--resume DIR, --seed N, --device D, --episodes N, --debug.\n"
-          "Config fields (below) override the preset; a boolean also takes --no-FIELD.\n")
+          "Config fields (below) override the preset; a boolean also takes --no-FIELD.")
+    if task.help_note:
+        print(task.help_note.format(config=config))
+    print()
     try:
-        tyro.cli(task.config_cls, default=task.presets["default"](), args=["--help"],
+        tyro.cli(task.config_cls, default=config, args=["--help"],
                  prog=f"worldplan {task.name} {stage or 'all'}", description="")
     except SystemExit:
         pass
@@ -225,7 +243,7 @@ def run_cli(argv: list[str]) -> int:
         return 0 if args.help else 2
     task = load_task(args.task)
     if args.help:
-        _print_task_help(task, args.stage)
+        _print_task_help(task, args.stage, _help_config(task, args, rest))
         return 0
     if args.stage is None:
         raise UsageError(f"give a stage: worldplan {task.name} "

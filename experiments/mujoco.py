@@ -21,13 +21,13 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering
 
+import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
@@ -39,56 +39,47 @@ from worldplan.envs.gym_tasks import (  # noqa: E402
     make_task_model,
     make_vector_env,  # noqa: E402
 )
-from worldplan.experiments.common import resolve_device, seed_everything  # noqa: E402
+from worldplan.experiments.common import (  # noqa: E402
+    resolve_device,
+    save_figure,
+    seed_everything,
+)
 from worldplan.experiments.runs import Run  # noqa: E402
 from worldplan.experiments.tasks import Task  # noqa: E402
-from worldplan.planners.mpc import (  # noqa: E402
-    CEM,
-    ILQR,
-    MPPI,
-    GradientMPC,
-    Planner,
-    RecedingHorizonController,  # noqa: E402
-    dare,
-    linearize,
+from worldplan.experiments.video import write_video as write_h264  # noqa: E402
+from worldplan.planners.mpc import Planner, RecedingHorizonController  # noqa: E402
+from worldplan.planners.mpc.factory import (  # noqa: E402
+    PLANNERS,
+    MPCSettings,
+    build_planner,
+    lqr_terminal_cost,
+    model_dynamics,
+    resolve_settings,
 )
-from worldplan.worldmodels.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
+from worldplan.worldmodels import (  # noqa: E402
+    DeterministicModel,
+    TrainConfig,
+    load_dataset,
+    load_model,
+    train_model,
+    write_dataset,
+)
+from worldplan.worldmodels.checkpoint import (  # noqa: E402
+    atomic_write_bytes,
+    atomic_write_text,
+    save_checkpoint,
+)
+from worldplan.worldmodels.ensemble import Ensemble  # noqa: E402
+from worldplan.worldmodels.training import train_stochastic  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-PLANNERS = ("cem", "mppi", "gradient", "ilqr")
 MODELS = ("ensemble", "cvae", "deterministic", "true")
 
 # Per-env defaults (used where a setting is left at 0 / auto / negative), declared by each
 # task's adapter in envs/gym_tasks/ (``GymTaskModel.planning``).
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {env: cls.planning for env, cls in TASK_MODELS.items()}
-PLANNER_DEFAULTS: dict[str, dict[str, int]] = {
-    "cem": {"samples": 200, "elites": 20, "iterations": 4},
-    "mppi": {"samples": 1000, "iterations": 1},
-    "gradient": {"samples": 0, "iterations": 10},
-    "ilqr": {"samples": 0, "iterations": 3},
-}
 
-
-@dataclass
-class MPCSettings:
-    """Planner settings; 0 picks the per-env / per-planner default."""
-
-    horizon: int = 0
-    samples: int = 0  # CEM / MPPI population
-    elites: int = 0  # CEM
-    iterations: int = 0  # optimiser iterations per control step
-    temperature: float = 1.0  # MPPI lambda
-    noise_sigma: float = 0.5  # MPPI exploration std, fraction of the action half-range
-    beta: float = -1.0  # iCEM coloured-noise exponent (<0: per env, 2 by default)
-    keep_elites: float = 0.3  # iCEM fraction of elites kept
-    cem_return: str = "auto"  # CEM acts on the "best" sample or the elite "mean" (auto: per env)
-    lr: float = 0.3  # gradient MPC (Adam, tanh-space units)
-    restarts: int = 4  # gradient MPC parallel restarts
-    z_samples: int = 4  # latent samples per plan (cVAE)
-    uncertainty_weight: float = -1.0  # penalty on the ensemble's disagreement (<0: per env)
-    terminal: str = "auto"  # terminal cost: "state" cost, "lqr" cost-to-go (auto: per env)
-    terminal_r: float = 0.1  # action weight R of the LQR cost-to-go (the task's cost has none)
 
 
 @dataclass
@@ -149,60 +140,32 @@ class MujocoConfig:
             raise ValueError("loop.rounds must be >= 0 and loop.random_steps >= 1")
         if self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
+        resolve_settings(self.mpc, self.planner, TASK_MODELS[self.env].planning)
 
 
-# ------------------------------------------------------------------------------ planners
-def build_planner(name: str, dynamics: Callable[..., torch.Tensor], tm: GymTaskModel,
-                  settings: MPCSettings, env_id: str, seed: int = 0, latent_dim: int = 0,
-                  uncertainty: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
-                  = None, terminal_cost: Callable[[torch.Tensor], torch.Tensor] | None = None
-                  ) -> Planner:
-    """A planner of kind ``name`` for the task ``tm`` with the given settings
-    (``terminal_cost`` replaces the task's own, e.g. by :func:`lqr_terminal_cost`)."""
-    if name not in PLANNERS:
-        raise ValueError(f"unknown planner {name!r}; choose from {', '.join(PLANNERS)}")
-    pd = PLANNER_DEFAULTS[name]
-    ed = ENV_DEFAULTS.get(env_id, {})
-    horizon = settings.horizon or ed.get("horizon", 15)
-    samples = settings.samples or ed.get(f"{name}_samples", pd["samples"])
-    iterations = settings.iterations or ed.get(f"{name}_iterations", pd["iterations"])
-    common: dict[str, Any] = dict(terminal_cost=terminal_cost or tm.terminal_cost, seed=seed,
-                                  latent_dim=latent_dim,
-                                  z_samples=settings.z_samples if latent_dim else 1)
-    weight = settings.uncertainty_weight
-    if weight < 0:
-        weight = ed.get("uncertainty_weight", 0.0)
-    if uncertainty is not None and weight > 0:
-        common.update(uncertainty=uncertainty, uncertainty_weight=weight)
-    args = (dynamics, tm.cost, tm.action_low, tm.action_high, horizon)
-    half = (tm.action_high - tm.action_low) / 2
-    if name == "cem":
-        elites = settings.elites or max(2, min(pd["elites"], samples // 10))
-        which = settings.cem_return if settings.cem_return != "auto" else ed.get(
-            "cem_return", "best")
-        if which not in ("best", "mean"):
-            raise ValueError(f"mpc.cem_return must be auto, best or mean, got {which!r}")
-        beta = settings.beta if settings.beta >= 0 else ed.get("beta", 2.0)
-        return CEM(*args, samples=samples, elites=elites, iterations=iterations,
-                   beta=beta, keep_elites=settings.keep_elites,
-                   return_best=which == "best", **common)
-    if name == "mppi":
-        return MPPI(*args, samples=samples, temperature=settings.temperature,
-                    noise_sigma=(settings.noise_sigma * half) ** 2, iterations=iterations,
-                    **common)
-    if name == "gradient":
-        return GradientMPC(*args, iterations=iterations, lr=settings.lr,
-                           restarts=settings.restarts, **common)
-    return ILQR(*args, iterations=iterations, **common)
+def model_hidden(config: MujocoConfig) -> int:
+    """Hidden width of the world model: the config's, else the env's default."""
+    return config.learn.hidden or ENV_DEFAULTS.get(config.env, {}).get("hidden", 128)
+
+
+def shown_defaults(config: MujocoConfig) -> MujocoConfig:
+    """``config`` with the per-env and per-planner defaults (0, -1, "auto") filled in as
+    the stages will use them, for ``--help``."""
+    if config.env not in TASK_MODELS or config.planner not in PLANNERS:
+        return config
+    limit = gym.spec(config.env).max_episode_steps or 0
+    return replace(
+        config, mpc=resolve_settings(config.mpc, config.planner,
+                                     TASK_MODELS[config.env].planning),
+        learn=replace(config.learn, hidden=model_hidden(config)),
+        max_steps=config.max_steps or limit,
+        loop=replace(config.loop, max_episode_steps=config.loop.max_episode_steps or limit))
 
 
 # ------------------------------------------------------------------------------ models
 def _new_model(config: MujocoConfig, tm: GymTaskModel):
-    from worldplan.worldmodels import DeterministicModel
-    from worldplan.worldmodels.ensemble import Ensemble
-
     s, a, m = tm.state_dim, tm.action_dim, config.learn
-    hidden = m.hidden or ENV_DEFAULTS.get(config.env, {}).get("hidden", 128)
+    hidden = model_hidden(config)
     if config.model == "ensemble":
         return Ensemble(s, a, k=m.k, hidden=hidden, layers=m.layers, dropout=m.dropout)
     return DeterministicModel(s, a, hidden=hidden, layers=m.layers, dropout=m.dropout)
@@ -211,10 +174,6 @@ def _new_model(config: MujocoConfig, tm: GymTaskModel):
 def train_world_model(config: MujocoConfig, episodes: list[dict[str, np.ndarray]], run: Run,
                       round_index: int):
     """Write the episodes as a data set, train a fresh model on it, save ``model.pt``."""
-    from worldplan.worldmodels import TrainConfig, load_dataset, train_model, write_dataset
-    from worldplan.worldmodels.checkpoint import save_checkpoint
-    from worldplan.worldmodels.training import train_stochastic
-
     tm = make_task_model(config.env)
     path = write_dataset(run.data / "dataset", episodes, task=f"mujoco/{config.env}",
                          dt=tm.dt, config=asdict(config.loop), seed=config.seed,
@@ -239,8 +198,6 @@ def train_world_model(config: MujocoConfig, episodes: list[dict[str, np.ndarray]
 
 
 def load_world_model(run: Run, device: torch.device):
-    from worldplan.worldmodels import load_model
-
     path = run.checkpoints / "model.pt"
     if not path.is_file():
         raise FileNotFoundError(f"no trained model at {path}; run `worldplan mujoco "
@@ -248,85 +205,24 @@ def load_world_model(run: Run, device: torch.device):
     return load_model(path, device=device)
 
 
-def model_dynamics(model, config: MujocoConfig):
-    """``(dynamics, latent_dim, uncertainty)`` of a trained world model for the planners."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
-    latent = int(getattr(model, "z_dim", 0) or 0)
-    if latent:
-        def dynamics(x: torch.Tensor, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-            return model.step(x, u, z)
-    else:
-        def dynamics(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-            if cache and cache[0] is x and cache[1] is u:  # members already run for (x, u)
-                return cache[2]
-            return model.step(x, u)
-    uncertainty = None
-    cache: list = []
-    if hasattr(model, "rollout_members"):  # ensemble: members' variance, in delta-std units
-        def uncertainty(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-            preds = model.rollout_members(x, u[:, None])[:, :, 0]  # [K, B, S]
-            cache[:] = [x, u, preds.mean(0)]  # the planners step (x, u) right after
-            return (preds.var(0) / model.delta_std**2).sum(-1)
-    return dynamics, latent, uncertainty
-
-
-def lqr_terminal_cost(dynamics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                      tm: GymTaskModel, r: float = 0.1, device: torch.device | str = "cpu"
-                      ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``x -> (x - goal)^T P (x - goal)``: the LQR cost-to-go of ``dynamics`` linearised at
-    the task's goal (state ``goal``, action 0), for a task whose state cost is quadratic
-    (``tm.quadratic_cost()``), with action weight ``r``.
-
-    A short horizon cannot see the slow part of the task (InvertedPendulum: bringing the
-    cart back to the middle needs the pole tipped the other way first, and a cart left
-    drifting hits the rail end a second or two later); the Riccati cost-to-go charges for
-    that tail. ``None`` when the task has no quadratic cost or the linearisation is not
-    stabilisable (then the task's own terminal cost is used).
-    """
-    if not hasattr(tm, "quadratic_cost"):
-        return None
-    if r <= 0:
-        raise ValueError(f"mpc.terminal_r must be positive, got {r}")
-    q, goal = (t.to(device) for t in tm.quadratic_cost())
-    u0 = torch.zeros(1, tm.action_dim, device=device)
-    a, b = linearize(dynamics, goal[None], u0)
-    try:
-        p = dare(a[0].double(), b[0].double(), q.double(),
-                 r * torch.eye(tm.action_dim, dtype=torch.float64, device=device))
-    except ValueError as exc:
-        log.warning("LQR terminal cost unavailable (%s); using the task's terminal cost", exc)
-        return None
-    p = p.float()
-
-    def terminal_cost(state: torch.Tensor) -> torch.Tensor:
-        d = state - goal.to(state.dtype)
-        return ((d @ p.to(state.dtype)) * d).sum(-1)
-    return terminal_cost
-
-
 def make_planner(config: MujocoConfig, run: Run | None, device: torch.device,
                  model=None) -> Planner:
+    """The configured planner, with the true dynamics or the run's trained world model."""
     tm = make_task_model(config.env)
-    which = config.mpc.terminal
-    if which not in ("auto", "state", "lqr"):
-        raise ValueError(f"mpc.terminal must be auto, state or lqr, got {which!r}")
-    auto = which == "auto"
-    if auto:
-        which = ENV_DEFAULTS.get(config.env, {}).get("terminal", "state")
+    auto = config.mpc.terminal == "auto"
+    settings = resolve_settings(config.mpc, config.planner, tm.planning)
     if config.model == "true":
         dynamics, latent, uncertainty = tm.step, 0, None
     else:
         if model is None:
             model = load_world_model(run, device)
-        dynamics, latent, uncertainty = model_dynamics(model.to(device), config)
+        dynamics, latent, uncertainty = model_dynamics(model.to(device))
     terminal = None
-    if which == "lqr" and latent and not auto:
+    if settings.terminal == "lqr" and latent and not auto:
         raise ValueError("mpc.terminal=lqr needs a model without a latent (not the cVAE)")
-    if which == "lqr" and not latent:
-        terminal = lqr_terminal_cost(dynamics, tm, config.mpc.terminal_r, device)
-    return build_planner(config.planner, dynamics, tm, config.mpc, config.env, config.seed,
+    if settings.terminal == "lqr" and not latent:
+        terminal = lqr_terminal_cost(dynamics, tm, settings.terminal_r, device)
+    return build_planner(config.planner, dynamics, tm, settings, tm.planning, config.seed,
                          latent, uncertainty, terminal)
 
 
@@ -501,8 +397,6 @@ def _curve_figure(curve: list[dict[str, Any]], config: MujocoConfig, run: Run) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from worldplan.experiments.common import save_figure
-
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([p["env_steps"] for p in curve], [p["mean_return"] for p in curve], "o-",
             label=f"{config.planner} + {config.model}")
@@ -516,8 +410,6 @@ def _curve_figure(curve: list[dict[str, Any]], config: MujocoConfig, run: Run) -
 
 def write_video(frames: list[np.ndarray], path: Path, fps: int = 30) -> Path | None:
     """Write RGB frames ``[H, W, 3]`` as an H.264 mp4 (see :mod:`worldplan.experiments.video`)."""
-    from worldplan.experiments.video import write_video as write_h264
-
     return write_h264(frames, path, fps=fps)
 
 
@@ -581,8 +473,11 @@ TASK = Task(
     stages={"collect": collect, "train-model": train, "evaluate": evaluate},
     description=__doc__.split("Examples::")[0] if __doc__ else "",
     resumable=("collect", "train-model"),
+    shown_defaults=shown_defaults,
+    help_note="Defaults that depend on the env and planner are shown for --env {config.env} "
+              "--planner {config.planner};\ngive those flags with --help to see another's.",
 )
 
-__all__ = ["TASK", "MujocoConfig", "build_planner", "make_planner", "model_dynamics",
+__all__ = ["TASK", "MujocoConfig", "make_planner",
            "random_episodes", "write_video"]
 

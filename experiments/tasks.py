@@ -46,6 +46,11 @@ class Task:
     # Stages that, run again after an interruption with ``run.resume`` set, continue from
     # their checkpoints; the others start again from the beginning.
     resumable: tuple[str, ...] = ()
+    # ``config -> config`` with every "use the default" placeholder (0, -1, "auto") replaced
+    # by the value the stages will use for that config's environment and planner; ``--help``
+    # shows these values. ``help_note`` says what they depend on.
+    shown_defaults: Callable[[Any], Any] | None = None
+    help_note: str = ""
 
     def stage_order(self) -> list[str]:
         return [s for s in STAGES if s in self.stages]

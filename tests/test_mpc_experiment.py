@@ -9,23 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from worldplan.envs.gym_tasks import make_task_model
 from worldplan.experiments.mujoco import (
-    ENV_DEFAULTS,
     TASK,
     LoopSettings,
     ModelSettings,
     MPCSettings,
     MujocoConfig,
-    build_planner,
     load_episodes,
-    lqr_terminal_cost,
     random_episodes,
     save_episodes,
     write_video,
 )
 from worldplan.experiments.runs import Run
-from worldplan.planners.mpc import CEM, dare
 
 torch.set_num_threads(1)
 
@@ -100,43 +95,6 @@ def test_episodes_roundtrip_and_video(tmp_path: Path) -> None:
     frames = [np.full((32, 48, 3), i * 20, dtype=np.uint8) for i in range(5)]
     path = write_video(frames, tmp_path / "v.mp4", fps=10)
     assert path is not None and path.stat().st_size > 0
-
-
-def test_per_env_cem_defaults() -> None:
-    ip = make_task_model("InvertedPendulum-v5")
-    planner = build_planner("cem", lambda x, u: x, ip, MPCSettings(), "InvertedPendulum-v5")
-    assert isinstance(planner, CEM)
-    # balancing needs white exploration noise and the elite mean; 100 x 3 keeps < 50 ms
-    assert planner.beta == 0.0 and not planner.return_best
-    assert (planner.samples, planner.iterations, planner.horizon) == (100, 3, 15)
-    reacher = make_task_model("Reacher-v5")
-    other = build_planner("cem", lambda x, u: x, reacher, MPCSettings(), "Reacher-v5")
-    assert other.beta == 2.0 and other.return_best
-    explicit = build_planner("cem", lambda x, u: x, ip, MPCSettings(beta=1.5),
-                             "InvertedPendulum-v5")
-    assert explicit.beta == 1.5
-    assert ENV_DEFAULTS["InvertedPendulum-v5"]["terminal"] == "lqr"
-    assert "terminal" not in ENV_DEFAULTS["Reacher-v5"]
-
-
-def test_lqr_terminal_cost_of_a_linear_model() -> None:
-    tm = make_task_model("InvertedPendulum-v5")
-    a = torch.eye(4) + 0.04 * torch.tensor([[0, 0, 1, 0], [0, 0, 0, 1], [0, -1, 0, 0],
-                                            [0, 25, 0, 0]], dtype=torch.float32)
-    b = torch.tensor([[0.0], [0.0], [0.3], [-0.8]])
-
-    def linear(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        return x @ a.T + u @ b.T
-
-    terminal = lqr_terminal_cost(linear, tm, r=0.1)
-    q, goal = tm.quadratic_cost()
-    p = dare(a.double(), b.double(), q.double(), 0.1 * torch.eye(1, dtype=torch.float64))
-    x = torch.tensor([[0.3, 0.05, -0.2, 0.1], [0.0, 0.0, 0.0, 0.0]])
-    torch.testing.assert_close(terminal(x), ((x.double() @ p) * x.double()).sum(-1).float())
-    assert terminal(x)[1] == 0 and (terminal(x)[0] > tm.state_cost(x)[0])
-    assert lqr_terminal_cost(linear, make_task_model("Reacher-v5")) is None  # not quadratic
-    with pytest.raises(ValueError, match="terminal_r"):
-        lqr_terminal_cost(linear, tm, r=0.0)
 
 
 def test_terminal_setting_is_checked(tmp_path: Path) -> None:
