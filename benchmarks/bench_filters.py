@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from worldplan.checkpoint import atomic_write_text  # noqa: E402
 from worldplan.filters import KalmanFilter, ParticleFilter, UnscentedKalmanFilter  # noqa: E402
-from worldplan.worldmodels.checkpoint import atomic_write_text  # noqa: E402
 
 
 def best_cpu_of(fn: Callable[[], Any], repeats: int) -> float:

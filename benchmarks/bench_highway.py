@@ -215,7 +215,7 @@ def main() -> None:
             print(f"{k:34s} {v}")
         out = args.out or Path("benchmarks/results/highway_mpc_cache.json")
         out.parent.mkdir(parents=True, exist_ok=True)
-        from worldplan.worldmodels.checkpoint import atomic_write_text
+        from worldplan.checkpoint import atomic_write_text
 
         atomic_write_text(out, json.dumps(res, indent=2) + "\n")
         return
@@ -244,7 +244,7 @@ def main() -> None:
     print(f"speed-up, ego view vs highway-env (image obs): {ratio:.1f}x; "
           f"vs highway-env (kinematics obs): {ratio_k:.1f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from worldplan.worldmodels.checkpoint import atomic_write_text
+    from worldplan.checkpoint import atomic_write_text
 
     atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
 

@@ -181,7 +181,7 @@ def main() -> None:
           "(untrained weights; latency does not depend on them)")
     lat = latency([1, 64], repeats=3 if args.quick else 10)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    from worldplan.worldmodels.checkpoint import atomic_write_text
+    from worldplan.checkpoint import atomic_write_text
 
     atomic_write_text(RESULTS, json.dumps({"mppi_pendulum": side, "latency": lat,
                                            "quick": args.quick,

@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from worldplan.checkpoint import atomic_write_text  # noqa: E402
 from worldplan.envs.maps import OccupancyGrid  # noqa: E402
 from worldplan.planners.path import Space, astar, informed_rrt_star, rrt_star  # noqa: E402
-from worldplan.worldmodels.checkpoint import atomic_write_text  # noqa: E402
 
 SQRT2 = math.sqrt(2.0)
 

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from worldplan.checkpoint import atomic_write_text  # noqa: E402
 from worldplan.worldmodels import (  # noqa: E402
     DeterministicModel,
     TrainConfig,
@@ -40,7 +41,6 @@ from worldplan.worldmodels import (  # noqa: E402
     train_model,
     write_dataset,
 )
-from worldplan.worldmodels.checkpoint import atomic_write_text  # noqa: E402
 from worldplan.worldmodels.ensemble import Ensemble  # noqa: E402
 from worldplan.worldmodels.images import ImageModel  # noqa: E402
 from worldplan.worldmodels.uncertainty import mc_uncertainty  # noqa: E402

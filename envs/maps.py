@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldplan.checkpoint import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 ArrayLike = Any  # numpy array, torch tensor or nested sequence
@@ -273,8 +275,6 @@ class OccupancyGrid:
     def to_image(self, path: str | os.PathLike) -> None:
         """Write the grid as a PNG (black = occupied), the inverse of :meth:`from_image`."""
         import cv2
-
-        from worldplan.worldmodels.checkpoint import atomic_write_bytes
 
         image = np.where(np.flipud(self.occupied), 0, 255).astype(np.uint8)
         ok, buffer = cv2.imencode(".png", image)

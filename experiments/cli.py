@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from worldplan.checkpoint import CheckpointError
 from worldplan.experiments.config import (
     check_values,
     differences,
@@ -40,7 +41,6 @@ from worldplan.experiments.config import (
 )
 from worldplan.experiments.runs import Run, RunError
 from worldplan.experiments.tasks import STAGES, Task, UnknownNameError, available_tasks, load_task
-from worldplan.worldmodels.checkpoint import CheckpointError
 
 log = logging.getLogger("worldplan")
 

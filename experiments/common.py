@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldplan.checkpoint import atomic_write_bytes
+
 
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed Python, numpy and torch (module initialisation draws from the global torch
@@ -102,8 +104,6 @@ def save_figure(fig, path: Path) -> Path:
     import logging
 
     import matplotlib.pyplot as plt
-
-    from worldplan.worldmodels.checkpoint import atomic_write_bytes
 
     problems = figure_problems(fig)
     if problems:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from worldplan.worldmodels.checkpoint import atomic_write_text
+from worldplan.checkpoint import atomic_write_text
 
 T = TypeVar("T")
 

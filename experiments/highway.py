@@ -476,8 +476,8 @@ def _model_path(run: Run, which: str) -> Path:
 
 def _load_world_model(run: Run, which: str, ds, device: torch.device):
     """A trained ImageModel of this run, checked against the data set."""
+    from worldplan.checkpoint import CheckpointError
     from worldplan.worldmodels.base import load_model
-    from worldplan.worldmodels.checkpoint import CheckpointError
     from worldplan.worldmodels.images import ImageModel
 
     path = _model_path(run, which)
@@ -644,12 +644,12 @@ def _policy_path(run: Run, method: str, seed: int) -> Path:
 
 
 def _load_policy(run: Run, method: str, ds, device: torch.device, seed: int):
-    from worldplan.planners.policy.imitation import ContextPolicy
-    from worldplan.worldmodels.checkpoint import (
+    from worldplan.checkpoint import (
         CheckpointError,
         load_checkpoint,
         load_state_dict_checked,
     )
+    from worldplan.planners.policy.imitation import ContextPolicy
 
     path = _policy_path(run, method, seed)
     if not path.is_file():
@@ -729,11 +729,11 @@ def train_model_stage(config: HighwayConfig, run: Run) -> None:
 def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     """Train every method in ``policy.methods`` and save ``checkpoints/policy-<m>.pt``."""
     _set_threads(config)
+    from worldplan.checkpoint import save_checkpoint
     from worldplan.planners.policy.imitation import ImitationConfig as ImCfg
     from worldplan.planners.policy.imitation import train_imitation
     from worldplan.planners.policy.mper import MPERConfig, train_mper
     from worldplan.planners.policy.mpur import MPURConfig, expert_uncertainty_stats, train_mpur
-    from worldplan.worldmodels.checkpoint import save_checkpoint
 
     p = config.policy
     _check_methods(tuple(p.methods), POLICY_METHODS, "policy.methods")

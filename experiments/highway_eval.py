@@ -229,7 +229,7 @@ def file_stamp(path: Path) -> str:
 def cached(folder: Path, name: str, key: str, compute: Callable[[], dict]) -> dict:
     """Per-episode results from ``folder/name.json`` when its key matches, else computed
     and stored (atomically)."""
-    from worldplan.worldmodels.checkpoint import atomic_write_text
+    from worldplan.checkpoint import atomic_write_text
 
     path = Path(folder) / f"{name}.json"
     if path.is_file():

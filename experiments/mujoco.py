@@ -32,6 +32,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from worldplan.checkpoint import (  # noqa: E402
+    atomic_write_bytes,
+    atomic_write_text,
+    save_checkpoint,
+)
 from worldplan.envs.gym_tasks import (  # noqa: E402
     TASK_MODELS,
     GymTaskModel,
@@ -63,11 +68,6 @@ from worldplan.worldmodels import (  # noqa: E402
     load_model,
     train_model,
     write_dataset,
-)
-from worldplan.worldmodels.checkpoint import (  # noqa: E402
-    atomic_write_bytes,
-    atomic_write_text,
-    save_checkpoint,
 )
 from worldplan.worldmodels.ensemble import Ensemble  # noqa: E402
 from worldplan.worldmodels.training import train_stochastic  # noqa: E402

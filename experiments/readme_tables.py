@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from worldplan.worldmodels.checkpoint import atomic_write_text
+from worldplan.checkpoint import atomic_write_text
 
 TRUCK_ROWS = (
     ("bptt_emulator", "BPTT through the emulator"),

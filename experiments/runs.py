@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from worldplan.worldmodels.checkpoint import atomic_write_text, current_umask
+from worldplan.checkpoint import atomic_write_text, current_umask
 
 log = logging.getLogger(__name__)
 

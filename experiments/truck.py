@@ -18,6 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldplan.checkpoint import (
+    load_checkpoint,
+    load_state_dict_checked,
+    save_checkpoint,
+)
 from worldplan.envs.truck import (
     STRICT,
     DockingCriteria,
@@ -36,11 +41,6 @@ from worldplan.experiments.tasks import Task
 from worldplan.experiments.truck_baselines import CascadeController, LQRController
 from worldplan.experiments.truck_mpc import MPCConfig
 from worldplan.planners.policy.bptt import BPTTConfig, Lesson, MLPPolicy, train_bptt
-from worldplan.worldmodels.checkpoint import (
-    load_checkpoint,
-    load_state_dict_checked,
-    save_checkpoint,
-)
 
 log = logging.getLogger(__name__)
 

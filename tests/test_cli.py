@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
+from worldplan.checkpoint import save_checkpoint
 from worldplan.experiments.cli import main
 from worldplan.experiments.runs import Run
-from worldplan.worldmodels.checkpoint import save_checkpoint
 
 
 def run_main(args: list[str], capsys) -> tuple[int, str]:

@@ -84,7 +84,7 @@ def check(args: list[str], capsys) -> int:
 @pytest.fixture(scope="module")
 def truck_run(tmp_path_factory) -> Path:
     """A truck run after `collect`, plus the checkpoint files later stages leave."""
-    from worldplan.worldmodels.checkpoint import save_checkpoint
+    from worldplan.checkpoint import save_checkpoint
 
     path = tmp_path_factory.mktemp("fuzz") / "run"
     with pytest.raises(SystemExit) as exit_info:

@@ -95,7 +95,7 @@ def test_other_cars_do_not_react_and_gradients_reach_the_actions(tmp_path) -> No
     g2 = torch.autograd.grad(imgs[:, 2, 1].sum(), actions)[0]
     assert g0[:, 0, 0].abs().max() < 1e-6 < 1e-3 < g2[:, 0, 0].abs().min()
     # checkpoint round trip keeps the class and the geometry
-    from worldplan.worldmodels.checkpoint import save_checkpoint
+    from worldplan.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "m.pt", m.to_checkpoint())
     back = load_model(tmp_path / "m.pt", torch.device("cpu"))

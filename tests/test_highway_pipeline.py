@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from worldplan.checkpoint import CheckpointError, save_checkpoint
 from worldplan.envs.highway import (
     Recording,
     View,
@@ -29,7 +30,6 @@ from worldplan.experiments.highway import (
 from worldplan.experiments.runs import Run
 from worldplan.planners.policy.imitation import ContextPolicy, ImitationConfig, train_imitation
 from worldplan.planners.policy.mpur import MPURConfig, UncertaintyStats, train_mpur
-from worldplan.worldmodels.checkpoint import CheckpointError, save_checkpoint
 from worldplan.worldmodels.dataset import write_dataset
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from worldplan.checkpoint import CheckpointError
 from worldplan.worldmodels import (
     DatasetError,
     DeterministicModel,
@@ -20,7 +21,6 @@ from worldplan.worldmodels import (
     train_model,
     write_dataset,
 )
-from worldplan.worldmodels.checkpoint import CheckpointError
 from worldplan.worldmodels.synthetic import toy_episodes
 
 
@@ -209,7 +209,7 @@ def test_mc_dropout_switch() -> None:
 
 
 def test_checkpoint_roundtrip_keeps_normaliser(toy: Path, tmp_path: Path) -> None:
-    from worldplan.worldmodels.checkpoint import save_checkpoint
+    from worldplan.checkpoint import save_checkpoint
 
     ds = load_dataset(toy)
     m = DeterministicModel(3, 2, ncond=2, hidden=16).eval()
@@ -223,7 +223,7 @@ def test_checkpoint_roundtrip_keeps_normaliser(toy: Path, tmp_path: Path) -> Non
 
 
 def test_corrupt_checkpoint_names_path(tmp_path: Path) -> None:
-    from worldplan.worldmodels.checkpoint import save_checkpoint
+    from worldplan.checkpoint import save_checkpoint
 
     m = DeterministicModel(3, 2)
     path = save_checkpoint(tmp_path / "m.pt", m.to_checkpoint())

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from worldplan.checkpoint import load_checkpoint
 from worldplan.worldmodels import DeterministicModel, load_model
-from worldplan.worldmodels.checkpoint import load_checkpoint
 from worldplan.worldmodels.dataset import write_dataset
 from worldplan.worldmodels.demos import (
     MODE_TOL,

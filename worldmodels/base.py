@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldplan.worldmodels.checkpoint import (
+from worldplan.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_state_dict_checked,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldplan.worldmodels.checkpoint import atomic_write_bytes, atomic_write_text
+from worldplan.checkpoint import atomic_write_bytes, atomic_write_text
 from worldplan.worldmodels.demos import (
     MODE_TOL,
     QUERY_ACTION,

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from worldplan.checkpoint import atomic_write_text
 from worldplan.worldmodels.base import WorldModel
-from worldplan.worldmodels.checkpoint import atomic_write_text
 from worldplan.worldmodels.dataset import load_dataset
 from worldplan.worldmodels.deterministic import DeterministicModel
 from worldplan.worldmodels.ensemble import Ensemble

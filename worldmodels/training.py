@@ -23,8 +23,8 @@ import torch.distributed as dist
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
+from worldplan.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from worldplan.worldmodels.base import WorldModel
-from worldplan.worldmodels.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from worldplan.worldmodels.dataset import Dataset
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def train_model(
         if payload.get("kind") != model.kind:
             raise CheckpointError(f"checkpoint {last_path} holds a {payload.get('kind')!r}, "
                                   f"the model is a {model.kind!r}")
-        from worldplan.worldmodels.checkpoint import load_state_dict_checked
+        from worldplan.checkpoint import load_state_dict_checked
 
         load_state_dict_checked(model, payload["state_dict"], str(last_path))
         tr = payload["training"]

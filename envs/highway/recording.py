@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from worldplan.checkpoint import atomic_write_bytes
 from worldplan.envs.highway.road import Road
 from worldplan.envs.highway.traffic import Traffic, TrafficConfig
-from worldplan.worldmodels.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
