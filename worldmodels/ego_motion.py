@@ -31,8 +31,9 @@ other cars. Here:
 
    plus a per-pixel residual;
 3. the next ego state is the kinematic update of the action
-   (``worldplan.envs.highway.kinematics.step_state_torch``), and the predicted frame is warped
-   into the next ego pose, with gradients to the action through the pose.
+   (``worldplan.worldmodels.kinematics.curvature_car_step``, the highway's own update),
+   and the predicted frame is warped into the next ego pose, with gradients to the action
+   through the pose.
 
 Poses come from the states ``[x, y, vx, vy]``: the position and the heading of the
 velocity (``+x`` below ``min_speed``, as the renderer does). Channel ``ego_channel`` (the
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldplan.worldmodels.images import ImageModel, to_unit
+from worldplan.worldmodels.kinematics import curvature_car_step
 
 
 def shift_rows(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -249,9 +251,7 @@ class EgoMotionImageModel(ImageModel):
         return out.view_as(frames)
 
     def kinematics(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        from worldplan.envs.highway.kinematics import step_state_torch
-
-        return step_state_torch(state, action, self.ego_length, self.dt)
+        return curvature_car_step(state, action, self.ego_length, self.dt)
 
     # -- the model -----------------------------------------------------------------
     def _features(self, context: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from worldplan.worldmodels.kinematics import PPUU_MAX_ACCEL, curvature_car_step
+
 DT = 0.1  # s
-MAX_ACCEL = 6.17  # m/s^2
+MAX_ACCEL = PPUU_MAX_ACCEL  # m/s^2
 
 
 def max_steer(length: np.ndarray | torch.Tensor | float):
@@ -49,21 +51,9 @@ def step_np(pos: np.ndarray, heading: np.ndarray, speed: np.ndarray, action: np.
 def step_state_torch(state: torch.Tensor, action: torch.Tensor, length: torch.Tensor | float = 4.8,
                      dt: float = DT) -> torch.Tensor:
     """The same update on states ``[B, 4]`` = [x, y, vx, vy] with actions ``[B, 2]``
-    (differentiable; heading taken from the velocity, +x when standing still)."""
-    pos, vel = state[:, :2], state[:, 2:]
-    speed = vel.norm(dim=1)
-    safe = speed.clamp_min(1e-6)
-    heading = torch.where((speed > 1e-6)[:, None], vel / safe[:, None],
-                          torch.tensor([1.0, 0.0], dtype=state.dtype, device=state.device))
-    a = action[:, 0].clamp(-MAX_ACCEL, MAX_ACCEL)
-    bmax = 1.0 / torch.as_tensor(length, dtype=state.dtype, device=state.device)
-    b = torch.maximum(torch.minimum(action[:, 1], bmax), -bmax)
-    new_pos = pos + vel * dt
-    ortho = torch.stack([-heading[:, 1], heading[:, 0]], dim=1)
-    turned = heading + ortho * (b * speed * dt)[:, None]
-    new_heading = turned / turned.norm(dim=1, keepdim=True)
-    new_speed = (speed + a * dt).clamp_min(0.0)
-    return torch.cat([new_pos, new_heading * new_speed[:, None]], dim=1)
+    (differentiable; :func:`worldplan.worldmodels.kinematics.curvature_car_step`, which
+    the ego-motion world model also uses)."""
+    return curvature_car_step(state, action, length, dt, MAX_ACCEL)
 
 
 def states_from_tracks(pos: np.ndarray, dt: float = DT) -> np.ndarray:
