@@ -2,6 +2,7 @@
 image + vector), offline data sets and their training. See docs/worldmodels.md."""
 
 from worldplan.worldmodels.base import MODEL_KINDS, WorldModel, load_model
+from worldplan.worldmodels.contract import ModelState, Trajectory
 from worldplan.worldmodels.dataset import (
     Dataset,
     DatasetError,
@@ -33,10 +34,12 @@ __all__ = [
     "EgoMotionImageModel",
     "Ensemble",
     "ImageModel",
+    "ModelState",
     "StochasticModel",
     "NonFiniteLossError",
     "NormStats",
     "TrainConfig",
+    "Trajectory",
     "WorldModel",
     "check_compatible",
     "evaluate_horizon_error",

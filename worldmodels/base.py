@@ -24,6 +24,7 @@ from worldplan.checkpoint import (
     load_checkpoint,
     load_state_dict_checked,
 )
+from worldplan.worldmodels.contract import ModelState, Trajectory
 from worldplan.worldmodels.dataset import STAT_KEYS, NormStats
 
 log = logging.getLogger(__name__)
@@ -232,22 +233,64 @@ class WorldModel(nn.Module):
                 z: torch.Tensor | None = None) -> torch.Tensor:
         """Open-loop autoregressive prediction: ``context`` ``[B, ncond, S]`` (or ``[B, S]``
         when ncond == 1), ``actions`` ``[B, T, A]``, optional ``z`` ``[B, T, Z]`` (or
-        ``[B, Z]`` reused every step) -> states ``[B, T, S]`` after each action."""
+        ``[B, Z]`` reused every step) -> states ``[B, T, S]`` after each action (the states
+        of :meth:`unroll`)."""
+        return self.unroll(self.reset(context), actions, z).states
+
+    # -- the model-state contract (worldmodels/contract.py) ---------------------------------
+    def reset(self, context: torch.Tensor, frames: torch.Tensor | None = None) -> ModelState:
+        """The model state of ``context`` ``[B, ncond, S]`` (or ``[B, S]`` when ncond == 1)
+        and, for an image model, its ``frames`` ``[B, ncond, C, H, W]`` (uint8 or [0, 1])."""
         ctx = self._as_context(context, "context")
+        return ModelState(ctx, self._context_frames(frames, ctx.shape[0]))
+
+    def _context_frames(self, frames: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        if frames is not None:
+            raise ValueError(f"{self.kind} is a vector model: it takes no frames")
+        return None
+
+    def _advance(self, ms: ModelState, action: torch.Tensor, z: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Next raw state ``[B, S]`` and frame (None for a vector model), unchecked."""
+        return self._predict(ms.context, action, z), None
+
+    def advance(self, ms: ModelState, action: torch.Tensor,
+                z: torch.Tensor | None = None) -> ModelState:
+        """The model state one ``action`` ``[B, A]`` later (``z`` ``[B, Z]``: the latent of a
+        cVAE, drawn from the prior when None). Differentiable w.r.t. the action and the
+        state."""
+        if not isinstance(ms, ModelState):
+            raise TypeError(f"advance takes a ModelState (from model.reset), got "
+                            f"{type(ms).__name__}")
+        self._check_action(action, len(ms))
+        self._check_z(z, len(ms), None)
+        return ms.then(*self._advance(ms, action, z))
+
+    def unroll(self, ms: ModelState, actions: torch.Tensor,
+               z: torch.Tensor | None = None) -> Trajectory:
+        """Open loop from ``ms`` under ``actions`` ``[B, T, A]`` (``z`` ``[B, T, Z]``, or
+        ``[B, Z]`` reused every step): the predicted states, frames and last model state."""
         actions = self._tensor("actions", actions)
-        B = ctx.shape[0]
+        B = len(ms)
         if actions.ndim != 3 or actions.shape[0] != B or actions.shape[2] != self.action_dim:
             raise ValueError(f"actions must have shape [{B}, T, {self.action_dim}], got "
                              f"{list(actions.shape)}")
-        T = actions.shape[1]
-        self._check_z(z, B, T)
-        out = []
-        for t in range(T):
-            zt = None if z is None else (z[:, t] if z.ndim == 3 else z)
-            nxt = self._predict(ctx, actions[:, t], zt)
-            out.append(nxt)
-            ctx = torch.cat([ctx[:, 1:], nxt[:, None]], dim=1) if self.ncond > 1 else nxt[:, None]
-        return torch.stack(out, dim=1)
+        self._check_z(z, B, actions.shape[1])
+        states, images = [], []
+        for t in range(actions.shape[1]):
+            ms = self.advance(ms, actions[:, t], None if z is None else
+                              (z[:, t] if z.ndim == 3 else z))
+            states.append(ms.state)
+            images.append(ms.image)
+        imgs = None if ms.frames is None else torch.stack(images, 1)
+        return Trajectory(torch.stack(states, 1), imgs, ms)
+
+    def posterior(self, ms: ModelState, next_state: torch.Tensor,
+                  next_image: torch.Tensor | None = None) -> torch.Tensor:
+        """The latent ``[B, Z]`` (posterior mean) that explains the observed step from
+        ``ms`` to ``next_state`` (and ``next_image``): what a cVAE's encoder infers, used
+        to replay an expert's future (MPER). Only for models with ``z_dim > 0``."""
+        raise TypeError(f"{self.kind} has no latent (z_dim = 0): no posterior")
 
     # -- checkpoints -------------------------------------------------------------------
     def to_checkpoint(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldplan.worldmodels.base import MCDropout, WorldModel, mlp
+from worldplan.worldmodels.contract import ModelState
 from worldplan.worldmodels.stochastic import Z_DROPOUT_FORMS, LatentHead
 
 
@@ -229,26 +230,31 @@ class ImageModel(WorldModel):
                 z: torch.Tensor | None = None, images: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(states [B, T, S], images [B, T, C, H, W])`` from ``context`` ``[B, ncond, S]``,
-        context ``images`` ``[B, ncond, C, H, W]`` and ``actions`` ``[B, T, A]``."""
-        ctx = self._as_context(context, "context")
-        B = ctx.shape[0]
-        actions = self._tensor("actions", actions)
-        if actions.ndim != 3 or actions.shape[0] != B or actions.shape[2] != self.action_dim:
-            raise ValueError(f"actions must have shape [{B}, T, {self.action_dim}], got "
-                             f"{list(actions.shape)}")
-        T = actions.shape[1]
-        self._check_z(z, B, T)
-        frames = self._as_frames(images, B, "images")
-        states, imgs = [], []
-        for t in range(T):
-            zt = None if z is None else (z[:, t] if z.ndim == 3 else z)
-            s, img, _ = self._one(ctx, frames, actions[:, t], zt)
-            img = img.clamp(0.0, 1.0)
-            states.append(s)
-            imgs.append(img)
-            ctx = torch.cat([ctx[:, 1:], s[:, None]], 1)
-            frames = torch.cat([frames[:, 1:], img[:, None]], 1)
-        return torch.stack(states, 1), torch.stack(imgs, 1)
+        context ``images`` ``[B, ncond, C, H, W]`` and ``actions`` ``[B, T, A]``: the tensors
+        of :meth:`unroll`."""
+        traj = self.unroll(self.reset(context, images), actions, z)
+        return traj.states, traj.images
+
+    # -- the model-state contract ----------------------------------------------------------
+    def _context_frames(self, frames: torch.Tensor | None, batch: int) -> torch.Tensor:
+        return self._as_frames(frames, batch, "frames")
+
+    def _advance(self, ms: ModelState, action: torch.Tensor, z: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        s, img, _ = self._one(ms.context, ms.frames, action, z)
+        return s, img.clamp(0.0, 1.0)
+
+    def posterior(self, ms: ModelState, next_state: torch.Tensor,
+                  next_image: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.z_dim:
+            raise TypeError(f"{self.kind} has no latent (z_dim = 0): no posterior")
+        if next_image is None:
+            raise ValueError("an image model's posterior needs next_image [B, C, H, W]")
+        feat = self._features(ms.context, ms.frames)
+        target = torch.cat([self.target_encoder(to_unit(next_image)),
+                            self.norm_delta(next_state - ms.state)], -1)
+        mu, _ = self.latent.posterior(torch.cat([feat, target], -1)).chunk(2, -1)
+        return mu
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training loss on a window batch with ``context_images``/``target_images``:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from worldplan.worldmodels.base import mlp
+from worldplan.worldmodels.contract import ModelState
 from worldplan.worldmodels.deterministic import DeterministicModel
 
 Z_DROPOUT_FORMS = ("zero", "prior")
@@ -161,6 +162,13 @@ class StochasticModel(DeterministicModel):
                                          else context.new_zeros(context.shape[0], 1))
         h = self._hidden(context, action) + self.latent.embed(z)
         return self._decode(context, h)
+
+    def posterior(self, ms: ModelState, next_state: torch.Tensor,
+                  next_image: torch.Tensor | None = None) -> torch.Tensor:
+        target = self.norm_delta(next_state - ms.state)
+        mu, _ = self.latent.posterior(torch.cat([self._cond(ms.context), target], -1)
+                                      ).chunk(2, -1)
+        return mu
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training loss: open-loop MSE with posterior latents (z-dropout applied) plus

@@ -23,6 +23,8 @@ from typing import Literal
 
 import torch
 
+from worldplan.worldmodels.contract import ModelState, rows_of
+
 log = logging.getLogger(__name__)
 
 Dynamics = Callable[..., torch.Tensor]
@@ -252,6 +254,9 @@ class Planner:
 
     # -- for subclasses -------------------------------------------------------------------
     _needs_grad = False
+    # Whether the planner can plan from a world model's ModelState (it only repeats rows
+    # and calls the dynamics and costs); linearising planners need vector states.
+    structured_states = True
 
     def _optimize(self, state: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
         """``state [B, S]``, warm start ``init [B, T, A]`` -> plan ``[B, T, A]``."""
@@ -302,7 +307,7 @@ class Planner:
         """
         b, n, t, a = actions.shape
         k = self.z_samples
-        x = state[:, None, None, :].expand(b, n, k, state.shape[-1]).reshape(b * n * k, -1)
+        x = rows_of(state, n * k)  # [B*N*K, S]: row i of state repeated N*K times
         u_all = actions[:, :, None].expand(b, n, k, t, a).reshape(b * n * k, t, a)
         if self.latent_dim > 0 and z is None:
             z = self._sample_z(b * n * k, state)
@@ -342,19 +347,24 @@ class Planner:
         return total
 
     # -- validation -----------------------------------------------------------------------
-    def _validate(self, state: torch.Tensor) -> None:
+    def _validate(self, state: torch.Tensor | ModelState) -> None:
         """Check ``state`` and, once per (S, device, dtype), every callable's output."""
-        if not isinstance(state, torch.Tensor):
-            raise TypeError(f"state must be a torch.Tensor [B, S], got {type(state).__name__}")
-        if state.ndim != 2 or state.shape[0] < 1 or state.shape[1] < 1:
+        structured = isinstance(state, ModelState)
+        if not structured and not isinstance(state, torch.Tensor):
+            raise TypeError("state must be a torch.Tensor [B, S] or a world model's "
+                            f"ModelState, got {type(state).__name__}")
+        if len(state.shape) != 2 or state.shape[0] < 1 or state.shape[1] < 1:
             raise ValueError(f"state must have shape [B, S], got {list(state.shape)}")
-        if not state.is_floating_point():
+        if not state.dtype.is_floating_point:
             raise TypeError(f"state must be a floating-point tensor, got {state.dtype}")
         if self.state_dim is not None and state.shape[1] != self.state_dim:
             raise ValueError(f"state has {state.shape[1]} components per row but the task "
                              f"and dynamics model have state_dim {self.state_dim}")
-        if not torch.isfinite(state).all():
+        if not (state.is_finite() if structured else torch.isfinite(state).all()):
             raise ValueError("state contains NaN or inf")
+        if structured and not self.structured_states:
+            raise TypeError(f"{type(self).__name__} needs vector states [B, S]; plan through "
+                            "an image model with CEM, MPPI or GradientMPC")
         key = (state.shape[1], state.device, state.dtype)
         if self._validated == key:
             return
@@ -369,7 +379,12 @@ class Planner:
             nxt = self._call("dynamics", lambda: self._step(state, action, z),
                              f"state [B={b}, S={s}] and action [B={b}, A={self.action_dim}]"
                              + zdesc)
-            self._check_output("dynamics", nxt, (b, s))
+            if structured:
+                if not isinstance(nxt, ModelState) or tuple(nxt.shape) != (b, s):
+                    raise ValueError("dynamics must map a ModelState [B, S] to a ModelState of "
+                                     f"the same shape, got {type(nxt).__name__}")
+            else:
+                self._check_output("dynamics", nxt, (b, s))
             self._check_output("cost", self._call("cost", lambda: self.cost(state, action),
                                                   "state [B, S] and action [B, A]"), (b,))
             if self.terminal_cost is not None:

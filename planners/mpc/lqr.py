@@ -145,6 +145,8 @@ class LQR(Planner):
     ``A, B`` may come from :func:`linearize` of nonlinear dynamics at an equilibrium.
     """
 
+    structured_states = False  # a linear model of vector states
+
     def __init__(self, A: ArrayLike, B: ArrayLike, Q: ArrayLike, R: ArrayLike,
                  action_low: BoundLike, action_high: BoundLike, horizon: int = 1,
                  x_goal: ArrayLike | None = None, u_goal: ArrayLike | None = None,
@@ -215,6 +217,7 @@ class ILQR(Planner):
     """
 
     _needs_grad = True
+    structured_states = False  # linearises the dynamics: vector states only
 
     def __init__(self, *args, iterations: int = 10, mu: float = 1e-3, mu_factor: float = 4.0,
                  mu_max: float = 1e8, alphas: Sequence[float] = (1.0, 0.5, 0.25, 0.1, 0.03),

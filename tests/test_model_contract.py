@@ -1,0 +1,178 @@
+"""The world-model contract (worldmodels/contract.py), checked for every model kind with
+every planner and the policy learner: each pair plans or trains a step, on the CPU and on
+CUDA when present. A model that breaks the contract fails here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worldplan.planners.mpc import CEM, ILQR, MPPI, GradientMPC
+from worldplan.planners.policy.closed_loop import policy_unroll
+from worldplan.worldmodels import (
+    DeterministicModel,
+    EgoMotionImageModel,
+    Ensemble,
+    ImageModel,
+    ModelState,
+    StochasticModel,
+    WorldModel,
+)
+
+torch.set_num_threads(1)
+
+S, A, IMG = 4, 2, (3, 16, 8)
+KINDS = {
+    "deterministic": lambda: DeterministicModel(S, A, hidden=16, dropout=0.1),
+    "stochastic": lambda: StochasticModel(S, A, hidden=16, z_dim=2, dropout=0.1),
+    "ensemble": lambda: Ensemble(S, A, k=3, hidden=16),
+    "image": lambda: ImageModel(S, A, IMG, ncond=2, hidden=16, channels=(4, 8)),
+    "image-cvae": lambda: ImageModel(S, A, IMG, ncond=2, hidden=16, channels=(4, 8), z_dim=2),
+    "ego-motion": lambda: EgoMotionImageModel(S, A, IMG, ncond=2, hidden=16, channels=(4, 8),
+                                              z_dim=2),
+}
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _model(kind: str, device: str) -> WorldModel:
+    torch.manual_seed(0)
+    return KINDS[kind]().to(device).eval()
+
+
+def _start(model: WorldModel, batch: int, device: str) -> ModelState:
+    g = torch.Generator().manual_seed(1)
+    ctx = torch.randn(batch, model.ncond, S, generator=g)
+    ctx[..., 2] += 10.0  # moving forward (the ego-motion model's heading needs speed)
+    frames = None
+    if isinstance(model, ImageModel):
+        frames = torch.rand(batch, model.ncond, *IMG, generator=g)
+    return model.reset(ctx.to(device), None if frames is None else frames.to(device))
+
+
+def cost(ms: ModelState, action: torch.Tensor) -> torch.Tensor:
+    """Any cost of the model state: here the speed error, plus the cars' pixels in view."""
+    c = (ms.state[:, 2] - 12.0) ** 2 + 0.1 * (action ** 2).sum(-1)
+    if ms.image is not None:
+        c = c + ms.image[:, 1].mean((1, 2))
+    return c
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_reset_advance_unroll_agree(kind: str, device: str) -> None:
+    model = _model(kind, device)
+    ms = _start(model, 3, device)
+    assert tuple(ms.shape) == (3, S) and ms.device.type == device
+    actions = torch.randn(3, 4, A, device=device)
+    z = model.sample_prior(3, 4).to(device) if model.z_dim else None
+    traj = model.unroll(ms, actions, z)
+    assert traj.states.shape == (3, 4, S)
+    assert (traj.images is None) == (ms.frames is None)
+    step = ms
+    for t in range(4):
+        step = model.advance(step, actions[:, t], None if z is None else z[:, t])
+    torch.testing.assert_close(step.state, traj.states[:, -1])
+    torch.testing.assert_close(traj.last.context, step.context)
+    if traj.images is not None:
+        assert traj.images.shape == (3, 4, *IMG)
+        assert 0.0 <= float(traj.images.detach().min()) <= float(traj.images.detach().max()) <= 1
+        torch.testing.assert_close(step.image, traj.images[:, -1])
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_contract_refuses_bad_input_in_one_line(kind: str) -> None:
+    model = _model(kind, "cpu")
+    ms = _start(model, 2, "cpu")
+    with pytest.raises(ValueError, match=r"action must have shape \[2, 2\]"):
+        model.advance(ms, torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="ModelState"):
+        model.advance(ms.state, torch.zeros(2, A))
+    if isinstance(model, ImageModel):
+        with pytest.raises(ValueError, match="needs frames"):
+            model.reset(ms.context)
+    else:
+        with pytest.raises(ValueError, match="takes no frames"):
+            model.reset(ms.context, torch.zeros(2, model.ncond, *IMG))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("planner_cls", [CEM, MPPI, GradientMPC, ILQR])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_planner_plans_through_every_model(kind: str, planner_cls: type,
+                                                 device: str) -> None:
+    model = _model(kind, device)
+    ms = _start(model, 2, device)
+    low, high = torch.tensor([-3.0, -0.2]), torch.tensor([3.0, 0.2])
+    options = {"samples": 16, "iterations": 2} if planner_cls in (CEM, MPPI) else {
+        "iterations": 2}
+    if planner_cls is CEM:
+        options["elites"] = 4
+    planner = planner_cls(model.advance, cost, low, high, 3, latent_dim=model.z_dim,
+                          **options)
+    if planner_cls is ILQR:  # it linearises the dynamics: vector states only
+        with pytest.raises(TypeError, match="needs vector states"):
+            planner.plan(ms)
+        vector = planner_cls(model.step, lambda x, u: (x[:, 2] - 12.0) ** 2, low, high, 3,
+                             iterations=1) if not isinstance(model, ImageModel) else None
+        if vector is not None and not model.z_dim:
+            plan = vector.plan(ms.state)
+            assert plan.shape == (2, 3, A) and torch.isfinite(plan).all()
+        return
+    plan = planner.plan(ms)
+    assert plan.shape == (2, 3, A) and plan.device.type == device
+    assert torch.isfinite(plan).all()
+    assert ((plan >= low.to(device) - 1e-6) & (plan <= high.to(device) + 1e-6)).all()
+    action = planner.act(ms)  # receding horizon keeps the shifted plan
+    assert action.shape == (2, A) and planner.warm_start.shape == (2, 3, A)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_policy_learns_through_every_model(kind: str, device: str) -> None:
+    """One backprop-through-time update through the model moves the policy's parameters,
+    and a few lower the closed-loop cost from the same starts."""
+    model = _model(kind, device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ms = _start(model, 8, device)
+    torch.manual_seed(0)
+    net = torch.nn.Linear(S, A).to(device)
+
+    def policy(state: ModelState) -> torch.Tensor:
+        return torch.tanh(net(state.state - state.state.detach().mean(0))) * torch.tensor(
+            [3.0, 0.2], device=device)
+
+    z = torch.zeros(8, 3, model.z_dim, device=device) if model.z_dim else None
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    before = [p.detach().clone() for p in net.parameters()]
+    losses = []
+    for _ in range(15):
+        traj, actions = policy_unroll(policy, model, ms, 3, z)
+        loss = sum(cost(ModelState(traj.states[:, t:t + 1], None if traj.images is None
+                                   else traj.images[:, t:t + 1]), actions[:, t])
+                   for t in range(3)).mean()
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all()
+                   for p in net.parameters())
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("kind", ["stochastic", "image-cvae", "ego-motion"])
+def test_a_cvae_posterior_explains_an_observed_step(kind: str) -> None:
+    """MPER's replay of an expert: the public posterior gives one latent per step."""
+    model = _model(kind, "cpu")
+    ms = _start(model, 3, "cpu")
+    nxt = model.advance(ms, torch.zeros(3, A), torch.zeros(3, model.z_dim))
+    z = model.posterior(ms, nxt.state, nxt.image)
+    assert z.shape == (3, model.z_dim) and torch.isfinite(z).all()
+
+
+def test_a_model_without_a_latent_has_no_posterior() -> None:
+    model = _model("deterministic", "cpu")
+    ms = _start(model, 2, "cpu")
+    with pytest.raises(TypeError, match="no latent"):
+        model.posterior(ms, ms.state)
