@@ -162,6 +162,10 @@ class _GaussianFilter:
         """A filter on a task's differentiable model: ``transition = model.step`` (the
         actions go in as ``controls``), ``measure = model.observe``, ``Q =
         model.process_noise``, ``R = model.measurement_noise``."""
+        # lazy: importing worldplan.envs registers every environment (gymnasium, MuJoCo)
+        from worldplan.envs.interface import Dynamics, Sensor, require
+
+        require(model, Dynamics, Sensor, needed_by="this filter")
         return cls(model.step, model.observe, model.process_noise, model.measurement_noise,
                    x0, P0, **kwargs)
 

@@ -251,6 +251,10 @@ class ParticleFilter:
         """A bootstrap filter on a task's model: ``transition = model.step`` (actions as
         ``controls``), ``measure = model.observe``, ``Q = model.process_noise``,
         ``R = model.measurement_noise``."""
+        # lazy: importing worldplan.envs registers every environment (gymnasium, MuJoCo)
+        from worldplan.envs.interface import Dynamics, Sensor, require
+
+        require(model, Dynamics, Sensor, needed_by="a particle filter")
         return cls(model.step, model.observe, model.process_noise, model.measurement_noise,
                    x0, P0, **kwargs)
 

@@ -38,7 +38,7 @@ class GymTaskModel:
     state_dim: ClassVar[int] = 0
     action_dim: ClassVar[int] = 0
     dt: ClassVar[float] = 0.0
-    has_dynamics: ClassVar[bool] = False
+    has_dynamics: ClassVar[bool] = False  # set for a subclass that defines ``step``
     # constructor argument -> attribute of the gymnasium environment it is read from, so
     # that the adapter matches a customised ``gym.make`` (see :func:`make_task_model`)
     env_attrs: ClassVar[dict[str, str]] = {}
@@ -50,6 +50,7 @@ class GymTaskModel:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Register every adapter that names its environment (one class, one task)."""
         super().__init_subclass__(**kwargs)
+        cls.has_dynamics = callable(getattr(cls, "step", None))
         if cls.env_id:
             if cls.env_id in TASK_MODELS and TASK_MODELS[cls.env_id] is not cls:
                 raise ValueError(f"two task models for {cls.env_id}: "
@@ -62,12 +63,7 @@ class GymTaskModel:
         if self.action_low.shape != (self.action_dim,):
             raise ValueError(f"action_low must have shape [{self.action_dim}]")
 
-    # -- TaskModel protocol --------------------------------------------------------------
-    def step(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """No closed-form dynamics for a MuJoCo task: learn a world model instead."""
-        raise NotImplementedError(f"{self.env_id} has no closed-form step in torch; plan with a "
-                                  "learned world model (worldmodels/)")
-
+    # -- Costs (envs/interface.py); a task with closed-form dynamics also defines step --
     def cost(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Running cost ``[B, S], [B, A] -> [B]`` (see the module docstring)."""
         return self.state_cost(state) + self.action_cost(action)
@@ -90,24 +86,6 @@ class GymTaskModel:
     def terminated(self, state: torch.Tensor) -> torch.Tensor:
         """``[B]`` bool: does reaching ``state`` end the episode? (never, by default)."""
         return torch.zeros(state.shape[0], dtype=torch.bool, device=state.device)
-
-    def observe(self, state: torch.Tensor) -> torch.Tensor:
-        """The state is the observation: identity ``[B, S] -> [B, S]``."""
-        return state
-
-    @property
-    def process_noise(self) -> torch.Tensor:
-        """Nominal ``[S, S]`` (the simulators are deterministic)."""
-        return 1e-4 * torch.eye(self.state_dim)
-
-    @property
-    def measurement_noise(self) -> torch.Tensor:
-        """Nominal ``[S, S]`` (observations are exact)."""
-        return 1e-4 * torch.eye(self.state_dim)
-
-    @property
-    def occupancy(self) -> None:
-        return None
 
     def _check(self, state: torch.Tensor, action: torch.Tensor | None = None) -> None:
         check_batch("state", state, self.state_dim)

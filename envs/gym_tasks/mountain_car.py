@@ -33,7 +33,6 @@ class MountainCarTaskModel(GymTaskModel):
     state_dim = 2
     action_dim = 1
     dt = 1.0  # one simulator step
-    has_dynamics = True
     env_attrs = {"power": "power", "max_speed": "max_speed", "goal_position": "goal_position",
                  "goal_velocity": "goal_velocity"}
     planning = {"horizon": 30, "hidden": 64, "mppi_samples": 200}

@@ -22,7 +22,6 @@ class PendulumTaskModel(GymTaskModel):
     env_id = "Pendulum-v1"
     state_dim = 3
     action_dim = 1
-    has_dynamics = True
     env_attrs = {"g": "g", "m": "m", "length": "l", "dt": "dt", "max_speed": "max_speed",
                  "max_torque": "max_torque"}
     planning = {"horizon": 30, "hidden": 64}

@@ -1,9 +1,11 @@
 """The differentiable side of the dense-traffic task.
 
-Traffic has no closed-form dynamics (``step`` raises ``NotImplementedError``: use a
-learned world model), and the cost lives on images: :meth:`image_cost` is PPUU's
-proximity + 0.2 x lane (+ off-road) cost on ``[B, C, H, W]`` frames and ``[B, 4]``
-states. The measurement model is the camera tracker: positions with noise.
+A :class:`~worldplan.envs.interface.TaskModel` and a
+:class:`~worldplan.envs.interface.Sensor` only: traffic has no closed-form dynamics (a
+world model learns them), and the cost lives on images, not on vector states:
+:meth:`image_cost` is PPUU's proximity + 0.2 x lane (+ off-road) cost on
+``[B, C, H, W]`` frames and ``[B, 4]`` states. The measurement model is the camera
+tracker: positions with noise.
 """
 
 from __future__ import annotations
@@ -31,19 +33,6 @@ class HighwayTaskModel:
         self.action_low = torch.tensor([-MAX_ACCEL, -MAX_STEER])
         self.action_high = torch.tensor([MAX_ACCEL, MAX_STEER])
 
-    def step(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(
-            "dense traffic has no closed-form dynamics (the other cars are not modelled); "
-            "roll out a learned world model instead")
-
-    def cost(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(
-            "the highway cost is defined on images: call image_cost(images, states)")
-
-    def terminal_cost(self, state: torch.Tensor) -> torch.Tensor:
-        check_batch("state", state, 4)
-        return state.new_zeros(state.shape[0])
-
     def image_cost(self, images: torch.Tensor, states: torch.Tensor,
                    sizes: torch.Tensor | None = None) -> torch.Tensor:
         """PPUU's cost ``[B]`` of frames ``[B, C, H, W]`` in [0, 1] and states ``[B, 4]``."""
@@ -67,7 +56,3 @@ class HighwayTaskModel:
     @property
     def measurement_noise(self) -> torch.Tensor:
         return torch.diag(torch.tensor(self.tracker_noise) ** 2)
-
-    @property
-    def occupancy(self):
-        return None

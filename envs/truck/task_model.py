@@ -61,7 +61,7 @@ STRICT = DockingCriteria(0.5, 5.0)
 
 
 class TruckTaskModel:
-    """TaskModel of the truck backer-upper (see :mod:`worldplan.envs.interface`).
+    """The truck backer-upper: dynamics, costs and a sensor (:mod:`worldplan.envs.interface`).
 
     State ``[B, 4]`` = hitch (x, y), cab heading, trailer heading; action ``[B, 1]`` =
     steering angle (rad). The cost is Nguyen & Widrow's: what matters is where the
@@ -134,10 +134,6 @@ class TruckTaskModel:
     @property
     def measurement_noise(self) -> torch.Tensor:
         return torch.diag(torch.tensor([0.25, 0.25, math.radians(2) ** 2, math.radians(2) ** 2]))
-
-    @property
-    def occupancy(self) -> None:
-        return None
 
     # -- helpers for policies and evaluation -----------------------------------------------
     def features(self, state: torch.Tensor) -> torch.Tensor:
