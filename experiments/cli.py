@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from worldplan.checkpoint import CheckpointError
+from worldplan.experiments.common import BriefNumbers, configure_progress, resolve_device
 from worldplan.experiments.config import (
     check_values,
     differences,
@@ -40,6 +41,7 @@ from worldplan.experiments.config import (
     to_yaml,
 )
 from worldplan.experiments.runs import Run, RunError
+from worldplan.experiments.summary import format_table, summary_rows
 from worldplan.experiments.tasks import STAGES, Task, UnknownNameError, available_tasks, load_task
 
 log = logging.getLogger("worldplan")
@@ -139,8 +141,6 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str],
                  recorded: Any | None) -> Any:
     """The preset (or the run's recorded config) with the overrides and common flags,
     checked whole: types, value ranges, the task's own checks, the device."""
-    from worldplan.experiments.common import resolve_device
-
     config = _base_config(task, args, recorded)
     if rest:
         config = parse_overrides(config, rest, _help_hint(task))
@@ -178,8 +178,6 @@ def _missing_parents(path: Path) -> list[Path]:
 
 
 def _show(task: Task, args: argparse.Namespace) -> int:
-    from worldplan.experiments.summary import format_table, summary_rows
-
     runs = args.run or ([args.resume] if args.resume else [])
     if not runs or len(runs) > 2:
         raise UsageError(f"show needs --run R (or --run R1 --run R2 to compare), e.g. "
@@ -295,8 +293,6 @@ def run_cli(argv: list[str]) -> int:
     finally:
         run.close()
     if any(stage == "evaluate" for stage, _r, action in plan.steps if action != "skip"):
-        from worldplan.experiments.summary import format_table, summary_rows
-
         print(format_table([(str(run.path), summary_rows(run.metrics()))]))
     log.info("done: %s", run.path)
     return 0
@@ -310,8 +306,6 @@ def _name_the_run(message: str, path: Path) -> str:
 
 
 def _run_stages(task: Task, config: Any, run: Run, plan: _Plan) -> None:
-    from worldplan.experiments.common import resolve_device
-
     device = str(resolve_device(config.device))
     for stage, record, action in plan.steps:
         if action == "skip":
@@ -356,8 +350,6 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from worldplan.experiments.common import BriefNumbers, configure_progress
-
     configure_progress()
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, BriefNumbers) for f in handler.filters):

@@ -30,6 +30,8 @@ from worldplan.envs.navigation import MapConfig, Navigation2DEnv, NavigationPara
 from worldplan.experiments.common import save_figure, seed_everything
 from worldplan.experiments.runs import Run
 from worldplan.experiments.tasks import Task
+from worldplan.filters.particle import ParticleFilter, systematic_resample
+from worldplan.planners.mpc import MPPI
 from worldplan.planners.path import NoPathError, Space, astar, rrt_star, shortcut
 
 log = logging.getLogger(__name__)
@@ -144,8 +146,6 @@ class MPPITracker:
                  config: NavigationConfig, seed: int, clearance: float = 0.05) -> None:
         from scipy.ndimage import distance_transform_edt
 
-        from worldplan.planners.mpc import MPPI
-
         self.pursuit = PurePursuit(path, config.speed, 2 * config.lookahead,
                                    task_model.params.dt)
         fine = grid.upsample(max(1, math.ceil(grid.resolution / 0.05 - 1e-9)))
@@ -196,8 +196,6 @@ class OnlineParticleFilter:
 
     def __init__(self, task_model, start_state: np.ndarray, n_particles: int, init_std: float,
                  seed: int, robot_radius: float = 0.0) -> None:
-        from worldplan.filters.particle import ParticleFilter, systematic_resample
-
         self._resample = systematic_resample
         # Extra noise for what the model leaves out: contacts stop the robot dead, so
         # velocities near zero must stay represented in the cloud.

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from worldplan.envs.truck import StartRegion, TruckTaskModel, simulate
+from worldplan.envs.truck.episode import Outcome
 from worldplan.envs.truck.kinematics import TruckParams, trailer_rear, wrap_angle
 from worldplan.planners.mpc.lqr import dlqr
 
@@ -95,9 +97,6 @@ def tune(seed: int = 1, n: int = 1000, dt: float = 1.0) -> dict[str, dict]:
     """Grid-search both baselines' gains on ``n`` starts drawn with ``seed`` (not the
     evaluation set's); returns the best gains and docking rate of each."""
     import itertools
-
-    from worldplan.envs.truck import StartRegion, TruckTaskModel, simulate
-    from worldplan.envs.truck.episode import Outcome
 
     p = TruckParams(dt=dt, max_steps=int(round(150 / dt)))
     tm = TruckTaskModel(p)

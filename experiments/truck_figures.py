@@ -11,9 +11,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from worldplan.envs.truck import TruckParams, simulate, trailer_rear  # noqa: E402
+from worldplan.envs.truck import (  # noqa: E402
+    Outcome,  # noqa: E402
+    TruckParams,
+    simulate,
+    trailer_rear,
+)
+from worldplan.envs.truck.kinematics import pose_from_rear  # noqa: E402
 from worldplan.envs.truck.render import YardCanvas  # noqa: E402
 from worldplan.experiments.common import save_figure  # noqa: E402
+from worldplan.experiments.video import write_video  # noqa: E402
 
 
 def training_curve(history: dict, path: Path) -> Path:
@@ -88,8 +95,6 @@ def success_bars(metrics: dict, path: Path) -> Path:
 def grid_starts(p: TruckParams) -> np.ndarray:
     """Nine starting poses on a grid (rear 40 units out; offsets -18, 0, 18; trailer
     headings -60, 0, 60 degrees), as in Nguyen & Widrow's figures."""
-    from worldplan.envs.truck.kinematics import pose_from_rear
-
     ys, headings = [18.0, 0.0, -18.0], np.radians([-60.0, 0.0, 60.0])
     ry, th = np.meshgrid(ys, headings, indexing="ij")
     return pose_from_rear(40.0, ry.ravel(), th.ravel(), 0.0, p)
@@ -138,16 +143,12 @@ TRAILER, CAB = (40, 80, 200), (200, 50, 50)  # colours of envs.truck.render, RGB
 
 
 def _outcome_name(code) -> str:
-    from worldplan.envs.truck import Outcome
-
     return Outcome(int(code)).name.lower().replace("_", " ")
 
 
 def docking_video(controller: Callable, p: TruckParams, starts: np.ndarray, path: Path,
                   fps: int = 20) -> Path | None:
     """An H.264 mp4 of the controller docking from each start in turn."""
-    from worldplan.experiments.video import write_video
-
     if len(starts) == 0:
         return None
     result = simulate(starts, controller, p)

@@ -239,6 +239,7 @@ class Navigation2DEnv(gym.Env):
     def render(self):
         if self.render_mode != "rgb_array" or self.grid is None:
             return None
+        # lazy: the renderer pulls in OpenCV, which only rendering needs
         from worldplan.envs.navigation.render import render_scene
 
         return render_scene(self.grid, self._trace, self.landmarks, self.goal,
