@@ -5,6 +5,9 @@ the square ``[ox + col * r, ox + (col + 1) * r] x [oy + row * r, oy + (row + 1) 
 metres, where ``r`` is the resolution (metres per cell) and ``(ox, oy)`` the origin: rows
 grow along +y, columns along +x. World points are ``(x, y)`` pairs; cells are
 ``(row, col)`` pairs. Everything outside the grid counts as occupied.
+
+Length: one class, the occupancy grid, with its conversions (world <-> cells, images,
+inflation, distance maps); splitting it would scatter the frame conventions above.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ Examples::
 
     worldplan mujoco evaluate --env Pendulum-v1 --model true --planner mppi
     worldplan mujoco all --env InvertedPendulum-v5 --model ensemble --planner cem
+
+Length: the task's config, its planner and model construction and its three stages read
+as one page; the reusable parts live in planners/mpc/factory.py and worldmodels/.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from worldplan.experiments.common import (  # noqa: E402
 )
 from worldplan.experiments.runs import Run  # noqa: E402
 from worldplan.experiments.tasks import Task  # noqa: E402
-from worldplan.experiments.video import write_video as write_h264  # noqa: E402
+from worldplan.experiments.video import write_video  # noqa: E402
 from worldplan.planners.mpc import Planner, RecedingHorizonController  # noqa: E402
 from worldplan.planners.mpc.factory import (  # noqa: E402
     PLANNERS,
@@ -408,11 +411,6 @@ def _curve_figure(curve: list[dict[str, Any]], config: MujocoConfig, run: Run) -
     save_figure(fig, run.figures / "learning_curve.png")
 
 
-def write_video(frames: list[np.ndarray], path: Path, fps: int = 30) -> Path | None:
-    """Write RGB frames ``[H, W, 3]`` as an H.264 mp4 (see :mod:`worldplan.experiments.video`)."""
-    return write_h264(frames, path, fps=fps)
-
-
 def evaluate(config: MujocoConfig, run: Run) -> None:
     """The planner alone over ``episodes`` seeded episodes in one vector env."""
     device = _setup(config)
@@ -479,5 +477,5 @@ TASK = Task(
 )
 
 __all__ = ["TASK", "MujocoConfig", "make_planner",
-           "random_episodes", "write_video"]
+           "random_episodes"]
 

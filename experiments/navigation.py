@@ -12,6 +12,10 @@ For each of ``episodes`` seeded maps of ``worldplan/Navigation2D-v0``:
 Success = the true robot reaches the goal within ``max_steps``. Metrics (success rate,
 localisation error, path lengths, collisions) go to metrics.json; figures of the maps,
 paths, tracked and estimated trajectories and particle clouds to figures/.
+
+Length: the task's stages, its config and the three pieces they run together (the
+planner of the path, the tracking MPC, the particle-filter localiser) are read as one
+story; each piece is a small class.
 """
 
 from __future__ import annotations

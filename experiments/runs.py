@@ -1,5 +1,5 @@
 """Run folders: ``runs/<task>/<timestamp>-<name>/`` with the resolved config, metrics,
-TensorBoard events, checkpoints, figures and videos (DESIGN.md, "Data sets and runs").
+TensorBoard events, checkpoints, figures and videos (docs/architecture.md, "Runs").
 
 Besides the stages' own files a run holds its bookkeeping:
 

@@ -18,6 +18,9 @@ device and returns torch.
 When all tracks share the initial covariance and the same missing-measurement pattern,
 the covariance recursion does not depend on the data, so it runs once and the returned
 covariance arrays are broadcast views (stride 0 over tracks): treat them as read-only.
+
+Length: the filter, the RTS smoother and EM share the model's parameters, their checks
+and the batched numerics; EM calls both of the others on every iteration.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ and ``measure(x [B, S]) -> [B, M]`` are batched torch callables: a TaskModel's `
 observes the initial state ``N(x0, P0)``; NaN rows (or ``mask`` True) are missing and skipped;
 measurements ``[T, M]`` or ``[B, T, M]``; numpy in -> float64 numpy out, torch in -> torch
 out on the measurements' device and dtype. ``controls[:, t]`` drives the step ``t -> t+1``.
+
+Length: the EKF and the UKF share the Gaussian filter's loop, checks and smoother; each
+adds only its predict and update.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from worldplan.experiments.mujoco import (
     load_episodes,
     random_episodes,
     save_episodes,
-    write_video,
 )
 from worldplan.experiments.runs import Run
+from worldplan.experiments.video import write_video
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""Offline trajectory data sets (DESIGN.md, "Data sets and runs").
+"""Offline trajectory data sets (docs/worldmodels.md).
 
 A data set is a folder::
 
@@ -11,6 +11,9 @@ A data set is a folder::
 Episodes are contiguous inside a shard; ``actions[t]`` applied at ``states[t]`` gives
 ``states[t+1]``. Shards are loaded memory-mapped. The folder is written into a temporary
 sibling and renamed, so a crash never leaves a half-written data set.
+
+Length: the on-disk format (manifest, shards, splits, statistics), its writer, its reader
+and the window sampler share the format's invariants, which are checked in one place.
 """
 
 from __future__ import annotations

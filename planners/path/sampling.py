@@ -13,6 +13,9 @@ RRT* rewires within the shrinking radius of Karaman & Frazzoli (2011),
 ``gamma = rewire_factor * 2 (1 + 1/D)^(1/D) (vol(box) / vol(unit ball))^(1/D)``; informed
 RRT* (Gammell et al. 2014) samples the prolate hyperspheroid of states that can improve the
 current best once a solution exists.
+
+Length: RRT, RRT*, informed RRT* and PRM* share the space, the nearest-neighbour search,
+the batched collision checks and the rewiring; each planner is a function of them.
 """
 
 from __future__ import annotations
