@@ -18,11 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldplan.checkpoint import (
-    load_checkpoint,
-    load_state_dict_checked,
-    save_checkpoint,
-)
 from worldplan.envs.truck import (
     STRICT,
     DockingCriteria,
@@ -40,6 +35,7 @@ from worldplan.experiments.runs import Run
 from worldplan.experiments.tasks import Task
 from worldplan.experiments.truck_baselines import CascadeController, LQRController
 from worldplan.experiments.truck_mpc import MPCConfig
+from worldplan.planners.policy import checkpoint as policy_ckpt
 from worldplan.planners.policy.bptt import BPTTConfig, Lesson, MLPPolicy, train_bptt
 
 log = logging.getLogger(__name__)
@@ -305,19 +301,16 @@ def train_one_policy(cfg: TruckConfig, run: Run, source: str, dynamics, device) 
                          BPTTConfig(batch_size=pc.batch_size, lr=pc.lr), rng, cost=tm.cost,
                          terminal_cost=tm.terminal_cost, writer=run.writer(),
                          tag=f"policy_{source}", progress=cfg.progress)
-    save_checkpoint(policy_path(run, source), {
-        "kind": "truck_policy", "source": source, "config": policy.config,
-        "state_dict": policy.state_dict(), "history": history})
+    policy_ckpt.save_policy(policy_path(run, source), policy, "truck",
+                {"source": source, "history": history})
     return history
 
 
 def load_policy(run: Run, source: str, cfg: TruckConfig) -> MLPPolicy:
     tm = TruckTaskModel(cfg.params())
     path = policy_path(run, source)
-    payload = load_checkpoint(path, required=("state_dict",), kind="truck_policy")
-    policy = make_policy(tm, cfg)
-    load_state_dict_checked(policy, payload["state_dict"], str(path))
-    return policy.eval()
+    policy, _ = policy_ckpt.load_policy(path, "truck", lambda config, meta: make_policy(tm, cfg))
+    return policy
 
 
 def stage_train_policy(cfg: TruckConfig, run: Run) -> None:
@@ -330,7 +323,7 @@ def stage_train_policy(cfg: TruckConfig, run: Run) -> None:
         path = policy_path(run, source)
         if path.exists():
             log.info("policy %s exists; keeping it", path)
-            histories[source] = load_checkpoint(path, kind="truck_policy").get("history", {})
+            histories[source] = policy_ckpt.read_policy(path, "truck")["meta"].get("history", {})
             continue
         emulator = load_emulator(run, device) if source == "emulator" else None
         dynamics = emulator.step if emulator is not None else tm.step

@@ -66,7 +66,8 @@ def _truck_run_with_policy(tmp_path, state_dict) -> Run:
     run = Run.create(tmp_path / "r", "truck")
     (run.path / "metrics.json").write_text('{"keep": {"me": 1}}\n')
     save_checkpoint(run.checkpoints / "policy_emulator.pt",
-                    {"kind": "truck_policy", "state_dict": state_dict})
+                    {"kind": "policy", "task": "truck", "class": "MLPPolicy", "config": {},
+                     "state_dict": state_dict, "meta": {}})
     return run
 
 
