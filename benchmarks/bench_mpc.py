@@ -26,11 +26,19 @@ import numpy as np
 import torch
 
 from worldplan.envs.gym_tasks import PendulumTaskModel, make_env
-from worldplan.planners.mpc import MPPI
+from worldplan.planners.mpc import CEM, MPPI, Planner
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mpc.json"
 SAMPLES, HORIZON, STEPS, LAMBDA, SIGMA = 1000, 15, 200, 1.0, 1.0
-NAMES = ("ours", "ours_compiled", "pytorch_mppi")
+NAMES = ("ours", "ours_cem", "ours_compiled", "pytorch_mppi")
+CEM_ELITES, CEM_ITERATIONS = 50, 1
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def _episode(env, act, seed: int) -> tuple[float, float]:
@@ -64,7 +72,10 @@ def mppi_side_by_side(seeds: list[int]) -> dict:
                     terminal_cost=tm.state_cost, samples=SAMPLES, temperature=LAMBDA,
                     noise_sigma=SIGMA**2, compile=compile_)
 
-    planners = {"ours": ours_planner(False), "ours_compiled": ours_planner(True)}
+    cem = CEM(tm.step, tm.cost, tm.action_low, tm.action_high, HORIZON,
+              terminal_cost=tm.state_cost, samples=SAMPLES, elites=CEM_ELITES,
+              iterations=CEM_ITERATIONS, keep_elites=0.2)
+    planners = {"ours": ours_planner(False), "ours_cem": cem, "ours_compiled": ours_planner(True)}
     peer = PeerMPPI(tm.step, peer_cost, 3, torch.tensor([[SIGMA**2]]), num_samples=SAMPLES,
                     horizon=HORIZON, lambda_=LAMBDA, u_min=tm.action_low, u_max=tm.action_high)
     start = time.perf_counter()
@@ -73,7 +84,7 @@ def mppi_side_by_side(seeds: list[int]) -> dict:
     compile_s = time.perf_counter() - start
     print(f"  torch.compile of our rollout: {compile_s:.1f} s (once, not in the timings)")
 
-    def act_ours(obs: np.ndarray, planner: MPPI) -> np.ndarray:
+    def act_ours(obs: np.ndarray, planner: Planner) -> np.ndarray:
         with torch.no_grad():
             return planner.act(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
 
@@ -88,6 +99,7 @@ def mppi_side_by_side(seeds: list[int]) -> dict:
         torch.manual_seed(seed)  # pytorch_mppi draws from the global generator
         peer.reset()
         order = [("ours", lambda o: act_ours(o, planners["ours"])),
+                 ("ours_cem", lambda o: act_ours(o, planners["ours_cem"])),
                  ("ours_compiled", lambda o: act_ours(o, planners["ours_compiled"])),
                  ("pytorch_mppi", act_peer)]
         if seed % 2:  # alternate the order so that drifts in machine load hit all alike
@@ -108,7 +120,7 @@ def mppi_side_by_side(seeds: list[int]) -> dict:
         out[f"{name}_mean_return"] = float(np.mean([r[f"{name}_return"] for r in rows]))
         out[f"{name}_worst_return"] = float(np.min([r[f"{name}_return"] for r in rows]))
         out[f"{name}_ms_per_step"] = float(np.mean([r[f"{name}_ms"] for r in rows]))
-    for name in ("ours", "ours_compiled"):
+    for name in ("ours", "ours_cem", "ours_compiled"):
         out[f"time_ratio_{name}_over_peer"] = (out[f"{name}_ms_per_step"]
                                                / out["pytorch_mppi_ms_per_step"])
     return out
@@ -164,19 +176,27 @@ def latency(batch_sizes: list[int], repeats: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds, fewer repeats")
+    parser.add_argument("--skip-latency", action="store_true",
+                        help="only the side-by-side run (writes no JSON)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
-    print(f"MPPI on Pendulum-v1, true dynamics, {SAMPLES} samples, horizon {HORIZON}, "
+    print(f"load average (1/5/15 min): {_loadavg()}")
+    print(f"MPPI and CEM on Pendulum-v1, true dynamics, {SAMPLES} samples, horizon {HORIZON}, "
           f"{STEPS} steps, torch threads 1")
     side = mppi_side_by_side(seeds)
     print(f"\n{'':14s}{'mean return':>12s}{'worst':>10s}{'ms/step':>10s}")
     for name in NAMES:
         print(f"{name:14s}{side[f'{name}_mean_return']:12.1f}{side[f'{name}_worst_return']:10.1f}"
               f"{side[f'{name}_ms_per_step']:10.2f}")
-    print(f"time ratio ours / pytorch_mppi: {side['time_ratio_ours_over_peer']:.2f}; "
-          f"compiled: {side['time_ratio_ours_compiled_over_peer']:.2f}\n")
+    print(f"time ratio over pytorch_mppi: MPPI {side['time_ratio_ours_over_peer']:.2f}, "
+          f"CEM {side['time_ratio_ours_cem_over_peer']:.2f}, "
+          f"compiled MPPI {side['time_ratio_ours_compiled_over_peer']:.2f}")
+    side["loadavg"] = _loadavg()
+    print(f"load average (1/5/15 min): {side['loadavg']}\n")
+    if args.skip_latency:
+        return
     print("Planning latency per control step, learned InvertedPendulum-v5 model "
           "(untrained weights; latency does not depend on them)")
     lat = latency([1, 64], repeats=3 if args.quick else 10)

@@ -349,7 +349,8 @@ class ParticleFilter:
             parts = self._initial(b, gen, kw)
         init_parts = parts.clone() if self.on_degenerate == "reinitialise" else None
         log_n = math.log(n)
-        logw = torch.full((b, n), -log_n, **kw)
+        uniform = torch.full((b, n), -log_n, **kw)  # never written in place: shared
+        logw = uniform
         means = torch.empty(t_sz, b, s, **kw)
         covs = torch.empty(t_sz, b, s, s, **kw)
         ess_all = torch.empty(t_sz, b, **kw)
@@ -374,21 +375,29 @@ class ParticleFilter:
                 if not isinstance(moved, torch.Tensor) or moved.shape != (b * n, s):
                     raise ValueError(f"transition must map [B*N, S] to [B*N, {s}]")
                 noise = _randn((b * n, s), gen, kw)
-                noise = noise * q_diag if q_diag is not None else noise @ q_chol.mT
-                parts = (moved + noise).reshape(b, n, s)
+                # one fused op: moved + noise * sqrt(Q) (diagonal) or moved + noise @ L^T
+                parts = (torch.addcmul(moved, noise, q_diag) if q_diag is not None
+                         else torch.addmm(moved, noise, q_chol.mT)).reshape(b, n, s)
+            w = None
             if n_obs[t] > 0:
                 obs = observed[t]
                 ll = self._loglik(parts, z[:, t])
                 if n_obs[t] < b:
                     ll = torch.where(obs[:, None], ll, torch.zeros_like(ll))
                 new = logw + ll
-                norm = torch.logsumexp(new, dim=-1)  # [B]
+                # log-sum-exp by hand so that exp runs once: the shifted exponentials are
+                # also the unnormalised weights
+                peak = new.amax(-1, keepdim=True)  # [B, 1]
+                expo = torch.exp(new - peak)
+                total = expo.sum(-1, keepdim=True)
+                norm = (peak + torch.log(total)).squeeze(-1)  # [B]
                 dead = ~torch.isfinite(norm)
                 if _any(dead):  # NaN log-likelihoods count as -inf; then look again
                     new = torch.nan_to_num(new, nan=-math.inf, posinf=math.inf,
                                            neginf=-math.inf)
                     norm = torch.logsumexp(new, dim=-1)
                     dead = ~torch.isfinite(norm)
+                    expo = None
                 if _any(dead):
                     parts, new, norm = self._recover(t, dead, parts, logw, new, norm,
                                                      init_parts)
@@ -398,24 +407,30 @@ class ParticleFilter:
                 else:
                     loglik = loglik + norm
                 logw = new - norm.unsqueeze(-1)
-            w = torch.exp(logw)
+                if expo is not None:
+                    w = expo / total
+            if w is None:
+                w = torch.exp(logw)
             means[t], covs[t] = weighted_mean_cov(parts, w)
             if keep_history:
                 hist_p[t], hist_w[t] = parts, w  # type: ignore[index]
-            ess = 1.0 / (w * w).sum(-1)
+            ess = torch.linalg.vecdot(w, w).reciprocal_()
             ess_all[t] = ess
             need = ess < self.ess_threshold * n
             n_need = int(need.sum())
             if n_need > 0:
                 idx = resample(w, gen)
-                new_parts = torch.gather(parts, 1, idx.unsqueeze(-1).expand(-1, -1, s))
+                if b == 1:  # a row gather is cheaper than gather's per-element indexing
+                    new_parts = parts[0].index_select(0, idx[0]).unsqueeze(0)
+                else:
+                    new_parts = torch.gather(parts, 1, idx.unsqueeze(-1).expand(-1, -1, s))
                 if self.roughening > 0:
                     new_parts = self._roughen(new_parts, gen)
                 if n_need == b:
-                    parts, logw = new_parts, torch.full_like(logw, -log_n)
+                    parts, logw = new_parts, uniform
                 else:
                     parts = torch.where(need[:, None, None], new_parts, parts)
-                    logw = torch.where(need[:, None], torch.full_like(logw, -log_n), logw)
+                    logw = torch.where(need[:, None], uniform, logw)
                 res_all[t] = need
         self.ess, self.resampled = ess_all.T, res_all.T
         self.last_loglikelihood = loglik

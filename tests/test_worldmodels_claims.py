@@ -209,3 +209,44 @@ def test_frozen_masks_make_each_sample_one_network() -> None:
     assert acts.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="masks must be"):
         mc_uncertainty(m, s, acts, n=6, masks="layer")
+
+
+def test_bulk_bernoulli_masks_have_the_dropout_rate_and_unit_mean() -> None:
+    from worldplan.worldmodels.base import bernoulli_masks
+
+    torch.manual_seed(0)
+    for p in (0.1, 0.5):
+        m = bernoulli_masks(200_001, p, torch.zeros(1))
+        assert m.shape == (200_001,) and m.dtype == torch.float32
+        dropped = float((m == 0).float().mean())
+        assert abs(dropped - p) < 0.005  # binomial std ~0.001
+        assert abs(float(m.mean()) - 1.0) < 0.01
+        assert set(torch.unique(m).tolist()) == {0.0, float(m.max())}
+
+
+def test_pooled_masks_are_fresh_per_call_and_reproducible() -> None:
+    """Pooled masks differ from call to call and row to row (as per-call draws do), give
+    MC variances like the per-call draws, and a reseeded run repeats itself."""
+    torch.manual_seed(0)
+    m = DeterministicModel(3, 2, hidden=32, dropout=0.3).eval()
+    s, a = torch.randn(8, 3), torch.randn(8, 2)
+    m.mc_dropout = True
+    with m.pooled_masks(calls=4):
+        outs = [m.step(s, a) for _ in range(9)]  # crosses two pool refills
+    m.mc_dropout = False
+    for i in range(8):
+        assert not torch.allclose(outs[i], outs[i + 1])
+    assert all(not d._queue for d in m.modules() if hasattr(d, "_queue"))  # dropped on exit
+    s1 = s[:1].expand(400, 3)
+    acts = a[:1, None].expand(400, 6, 2)
+
+    def variance(pooled: bool) -> torch.Tensor:
+        torch.manual_seed(1)
+        masks = "step" if pooled else "trajectory"
+        with torch.no_grad():
+            return mc_uncertainty(m, s1, acts, n=50, masks=masks).var[:, 0].mean(0)
+
+    torch.testing.assert_close(variance(True), variance(True))  # reproducible
+    # step 0: per-step and per-trajectory masks are the same distribution
+    ratio = variance(True) / variance(False)
+    assert ((ratio > 0.8) & (ratio < 1.25)).all(), ratio

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -33,11 +34,29 @@ MODEL_SCHEMA = 1
 MODEL_KINDS: dict[str, type[WorldModel]] = {}
 
 
+def bernoulli_masks(n: int, p: float, like: torch.Tensor) -> torch.Tensor:
+    """``n`` inverted-dropout mask values ``[n]`` (0 with probability ``p``, else
+    ``1 / (1 - p)``) on ``like``'s device and dtype.
+
+    Drawn as 16-bit integers carved out of 64-bit random words: a quarter of the generator
+    calls of ``torch.rand``, which dominate MC-dropout on CPU. ``p`` is rounded to a
+    multiple of ``2^-16`` (the scale uses the rounded value, so the mean stays 1).
+    """
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device)
+    words.random_(-(2**63), 2**63 - 1)
+    drop = round(p * 65536)
+    keep = words.view(torch.int16)[:n] >= drop - 32768  # P = 1 - drop / 2^16
+    scale = torch.tensor(65536.0 / (65536 - drop), dtype=like.dtype, device=like.device)
+    return torch.where(keep, scale, scale.new_zeros(()))
+
+
 class MCDropout(nn.Module):
     """Dropout that stays on in eval mode while ``force`` is set (MC-dropout).
 
     ``channelwise``: on ``[B, C, H, W]`` feature maps drop whole channels (as
-    ``nn.Dropout2d``), one draw per channel instead of per pixel.
+    ``nn.Dropout2d``), one draw per channel instead of per pixel. Inside
+    :meth:`WorldModel.pooled_masks` masks are cut from a pool drawn in bulk (fresh,
+    independent values for every call, far fewer generator calls).
     """
 
     def __init__(self, p: float, channelwise: bool = False) -> None:
@@ -48,7 +67,10 @@ class MCDropout(nn.Module):
         self.channelwise = bool(channelwise)
         self.force = False
         self.frozen = False  # reuse one mask per input shape (see WorldModel.frozen_masks)
+        self.pooled = False  # cut masks from a bulk draw (see WorldModel.pooled_masks)
         self._mask: torch.Tensor | None = None
+        self._queue: list[torch.Tensor] = []  # unused masks of the current pool
+        self._pool_calls = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not (self.training or self.force):
@@ -56,12 +78,24 @@ class MCDropout(nn.Module):
         shape = (*x.shape[:2], 1, 1) if self.channelwise and x.ndim == 4 else x.shape
         if self.frozen and self._mask is not None and self._mask.shape == shape:
             return x * self._mask
-        # a uniform threshold is cheaper on CPU than F.dropout's Bernoulli draw
-        keep = torch.rand(shape, device=x.device, dtype=x.dtype) >= self.p
-        mask = keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+        if self.pooled:
+            mask = self._from_pool(shape, x)
+        else:
+            # a uniform threshold is cheaper on CPU than F.dropout's Bernoulli draw
+            keep = torch.rand(shape, device=x.device, dtype=x.dtype) >= self.p
+            mask = keep.to(x.dtype) * (1.0 / (1.0 - self.p))
         if self.frozen:
             self._mask = mask
         return x * mask
+
+    def _from_pool(self, shape: tuple[int, ...] | torch.Size, x: torch.Tensor) -> torch.Tensor:
+        queue = self._queue
+        if not queue or queue[-1].shape != shape or queue[-1].dtype != x.dtype \
+                or queue[-1].device != x.device:
+            n = self._pool_calls
+            pool = bernoulli_masks(n * math.prod(shape), self.p, x).view(n, *shape)
+            queue[:] = pool.unbind(0)  # in place: no nn.Module attribute traffic per call
+        return queue.pop()
 
 
 def mlp(
@@ -152,6 +186,26 @@ class WorldModel(nn.Module):
         finally:
             for m in layers:
                 m.frozen, m._mask = False, None
+
+    @contextlib.contextmanager
+    def pooled_masks(self, calls: int = 32) -> Iterator[None]:
+        """Inside, every dropout layer cuts its masks from a pool drawn in bulk
+        (:func:`bernoulli_masks`), ``calls`` forward calls' worth at a time (e.g. the
+        rollout length): still fresh, independent masks for every row and call, at a
+        fraction of the generator calls. The pools are dropped on exit, so that seeding
+        the global generator reproduces a pooled run."""
+        if not isinstance(calls, int) or calls < 1:
+            raise ValueError(f"calls must be an int >= 1, got {calls!r}")
+        layers = [m for m in self.modules() if isinstance(m, MCDropout)]
+        for m in layers:
+            m.pooled, m._pool_calls = True, calls
+            m._queue.clear()
+        try:
+            yield
+        finally:
+            for m in layers:
+                m.pooled = False
+                m._queue.clear()
 
     def dropout_active(self) -> bool:
         return self.training or self.mc_dropout

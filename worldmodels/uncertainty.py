@@ -69,7 +69,12 @@ def mc_uncertainty(model: WorldModel, context: torch.Tensor, actions: torch.Tens
     kwargs = {} if images is None else {"images": rep(images)}
     previous = model.mc_dropout
     model.mc_dropout = True
-    frozen = model.frozen_masks() if masks == "trajectory" else contextlib.nullcontext()
+    if masks == "trajectory":
+        frozen = model.frozen_masks()
+    elif images is None:  # vector models: fresh masks from bulk draws (image models unchanged)
+        frozen = model.pooled_masks(calls=T)
+    else:
+        frozen = contextlib.nullcontext()
     try:
         with frozen:
             out = model.rollout(rep(ctx), rep(actions), z=rep(z), **kwargs)

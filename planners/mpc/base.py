@@ -35,6 +35,9 @@ BoundLike = float | Sequence[float] | torch.Tensor
 
 __all__ = ["Planner", "as_bounds", "model_dims"]
 
+# Elements of the stacked trajectory above which costs are charged step by step (memory).
+_FUSE_LIMIT = 1 << 24
+
 
 def model_dims(fn: object) -> tuple[int | None, int | None]:
     """``(state_dim, action_dim)`` of the world model behind a dynamics callable, or None
@@ -178,6 +181,7 @@ class Planner:
         self._plan: torch.Tensor | None = None  # warm start [B, T, A]
         self._validated: tuple | None = None  # (state_dim, device, dtype) already checked
         self._bounds_cache: dict = {}
+        self._fused = True  # callables accept column-major views (see _rollout_impl)
 
     # -- public API -------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
@@ -314,7 +318,7 @@ class Planner:
         rollout = self._rollout_impl
         if self.compile and allow_compile:
             if self._compiled is None:
-                self._compiled = torch.compile(self._rollout_impl, dynamic=False)
+                self._compiled = torch.compile(self._rollout_loop, dynamic=False)
             rollout = self._compiled
         try:
             total = rollout(x, u_all, z)
@@ -331,7 +335,57 @@ class Planner:
 
     def _rollout_impl(self, x: torch.Tensor, u_all: torch.Tensor,
                       z: torch.Tensor | None) -> torch.Tensor:
-        """Summed cost ``[M]`` of ``u_all [M, T, A]`` from ``x [M, S]`` (``z [T, M, Z]``)."""
+        """Summed cost ``[M]`` of ``u_all [M, T, A]`` from ``x [M, S]`` (``z [T, M, Z]``).
+
+        The eager path keeps the trajectory column-major (``[S, T, M]``: each state
+        component contiguous, so elementwise maths such as ``atan2`` vectorises), steps
+        the dynamics through it, and charges the running cost (and uncertainty) in one call
+        on all ``T * M`` rows instead of once per step: the per-call overhead, not the
+        arithmetic, dominates at a thousand samples. Callables that do not accept such
+        views (checked once in :meth:`_validate`) and very large rollouts take the plain
+        step-by-step loop.
+        """
+        m, t, a = u_all.shape
+        s = x.shape[1]
+        if (not self._fused or isinstance(x, ModelState) or m * t * max(s, a) > _FUSE_LIMIT
+                or torch.compiler.is_compiling()):
+            return self._rollout_loop(x, u_all, z)
+        u_cols = u_all.permute(2, 1, 0).contiguous()  # [A, T, M]
+        u_steps = u_cols.permute(1, 2, 0).unbind(0)  # T column-major [M, A] views
+        z_steps = z.unbind(0) if z is not None else (None,) * t
+        if torch.is_grad_enabled():
+            # Under autograd a step's input must not be overwritten later: separate columns.
+            cols = []
+            for u, zi in zip(u_steps, z_steps, strict=True):
+                xc = x.T.contiguous()
+                cols.append(xc)
+                x = self._step(xc.T, u, zi)
+            states = torch.stack(cols, dim=1)
+        else:  # one preallocated trajectory buffer, filled in place
+            states = torch.empty(s, t, m, device=x.device, dtype=x.dtype)
+            steps = zip(states.permute(1, 2, 0).unbind(0), u_steps, z_steps, strict=True)
+            for xc, u, zi in steps:
+                xc.copy_(x)
+                x = self._step(xc, u, zi)
+        xs = states.view(s, t * m).T  # [T*M, S], step-major rows
+        us = u_cols.view(a, t * m).T
+        step_cost = self.cost(xs, us)
+        if self.uncertainty is not None and self.uncertainty_weight > 0:
+            step_cost = step_cost + self.uncertainty_weight * self.uncertainty(xs, us)
+        step_cost = step_cost.view(t, m)
+        if self.discount < 1.0:
+            weights = self.discount ** torch.arange(t, device=x.device, dtype=x.dtype)
+            total = weights @ step_cost
+        else:
+            total = step_cost.sum(0)
+        if self.terminal_cost is not None:
+            total = total + self.discount ** t * self.terminal_cost(x)
+        return total
+
+    def _rollout_loop(self, x: torch.Tensor, u_all: torch.Tensor,
+                      z: torch.Tensor | None) -> torch.Tensor:
+        """The reference rollout: dynamics and cost step by step (what ``torch.compile``
+        traces, and the fallback of :meth:`_rollout_impl`)."""
         total = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
         weight = 1.0
         for i in range(u_all.shape[1]):
@@ -394,7 +448,32 @@ class Planner:
                 self._check_output("uncertainty", self._call(
                     "uncertainty", lambda: self.uncertainty(state, action),
                     "state [B, S] and action [B, A]"), (b,))
+            # a ModelState (an image model's frames) is stepped as it is, row-major
+            self._fused = not structured and self._accepts_column_major(state, action, z)
         self._validated = key
+
+    def _accepts_column_major(self, state: torch.Tensor, action: torch.Tensor,
+                              z: torch.Tensor | None) -> bool:
+        """Do the callables give the same results on column-major views as on contiguous
+        rows (what the fused rollout feeds them)? A callable that calls ``.view`` on its
+        input, for one, does not: the planner then uses the plain loop."""
+        rows_x = state[:1].expand(2, -1).contiguous()
+        rows_x[1] = rows_x[1] * 0.9 + 0.01  # two different rows
+        rows_u = action[:1].expand(2, -1).contiguous()
+        zz = None if z is None else z[:1].expand(2, -1).contiguous()
+        col_x, col_u = rows_x.T.contiguous().T, rows_u.T.contiguous().T
+        pairs = [(lambda xx, uu: self._step(xx, uu, zz)), self.cost]
+        if self.uncertainty is not None:
+            pairs.append(self.uncertainty)
+        try:
+            for fn in pairs:
+                want, got = fn(rows_x, rows_u), fn(col_x, col_u)
+                if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4,
+                                                                 atol=1e-5, equal_nan=True):
+                    return False
+        except (RuntimeError, IndexError, TypeError, ValueError):
+            return False
+        return True
 
     @staticmethod
     def _call(name: str, fn: Callable[[], object], given: str) -> object:

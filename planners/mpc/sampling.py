@@ -183,6 +183,7 @@ class MPPI(Planner):
             raise ValueError("noise_sigma must be symmetric positive definite") from None
         self.noise_sigma = sigma
         self._sigma_inv = torch.cholesky_inverse(self._chol)
+        self._diagonal = bool((sigma == torch.diag(sigma.diagonal())).all())
         self._cache: dict = {}
         self._compiled_update = None
 
@@ -226,19 +227,20 @@ class MPPI(Planner):
                 sigma_inv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One MPPI update of ``plan [B, T, A]`` with standard-normal ``white [B, K, T, A]``;
         returns the new plan and whether every problem had a finite-cost sample."""
-        eps = white @ chol.T
+        b, k, t, a = white.shape
+        eps = white * chol.diagonal() if self._diagonal else white @ chol.T
         if self.include_mean:  # sample 0 is the unperturbed plan
-            keep = torch.ones(white.shape[1], 1, 1, device=white.device, dtype=white.dtype)
-            keep[0] = 0
-            eps = eps * keep
-        cand = torch.max(torch.min(plan[:, None] + eps, high), low)
-        eps = cand - plan[:, None]  # the noise actually applied
+            eps[:, 0] = 0
+        cand = torch.clamp(plan[:, None] + eps, low, high)
+        eps = torch.sub(cand, plan[:, None], out=eps)  # the noise actually applied
         costs = self._rollout_cost(state, cand, allow_compile=False)  # [B, K]
-        if self.control_cost > 0:
-            ctrl = torch.einsum("bta,ac,bkta->bk", plan, sigma_inv, eps)
-            costs = costs + self.control_cost * self.temperature * ctrl
+        flat = eps.view(b, k, t * a)
+        if self.control_cost > 0:  # lambda * sum_t U_t^T Sigma^-1 eps_t, one batched product
+            ctrl = torch.bmm(flat, (plan @ sigma_inv).reshape(b, t * a, 1)).view(b, k)
+            costs = costs + (self.control_cost * self.temperature) * ctrl
         costs = costs.nan_to_num(float("inf"))
         finite = torch.isfinite(costs).any(dim=1).all()
-        weights = torch.softmax(-(costs - costs.amin(1, keepdim=True)) / self.temperature, dim=1)
-        plan = plan + torch.einsum("bk,bkta->bta", weights, eps)
-        return torch.max(torch.min(plan, high), low), finite
+        # softmax subtracts the row maximum itself: no separate shift by the minimum cost
+        weights = torch.softmax(costs * (-1.0 / self.temperature), dim=1)
+        plan = plan + torch.bmm(weights[:, None], flat).view(b, t, a)
+        return torch.clamp(plan, low, high), finite
