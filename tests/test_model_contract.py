@@ -18,6 +18,7 @@ from worldplan.worldmodels import (
     StochasticModel,
     WorldModel,
 )
+from worldplan.worldmodels.uncertainty import mc_uncertainty
 
 torch.set_num_threads(1)
 
@@ -176,3 +177,23 @@ def test_a_model_without_a_latent_has_no_posterior() -> None:
     ms = _start(model, 2, "cpu")
     with pytest.raises(TypeError, match="no latent"):
         model.posterior(ms, ms.state)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_mc_dropout_uncertainty_from_a_model_state(kind: str) -> None:
+    """One uncertainty function for every kind: MC-dropout variance along a plan from a
+    model state (the tensor form gives the same shapes)."""
+    model = _model(kind, "cpu")
+    ms = _start(model, 4, "cpu")
+    plan = torch.zeros(4, 3, A)
+    u = mc_uncertainty(model, ms, plan, n=6)
+    assert u.mean.shape == (4, 3, S) and u.var.shape == (4, 3, S)
+    assert (u.image_var is None) == (ms.frames is None)
+    total = u.total(model)
+    assert total.shape == (4, 3) and torch.isfinite(total).all() and (total >= 0).all()
+    if isinstance(model, Ensemble):
+        return  # no dropout layers: its disagreement is rollout_members'
+    assert float(total.sum()) > 0
+    legacy = mc_uncertainty(model, ms.context, plan, n=6, images=ms.frames,
+                            generator=torch.Generator().manual_seed(0))
+    assert legacy.var.shape == u.var.shape

@@ -74,6 +74,10 @@ class ModelState:
         """Each row repeated ``times`` times in place (``repeat_interleave``), ``[B*times]``."""
         return self._map(lambda t: t.repeat_interleave(times, 0))
 
+    def tile(self, times: int) -> ModelState:
+        """The whole batch repeated ``times`` times, ``[times*B]`` (sample-major)."""
+        return self._map(lambda t: t.repeat(times, *([1] * (t.ndim - 1))))
+
     def rows(self, index: torch.Tensor | slice) -> ModelState:
         """The rows ``index`` of every tensor."""
         return self._map(lambda t: t[index])

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from worldplan.worldmodels.base import WorldModel
+from worldplan.worldmodels.contract import ModelState
 
 
 class MCUncertainty(NamedTuple):
@@ -32,18 +33,19 @@ class MCUncertainty(NamedTuple):
         return out
 
 
-def mc_uncertainty(model: WorldModel, context: torch.Tensor, actions: torch.Tensor,
-                   n: int = 10, z: torch.Tensor | None = None,
+def mc_uncertainty(model: WorldModel, context: torch.Tensor | ModelState,
+                   actions: torch.Tensor, n: int = 10, z: torch.Tensor | None = None,
                    images: torch.Tensor | None = None,
                    generator: torch.Generator | None = None,
                    masks: str = "step") -> MCUncertainty:
     """Roll ``model`` out ``n`` times with dropout on, the same ``z`` and actions for every
     sample, batched (the batch is repeated ``n`` times, one forward pass per step).
 
-    ``context`` ``[B, ncond, S]`` (or ``[B, S]``), ``actions`` ``[B, T, A]``, ``z``
-    ``[B, T, Z]`` or ``[B, Z]`` (drawn once from the prior when None for a stochastic
-    model), ``images`` the context frames of an image model. Differentiable with respect
-    to ``actions`` (and the context). The model's train/eval mode is left unchanged.
+    The start is a :class:`ModelState` (``model.reset(...)``), or ``context``
+    ``[B, ncond, S]`` (or ``[B, S]``) with, for an image model, its context ``images``;
+    ``actions`` ``[B, T, A]``, ``z`` ``[B, T, Z]`` or ``[B, Z]`` (drawn once from the prior
+    when None for a stochastic model). Differentiable with respect to ``actions`` (and the
+    start). The model's train/eval mode is left unchanged.
     ``masks``: ``step`` draws fresh dropout masks at every step (PPUU); ``trajectory``
     keeps each sample's masks for the whole rollout (one sampled network per sample;
     several times cheaper on CPU, where drawing masks dominates).
@@ -54,37 +56,35 @@ def mc_uncertainty(model: WorldModel, context: torch.Tensor, actions: torch.Tens
         raise TypeError(f"model must be a WorldModel, got {type(model).__name__}")
     if not isinstance(n, int) or n < 2:
         raise ValueError(f"n (MC samples) must be an int >= 2, got {n!r}")
-    ctx = model._as_context(context, "context")
+    start = context if isinstance(context, ModelState) else model.reset(context, images)
     if not isinstance(actions, torch.Tensor) or actions.ndim != 3:
         raise ValueError(f"actions must be a [B, T, A] tensor, got "
                          f"{list(getattr(actions, 'shape', []))}")
-    B, T = ctx.shape[0], actions.shape[1]
+    B, T = len(start), actions.shape[1]
     if model.z_dim and z is None:
         with torch.no_grad():
-            z = model.sample_prior(B, T, context=ctx, generator=generator)
+            z = model.sample_prior(B, T, context=start.context, generator=generator)
 
     def rep(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x.repeat(n, *([1] * (x.ndim - 1)))
 
-    kwargs = {} if images is None else {"images": rep(images)}
     previous = model.mc_dropout
     model.mc_dropout = True
     if masks == "trajectory":
         frozen = model.frozen_masks()
-    elif images is None:  # vector models: fresh masks from bulk draws (image models unchanged)
+    elif start.frames is None:  # vector models: fresh masks from bulk draws
         frozen = model.pooled_masks(calls=T)
     else:
         frozen = contextlib.nullcontext()
     try:
         with frozen:
-            out = model.rollout(rep(ctx), rep(actions), z=rep(z), **kwargs)
+            traj = model.unroll(start.tile(n), rep(actions), z=rep(z))
     finally:
         model.mc_dropout = previous
-    states, frames = (out if isinstance(out, tuple) else (out, None))
-    states = states.view(n, B, *states.shape[1:])
+    states = traj.states.view(n, B, *traj.states.shape[1:])
     result = MCUncertainty(states.mean(0), states.var(0))
-    if frames is not None:
-        frames = frames.view(n, B, *frames.shape[1:])
+    if traj.images is not None:
+        frames = traj.images.view(n, B, *traj.images.shape[1:])
         result = result._replace(image_mean=frames.mean(0), image_var=frames.var(0))
     return result
 
