@@ -43,6 +43,7 @@ from worldplan.worldmodels import (  # noqa: E402
 )
 from worldplan.worldmodels.ensemble import Ensemble  # noqa: E402
 from worldplan.worldmodels.images import ImageModel  # noqa: E402
+from worldplan.worldmodels.training import clip_gradients, make_optimizer  # noqa: E402
 from worldplan.worldmodels.uncertainty import mc_uncertainty  # noqa: E402
 
 PEER_DIR = Path(tempfile.gettempdir()) / "worldplan_bench_peer"
@@ -129,7 +130,8 @@ def image_dataset(root: Path, episodes: int = 6, T: int = 40) -> Path:
 
 def step_loop(model: torch.nn.Module, batch: dict, steps: int) -> Callable[[], None]:
     """``steps`` Adam steps on one in-memory batch (forward, backward, clip, step)."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=True)
+    params = list(model.parameters())
+    opt = make_optimizer(params, lr=1e-4)
     model.train()
 
     def run() -> None:
@@ -137,7 +139,7 @@ def step_loop(model: torch.nn.Module, batch: dict, steps: int) -> Callable[[], N
             loss = model(batch)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            clip_gradients(params, 1.0)
             opt.step()
 
     return run

@@ -62,6 +62,7 @@ class MPCConfig:
     arrival_every: int = 5  # re-predict the wall arrival every N steps (else count down)
     lr: float = 0.05  # Adam, on atanh of the normalised steering
     samples: int = 32  # MPPI / CEM candidates per problem
+    replan_every: int = 1  # plan every k-th control step; between, steer by the shifted plan
     mppi_sigma_deg: float = 5.0
     mppi_temperature: float = 0.05
     cem_elites: int = 6
@@ -145,7 +146,12 @@ class TruckMPC:
     """
 
     def __init__(self, planner: Planner, tm: TruckTaskModel, dynamics: Callable,
-                 feedback: Feedback, cfg: MPCConfig, residual: bool = True) -> None:
+                 feedback: Feedback, cfg: MPCConfig, residual: bool = True,
+                 replan_every: int | None = None) -> None:
+        self.replan_every = int(cfg.replan_every if replan_every is None else replan_every)
+        if self.replan_every < 1:
+            raise ValueError(f"replan_every must be at least 1, got {self.replan_every}")
+        self.skipped = 0  # control steps since the last plan
         self.planner, self.tm, self.cfg = planner, tm, cfg
         self.feedback = feedback
         self.residual = residual
@@ -158,6 +164,7 @@ class TruckMPC:
 
     def reset(self) -> None:
         self.plan = None
+        self.skipped = 0
         self.planner.reset()
         self.step_seconds = []
 
@@ -197,6 +204,8 @@ class TruckMPC:
         x = torch.as_tensor(states, dtype=torch.float32)
         cfg = self.cfg
         first = self.plan is None
+        if not first and self.skipped + 1 < self.replan_every and self.plan.shape[1] > 1:
+            return self._follow(x, start)
         if first:
             init = self._initial(x, cfg.horizon)
             horizon = min(cfg.horizon, self._arrival(x, init) + cfg.margin)
@@ -213,7 +222,19 @@ class TruckMPC:
         else:
             self.arrival -= 1
         self.plan = torch.cat([plan[:, 1:], plan[:, -1:]], 1)
-        action = plan[:, 0]
+        self.skipped = 0
+        return self._steer(x, plan[:, 0], start)
+
+    def _follow(self, x: torch.Tensor, start: float) -> np.ndarray:
+        """A control step without planning: the next entry of the kept plan (with
+        ``residual``, a correction to the feedback law at the state actually reached)."""
+        self.skipped += 1
+        self.arrival = max(self.arrival - 1, 1)
+        action = self.plan[:, 0]
+        self.plan = torch.cat([self.plan[:, 1:], self.plan[:, -1:]], 1)
+        return self._steer(x, action, start)
+
+    def _steer(self, x: torch.Tensor, action: torch.Tensor, start: float) -> np.ndarray:
         if self.residual:
             with torch.no_grad():
                 action = self.model.__wrapped__.steering(x, action)
@@ -223,12 +244,13 @@ class TruckMPC:
 
 # ----------------------------------------------------------------------------- evaluate
 def run_mpc(kind: str, tm: TruckTaskModel, dynamics: Callable, feedback: Feedback,
-            starts: np.ndarray, cfg: MPCConfig, seed: int = 0, progress: bool = False
-            ) -> tuple[object, dict]:
+            starts: np.ndarray, cfg: MPCConfig, seed: int = 0, progress: bool = False,
+            replan_every: int | None = None) -> tuple[object, dict]:
     """Closed-loop MPC from every start at once (the env's float64 kinematics decide what
-    happens); returns ``simulate``'s result and timing figures."""
+    happens); returns ``simulate``'s result and timing figures. ``replan_every``: plan
+    every k-th control step (default ``cfg.replan_every``)."""
     planner = make_planner(kind, tm, dynamics, cfg, seed, feedback if cfg.residual else None)
-    ctrl = TruckMPC(planner, tm, dynamics, feedback, cfg, cfg.residual)
+    ctrl = TruckMPC(planner, tm, dynamics, feedback, cfg, cfg.residual, replan_every)
     cpu = time.process_time()
     result = simulate(starts, ctrl, tm.params, full_batch=True, progress=progress)
     cpu = time.process_time() - cpu
@@ -250,19 +272,17 @@ def evaluate_rows(rows: tuple[str, ...], tm: TruckTaskModel, emulator, policy,
         from worldplan.experiments.truck import summarise
     results, metrics = {}, {}
     for row in rows:
-        name = row
+        name, every = parse_row(row)
         truth = name.startswith("truth_")
         name = name.removeprefix("truth_")
         kind, _, warm = name.partition("_")
-        if warm not in ("", "bptt"):
-            raise ValueError(f"unknown MPC row {row!r}: a planner, '<planner>_bptt', "
-                             "optionally prefixed with 'truth_'")
         if warm == "bptt" and policy is None:
             log.info("no BPTT controller: skipping %s", row)
             continue
         dynamics = tm.step if truth else emulator.step
         feedback = policy_feedback(policy) if warm else cascade_feedback(tm.params)
-        result, timing = run_mpc(kind, tm, dynamics, feedback, starts, cfg, seed, progress)
+        result, timing = run_mpc(kind, tm, dynamics, feedback, starts, cfg, seed, progress,
+                                 every)
         results[f"mpc_{row}"] = result
         metrics[f"mpc_{row}"] = {**summarise(tm, result), **timing}
         m = metrics[f"mpc_{row}"]
@@ -272,12 +292,29 @@ def evaluate_rows(rows: tuple[str, ...], tm: TruckTaskModel, emulator, policy,
     return results, metrics
 
 
+def parse_row(row: str) -> tuple[str, int | None]:
+    """``"[truth_]<planner>[_bptt][@k]"`` -> (name without ``@k``, k or None); ``@k``
+    plans every k-th control step."""
+    name, at, every = row.partition("@")
+    kind, _, warm = name.removeprefix("truth_").partition("_")
+    ok = kind in ("gradient", "mppi", "cem") and warm in ("", "bptt")
+    if at:
+        ok = ok and every.isdigit() and int(every) >= 1
+    if not ok:
+        raise ValueError(f"unknown MPC row {row!r}: a planner ('gradient', 'mppi', 'cem'), "
+                         "optionally '_bptt', a 'truth_' prefix and an '@k' suffix (plan every "
+                         "k-th step, k >= 1)")
+    return name, (int(every) if at else None)
+
+
 def batch_one_latency(kind: str, tm: TruckTaskModel, dynamics: Callable, feedback: Feedback,
-                      starts: np.ndarray, cfg: MPCConfig) -> dict:
+                      starts: np.ndarray, cfg: MPCConfig, replan_every: int | None = None
+                      ) -> dict:
     """Per-control-step time at batch 1 over whole episodes from ``starts`` (one at a time)."""
     times, cpu = [], time.process_time()
     for s in starts:
-        _, timing = run_mpc(kind, tm, dynamics, feedback, s[None], cfg)
+        _, timing = run_mpc(kind, tm, dynamics, feedback, s[None], cfg,
+                            replan_every=replan_every)
         times.append(timing["ms_per_control_step"])
     return {"ms_per_control_step": float(np.mean(times)), "episodes": len(starts),
             "cpu_s": time.process_time() - cpu}
@@ -335,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="rows evaluated on the sets other than the evaluation set")
     ap.add_argument("--episodes", type=int, default=1000)
     ap.add_argument("--latency-episodes", type=int, default=5)
+    ap.add_argument("--latency-every", type=int, nargs="+", default=[1, 4],
+                    help="batch-1 latency rows: plan every k-th control step")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--table", action="store_true",
@@ -367,9 +406,15 @@ def main(argv: list[str] | None = None) -> None:
             report[set_name].update(metrics)
             (args.out or run_dir / "mpc.json").write_text(json.dumps(report, indent=2))
     if args.latency_episodes > 0:
-        report["batch_1"] = {
-            "gradient": batch_one_latency("gradient", tm, emulator.step, cascade_feedback(p),
-                                          sets["evaluation"][: args.latency_episodes], cfg)}
+        report["batch_1"] = {}
+        for every in args.latency_every:
+            name = "gradient" if every == 1 else f"gradient@{every}"
+            report["batch_1"][name] = {
+                **batch_one_latency("gradient", tm, emulator.step, cascade_feedback(p),
+                                    sets["evaluation"][: args.latency_episodes], cfg, every),
+                "load": _loadavg()}
+            log.info("batch 1, %s: %.1f ms per control step (load %s)", name,
+                     report["batch_1"][name]["ms_per_control_step"], _loadavg())
     report["load_after"] = _loadavg()
     out = args.out or run_dir / "mpc.json"
     out.write_text(json.dumps(report, indent=2))

@@ -15,6 +15,7 @@ from worldplan.experiments.truck_mpc import (
     cascade_feedback,
     evaluate_rows,
     make_planner,
+    parse_row,
     residual_dynamics,
 )
 
@@ -78,6 +79,33 @@ def test_unknown_row_is_refused() -> None:
         evaluate_rows(("gradient_sideways",), TM, None, None, starts(2, 0), MPCConfig())
     with pytest.raises(ValueError, match="unknown planner"):
         make_planner("ddp", TM, TM.step, MPCConfig())
+
+
+def test_replanning_every_k_steps_plans_a_kth_of_the_time_and_still_docks() -> None:
+    """``@k`` rows plan on every k-th control step and follow the kept corrections in
+    between; on the hard near starts they still dock strictly."""
+    s = starts(3, 5, NEAR)
+    calls = []
+    cfg = MPCConfig()
+    fb = cascade_feedback(P)
+    planner = make_planner("gradient", TM, TM.step, cfg, feedback=fb)
+    plan = planner.plan
+    planner.plan = lambda *a, **k: calls.append(1) or plan(*a, **k)
+    ctrl = TruckMPC(planner, TM, TM.step, fb, cfg, replan_every=3)
+    result = simulate(s, ctrl, P, full_batch=True)
+    steps = len(ctrl.step_seconds)
+    assert len(calls) == -(-steps // 3)  # steps 0, 3, 6, ...
+    m = summarise(TM, result)
+    assert m["success_rate"] == 1.0 and m["strict_success_rate"] == 1.0
+    _, metrics = evaluate_rows(("truth_gradient@3",), TM, None, None, s, cfg)
+    assert metrics["mpc_truth_gradient@3"]["strict_success_rate"] == 1.0
+    assert parse_row("gradient_bptt@4") == ("gradient_bptt", 4)
+    assert parse_row("truth_mppi") == ("truth_mppi", None)
+    for bad in ("gradient@0", "gradient@x", "ddp@2"):
+        with pytest.raises(ValueError, match="unknown MPC row"):
+            parse_row(bad)
+    with pytest.raises(ValueError, match="replan_every"):
+        TruckMPC(planner, TM, TM.step, fb, cfg, replan_every=0)
 
 
 def test_cascade_alone_misses_the_strict_criterion_on_these_starts() -> None:

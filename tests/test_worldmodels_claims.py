@@ -250,3 +250,29 @@ def test_pooled_masks_are_fresh_per_call_and_reproducible() -> None:
     # step 0: per-step and per-trajectory masks are the same distribution
     ratio = variance(True) / variance(False)
     assert ((ratio > 0.8) & (ratio < 1.25)).all(), ratio
+
+
+def test_training_uses_fused_adam_and_the_fast_masks_on_vector_models_only() -> None:
+    from worldplan.worldmodels.base import MCDropout
+    from worldplan.worldmodels.ensemble import Ensemble
+    from worldplan.worldmodels.images import ImageModel
+    from worldplan.worldmodels.training import clip_gradients, make_optimizer
+
+    m = DeterministicModel(3, 2, hidden=16)
+    opt = make_optimizer(m.parameters(), 1e-3)
+    assert opt.defaults["fused"] or opt.defaults["foreach"]
+    for model in (m, Ensemble(3, 2, hidden=8), StochasticModel(3, 2, hidden=8)):
+        assert all(d.fast for d in model.modules() if isinstance(d, MCDropout))
+    image = ImageModel(3, 2, (3, 24, 24), hidden=16)
+    assert not any(d.fast for d in image.modules() if isinstance(d, MCDropout))
+    # one clipped step moves the weights; the returned norm is the norm before clipping
+    batch = {"context": torch.randn(8, 1, 3), "actions": torch.randn(8, 1, 2),
+             "targets": torch.randn(8, 1, 3)}
+    params = list(m.parameters())
+    before = [p.detach().clone() for p in params]
+    m(batch)["loss"].backward()
+    want = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad)
+                                                 for p in params]))
+    torch.testing.assert_close(clip_gradients(params, 1e-3), want)
+    opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, params, strict=True))

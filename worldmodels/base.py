@@ -45,9 +45,18 @@ def bernoulli_masks(n: int, p: float, like: torch.Tensor) -> torch.Tensor:
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device)
     words.random_(-(2**63), 2**63 - 1)
     drop = round(p * 65536)
-    keep = words.view(torch.int16)[:n] >= drop - 32768  # P = 1 - drop / 2^16
-    scale = torch.tensor(65536.0 / (65536 - drop), dtype=like.dtype, device=like.device)
-    return torch.where(keep, scale, scale.new_zeros(()))
+    bits = words.view(torch.int16)
+    keep = (bits if bits.shape[0] == n else bits[:n]) >= drop - 32768  # P = 1 - drop / 2^16
+    key = (drop, like.dtype, like.device)
+    values = _MASK_VALUES.get(key)
+    if values is None:
+        values = _MASK_VALUES[key] = (
+            torch.tensor(65536.0 / (65536 - drop), dtype=like.dtype, device=like.device),
+            torch.zeros((), dtype=like.dtype, device=like.device))
+    return torch.where(keep, *values)
+
+
+_MASK_VALUES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (kept, dropped) values
 
 
 class MCDropout(nn.Module):
@@ -68,6 +77,7 @@ class MCDropout(nn.Module):
         self.force = False
         self.frozen = False  # reuse one mask per input shape (see WorldModel.frozen_masks)
         self.pooled = False  # cut masks from a bulk draw (see WorldModel.pooled_masks)
+        self.fast = False  # draw masks with bernoulli_masks (see WorldModel.use_fast_masks)
         self._mask: torch.Tensor | None = None
         self._queue: list[torch.Tensor] = []  # unused masks of the current pool
         self._pool_calls = 1
@@ -80,6 +90,8 @@ class MCDropout(nn.Module):
             return x * self._mask
         if self.pooled:
             mask = self._from_pool(shape, x)
+        elif self.fast:
+            mask = bernoulli_masks(math.prod(shape), self.p, x).view(shape)
         else:
             # a uniform threshold is cheaper on CPU than F.dropout's Bernoulli draw
             keep = torch.rand(shape, device=x.device, dtype=x.dtype) >= self.p
@@ -206,6 +218,13 @@ class WorldModel(nn.Module):
             for m in layers:
                 m.pooled = False
                 m._queue.clear()
+
+    def use_fast_masks(self) -> None:
+        """Draw every dropout mask with :func:`bernoulli_masks` (a quarter of the generator
+        calls of ``torch.rand``; the vector models call this at construction)."""
+        for m in self.modules():
+            if isinstance(m, MCDropout):
+                m.fast = True
 
     def dropout_active(self) -> bool:
         return self.training or self.mc_dropout

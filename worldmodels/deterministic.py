@@ -41,6 +41,7 @@ class DeterministicModel(WorldModel):
             nn.ReLU(), MCDropout(dropout),
             mlp(hidden, hidden, layers - 1, dropout, out=self.state_dim),
         )
+        self.use_fast_masks()
 
     def config(self) -> dict[str, Any]:
         return {"state_dim": self.state_dim, "action_dim": self.action_dim, "ncond": self.ncond,

@@ -116,6 +116,7 @@ class StochasticModel(DeterministicModel):
         self.learned_prior = bool(learned_prior)
         self.latent = LatentHead(self.ncond * self.state_dim, self.state_dim, hidden, layers,
                                  z_dim, learned_prior)
+        self.use_fast_masks()
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "z_dim": self.z_dim, "beta": self.beta, "p_z": self.p_z,

@@ -105,6 +105,23 @@ def check_compatible(model: WorldModel, dataset: Dataset) -> None:
 
 
 # ------------------------------------------------------------------------ distributed
+def make_optimizer(params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam as every world model trains with it: the fused kernel (one pass over all
+    parameters per step, also on CPU) where this torch build has it, else the
+    multi-tensor ("foreach") implementation."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` over ``params`` (a list, gathered once rather than walking the
+    module tree every step) with the multi-tensor norm; returns the norm before clipping."""
+    return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+
+
 def _dist_setup() -> tuple[int, int]:
     """(rank, world size); initialises the process group under torchrun (gloo on CPU)."""
     if dist.is_available() and not dist.is_initialized() and int(
@@ -182,8 +199,8 @@ def train_model(
     state = {"epoch": 0, "batch": 0, "step": 0, "skipped": 0, "consecutive": 0,
              "best_val": math.inf, "seconds": 0.0}
     history: dict[str, Any] = {"train_loss": [], "val_loss": [], "step_loss": []}
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
-                                 weight_decay=config.weight_decay, foreach=True)
+    params = list(model.parameters())
+    optimizer = make_optimizer(params, config.lr, config.weight_decay)
     rng_state: torch.Tensor | None = None
     partial: list[float] = []  # losses of the current epoch before a mid-epoch checkpoint
     last_path = ckpt_dir / "last.pt" if ckpt_dir else None
@@ -270,7 +287,7 @@ def train_model(
                         group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                gnorm = clip_gradients(params, config.grad_clip)
                 bad = torch.tensor(float(not (torch.isfinite(loss) and torch.isfinite(gnorm))))
                 bad = _all_mean(bad, world)
                 mean_loss = float(_all_mean(loss.detach().cpu(), world))
