@@ -123,6 +123,12 @@ class PolicyConfig:
     oracle_horizon: int = 30
     oracle_batch_size: int = 8
     oracle_lr: float = 3e-4
+    # the oracle learner first drives a random 0..oracle_burn_in steps through the oracle
+    # without a graph, then takes the gradient over oracle_horizon steps: it then also
+    # learns from the states its own driving leads to (planners/policy/mpur.py)
+    oracle_burn_in: int = 0
+    # the same for the learners through a world model (vg, svg, mpur)
+    burn_in: int = 0
     # BPTT: no gradient through the policy's image input (halves the backward pass;
     # the cost and the state inputs still carry it); planners/policy/mpur.py
     detach_frames: bool = True
@@ -755,7 +761,7 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     sample = _sampler(windows, device)
     oracle_sample = None
     if "oracle" in p.methods:
-        oracle_sample = _sampler(ds.windows("train", ncond, p.oracle_horizon,
+        oracle_sample = _sampler(ds.windows("train", ncond, p.oracle_horizon + p.oracle_burn_in,
                                             episodes=_recorded_ids(ds, "train")), device)
     summary: dict[str, dict] = {}
     u_stats = None
@@ -791,7 +797,8 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                 hist = train_mpur(policy, None, oracle_sample, cost,
                                   MPURConfig(steps=p.oracle_steps, batch_size=p.oracle_batch_size,
                                              horizon=p.oracle_horizon, lr=p.oracle_lr, lam=0.0,
-                                             detach_frames=p.detach_frames),
+                                             detach_frames=p.detach_frames,
+                                             burn_in=p.oracle_burn_in),
                                   rng, lambda b, t: None, writer=run.writer(), tag=method,
                                   model_fn=_oracle_fn(view, ds.dt))
             elif method == "mper":
@@ -805,7 +812,8 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                 hist = train_mpur(policy, model, sample, cost,
                                   MPURConfig(steps=p.bptt_steps, batch_size=p.batch_size,
                                              horizon=p.horizon, lr=p.lr, lam=lam,
-                                             detach_frames=p.detach_frames),
+                                             detach_frames=p.detach_frames,
+                                             burn_in=p.burn_in),
                                   rng, _latent_fn(model),
                                   _uncertainty_fn(model, p.mc_samples, view) if lam > 0 else None,
                                   u_stats if lam > 0 else None, run.writer(), tag=method)
@@ -1029,6 +1037,9 @@ def validate_config(config: HighwayConfig) -> None:
     if not config.policy.seeds or len(set(config.policy.seeds)) != len(config.policy.seeds):
         raise ValueError(f"policy.seeds must be distinct and non-empty, got "
                          f"{config.policy.seeds}")
+    if config.policy.burn_in < 0 or config.policy.oracle_burn_in < 0:
+        raise ValueError(f"policy.burn_in and policy.oracle_burn_in must be >= 0, got "
+                         f"{config.policy.burn_in}, {config.policy.oracle_burn_in}")
 
 
 TASK = Task(
