@@ -123,6 +123,22 @@ class PolicyConfig:
     oracle_horizon: int = 30
     oracle_batch_size: int = 8
     oracle_lr: float = 3e-4
+    # the oracle learner first drives a random 0..oracle_burn_in steps through the oracle
+    # without a graph, then takes the gradient over oracle_horizon steps: it then also
+    # learns from the states its own driving leads to (planners/policy/mpur.py)
+    oracle_burn_in: int = 0
+    # the same for the learners through a world model (vg, svg, mpur)
+    burn_in: int = 0
+    # the world vg / svg / mpur learn through: "trunk" = the world models rolled out in
+    # the BPTT loop, U = their MC-dropout variance (local_uncertainty); "plan-head" = the
+    # stochastic trunk's scene cached per window plus a residual head ensemble that sees
+    # the ego's offset from the recorded pose, U = PPUU's z-scored hinge of its variances
+    # (experiments/highway_plan.py); vg then uses z = 0
+    world: str = "trunk"
+    head_windows: int = 400  # windows (half counterfactual drives) for the head's data
+    head_steps: int = 1500
+    head_members: int = 4
+    head_width: int = 8
     # BPTT: no gradient through the policy's image input (halves the backward pass;
     # the cost and the state inputs still carry it); planners/policy/mpur.py
     detach_frames: bool = True
@@ -497,6 +513,7 @@ def _load_world_model(run: Run, which: str, ds, device: torch.device):
 
 
 PROXIMITY_FORMS = ("max", "front-rear")
+WORLDS = ("trunk", "plan-head")
 
 
 def _cost_fn(view: View, weight_lane: float, proximity: str = "max"):
@@ -740,6 +757,8 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     ds = _open_dataset(run)
     device = resolve_device(config.device)
     needs = {METHOD_MODEL[m] for m in p.methods} - {None}
+    if p.world == "plan-head" and {"vg", "svg", "mpur"} & set(p.methods):
+        needs.add("stochastic")  # the trunk whose scene the head corrects
     models = {w: _load_world_model(run, w, ds, device) for w in sorted(needs)}  # fail early
     model_ncond = next(iter(models.values())).ncond if models else config.model.ncond
     ncond = p.ncond or model_ncond
@@ -755,11 +774,16 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     sample = _sampler(windows, device)
     oracle_sample = None
     if "oracle" in p.methods:
-        oracle_sample = _sampler(ds.windows("train", ncond, p.oracle_horizon,
+        oracle_sample = _sampler(ds.windows("train", ncond, p.oracle_horizon + p.oracle_burn_in,
                                             episodes=_recorded_ids(ds, "train")), device)
     summary: dict[str, dict] = {}
     u_stats = None
-    if "mpur" in p.methods:
+    plan = None
+    if p.world == "plan-head" and {"vg", "svg", "mpur"} & set(p.methods):
+        plan = _plan_head(config, run, ds, models["stochastic"], view, sample, rng, ncond)
+        summary["plan_head"] = plan["metrics"]
+        u_stats = plan["hinge"]
+    elif "mpur" in p.methods:
         sto = models["stochastic"]
         u_stats = expert_uncertainty_stats(_uncertainty_fn(sto, p.mc_samples, view), sample,
                                            _latent_fn(sto), rng, batches=4,
@@ -791,7 +815,8 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                 hist = train_mpur(policy, None, oracle_sample, cost,
                                   MPURConfig(steps=p.oracle_steps, batch_size=p.oracle_batch_size,
                                              horizon=p.oracle_horizon, lr=p.oracle_lr, lam=0.0,
-                                             detach_frames=p.detach_frames),
+                                             detach_frames=p.detach_frames,
+                                             burn_in=p.oracle_burn_in),
                                   rng, lambda b, t: None, writer=run.writer(), tag=method,
                                   model_fn=_oracle_fn(view, ds.dt))
             elif method == "mper":
@@ -800,12 +825,26 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                            MPERConfig(steps=p.bptt_steps, batch_size=p.batch_size,
                                                       horizon=p.horizon, lr=p.lr),
                                            rng, run.writer())}
+            elif plan is not None:
+                from worldplan.experiments.highway_plan import plan_world_fn
+
+                lam = p.lam if method == "mpur" else 0.0
+                model_fn, u_fn = plan_world_fn(plan["trunk"], plan["head"], view,
+                                               "zero" if method == "vg" else "prior")
+                hist = train_mpur(policy, None, sample, cost,
+                                  MPURConfig(steps=p.bptt_steps, batch_size=p.batch_size,
+                                             horizon=p.horizon, lr=p.lr, lam=lam,
+                                             detach_frames=p.detach_frames),
+                                  rng, lambda b, t: None, u_fn if lam > 0 else None,
+                                  u_stats if lam > 0 else None, run.writer(), tag=method,
+                                  model_fn=model_fn)
             else:
                 lam = p.lam if method == "mpur" else 0.0
                 hist = train_mpur(policy, model, sample, cost,
                                   MPURConfig(steps=p.bptt_steps, batch_size=p.batch_size,
                                              horizon=p.horizon, lr=p.lr, lam=lam,
-                                             detach_frames=p.detach_frames),
+                                             detach_frames=p.detach_frames,
+                                             burn_in=p.burn_in),
                                   rng, _latent_fn(model),
                                   _uncertainty_fn(model, p.mc_samples, view) if lam > 0 else None,
                                   u_stats if lam > 0 else None, run.writer(), tag=method)
@@ -821,8 +860,98 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
         summary[key] = {"seconds": time.perf_counter() - t0,
                         "final_loss": float(np.mean(hist["loss"][-10:])) if hist["loss"]
                         else float("nan")}
+        if plan is not None and method != "oracle":
+            # the plan-aware U of this policy on its own imagined rollouts (val windows)
+            summary[key]["plan_u"] = _policy_plan_u(policy, plan, view, p, ds, ncond, device)
         log.info("policy %s: %s", key, summary[key])
     run.update_metrics("train-policy", summary)
+
+
+def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
+               rng: np.random.Generator, ncond: int) -> dict:
+    """The residual head ensemble on the stochastic trunk (trained once per run and
+    cached in ``checkpoints/plan-head.pt``), PPUU's hinge fitted on expert windows, and
+    the AUROC of U between recorded and unusual actions on validation windows."""
+    from worldplan.experiments.highway_plan import (
+        OFFSET_DIM,
+        fit_hinge,
+        head_pairs,
+        pair_sampler,
+        unusual_actions,
+        variances_under,
+    )
+    from worldplan.worldmodels.checkpoint import load_checkpoint, save_checkpoint
+    from worldplan.worldmodels.plan_uncertainty import PlanHeadEnsemble, train_plan_head
+    from worldplan.worldmodels.uncertainty import auroc
+
+    p = config.policy
+    path = run.checkpoints / "plan-head.pt"
+    spec = {"members": p.head_members, "width": p.head_width, "steps": p.head_steps,
+            "windows": p.head_windows, "horizon": p.horizon,
+            "trunk_mtime": _model_path(run, "stochastic").stat().st_mtime}
+    torch.manual_seed(config.seed)
+    hrng = np.random.default_rng(config.seed + 7)
+    metrics: dict = {}
+    if path.is_file() and (payload := load_checkpoint(path, required=("state_dict", "spec",
+                                                                     "config"),
+                                                      kind="highway-plan-head"))["spec"] == spec:
+        head = PlanHeadEnsemble(**payload["config"])
+        head.load_state_dict(payload["state_dict"])
+        metrics = payload.get("metrics", {})
+    else:
+        t0 = time.perf_counter()
+        pairs = head_pairs(ds, trunk, ds.episode_ids("train"), p.horizon, p.head_windows, hrng)
+        scale = pairs["offset"].std(0).clamp_min(1e-3).tolist()
+        head = PlanHeadEnsemble(1, OFFSET_DIM, scale, k=p.head_members, width=p.head_width)
+        t1 = time.perf_counter()
+        losses = train_plan_head(head, pair_sampler(pairs), p.head_steps, 32, hrng)
+        metrics = {"pairs": len(pairs["frame"]), "offset_std": scale,
+                   "final_loss": float(np.mean(losses[-50:])),
+                   "copy_trunk_loss": float(((pairs["frame"].float() - pairs["target"].float())
+                                             ** 2).mean()),
+                   "seconds_data": t1 - t0, "seconds_train": time.perf_counter() - t1}
+        save_checkpoint(path, {"kind": "highway-plan-head", "state_dict": head.state_dict(),
+                               "config": head.config(), "spec": spec, "metrics": metrics})
+    head.eval()
+    for q in head.parameters():
+        q.requires_grad_(False)
+    hinge = fit_hinge(trunk, head, view, sample, hrng)
+    # AUROC of U (the hinge summed over the rollout) between the recorded actions and
+    # unusual ones, on validation windows
+    val = _sampler(ds.windows("val", ncond, max(p.horizon, 1),
+                              episodes=_recorded_ids(ds, "val")), torch.device("cpu"))
+    u_in, u_out = [], []
+    for _ in range(4):
+        b = val(hrng, 32)
+        u_in.append(hinge.hinge(variances_under(trunk, head, view, b, b["actions"])).sum(1))
+        odd = unusual_actions(b["actions"], hrng)
+        u_out.append(hinge.hinge(variances_under(trunk, head, view, b, odd)).sum(1))
+    ui, uo = torch.cat(u_in), torch.cat(u_out)
+    metrics = {**metrics, "auroc_unusual_vs_recorded": auroc(ui, uo),
+               "u_recorded": float(ui.mean()), "u_unusual": float(uo.mean())}
+    log.info("plan head: %s", metrics)
+    return {"trunk": trunk, "head": head, "hinge": hinge, "metrics": metrics}
+
+
+@torch.no_grad()
+def _policy_plan_u(policy, plan: dict, view: View, p: PolicyConfig, ds, ncond: int,
+                   device) -> float:
+    """Mean plan-aware U (hinge, summed over the steps) of ``policy`` on its own
+    imagined rollouts from 64 validation windows."""
+    from worldplan.experiments.highway_plan import plan_world_fn
+    from worldplan.planners.policy.mpur import policy_rollout
+
+    val = _sampler(ds.windows("val", ncond, max(p.horizon, 1),
+                              episodes=_recorded_ids(ds, "val")), device)
+    rng = np.random.default_rng(123)
+    us = []
+    for _ in range(4):
+        b = val(rng, 16)
+        model_fn, u_fn = plan_world_fn(plan["trunk"], plan["head"], view)
+        world = model_fn(b)
+        policy_rollout(policy, world, b["context"], b["context_images"], p.horizon)
+        us.append(plan["hinge"].hinge(world.variances()).sum(1))
+    return float(torch.cat(us).mean())
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -1029,6 +1158,11 @@ def validate_config(config: HighwayConfig) -> None:
     if not config.policy.seeds or len(set(config.policy.seeds)) != len(config.policy.seeds):
         raise ValueError(f"policy.seeds must be distinct and non-empty, got "
                          f"{config.policy.seeds}")
+    if config.policy.world not in WORLDS:
+        raise ValueError(f"policy.world must be one of {WORLDS}, got {config.policy.world!r}")
+    if config.policy.burn_in < 0 or config.policy.oracle_burn_in < 0:
+        raise ValueError(f"policy.burn_in and policy.oracle_burn_in must be >= 0, got "
+                         f"{config.policy.burn_in}, {config.policy.oracle_burn_in}")
 
 
 TASK = Task(

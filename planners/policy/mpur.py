@@ -61,6 +61,21 @@ def policy_rollout(policy: nn.Module, model: Any, context: torch.Tensor, frames:
     return torch.stack(states, 1), torch.stack(images, 1), torch.stack(actions, 1)
 
 
+@torch.no_grad()
+def burn_in(policy: nn.Module, model: Any, context: torch.Tensor, frames: torch.Tensor,
+            steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The context ``[B, ncond, S]`` and frames ``[B, ncond, C, H, W]`` (floats in
+    [0, 1]) after the policy has driven ``steps`` steps through the model (no graph);
+    ``steps = 0`` returns the given context (frames as floats)."""
+    fr = unit_frames(frames)
+    if steps == 0:
+        return context, fr
+    states, images, _ = policy_rollout(policy, model, context, fr, steps)
+    n = context.shape[1]
+    return (torch.cat([context, states], 1)[:, -n:],
+            torch.cat([fr, images], 1)[:, -n:])
+
+
 @dataclass
 class UncertaintyStats:
     """Per-step mean and std ``[T]`` of U under the expert's actions."""
@@ -102,6 +117,12 @@ class MPURConfig:
     lam: float = 0.5  # weight of the uncertainty hinge (0 = VG / SVG)
     action_weight: float = 0.0  # optional penalty on normalised action magnitude
     detach_frames: bool = False  # see policy_rollout
+    # before the ``horizon`` steps that carry the gradient, the policy first drives a
+    # random 0..burn_in steps through the model without a graph, so that it also learns
+    # from the states its own driving leads to (not only from the recorded ones, where it
+    # never starts in the evaluation after its first seconds). The sampled windows must
+    # then hold burn_in + horizon future steps.
+    burn_in: int = 0
 
 
 def train_mpur(policy: nn.Module, model: Any, sample: BatchSampler, cost_fn: CostFn,
@@ -115,8 +136,9 @@ def train_mpur(policy: nn.Module, model: Any, sample: BatchSampler, cost_fn: Cos
     and ``uncertainty`` (the hinge) histories. ``model_fn(batch)``, if given, builds the
     model for each batch instead (e.g. ``worldplan.envs.highway.oracle.ReplayOracle`` from the
     batch's recorded future; ``model`` may then be None)."""
-    if config.steps < 1 or config.horizon < 1:
-        raise ValueError(f"steps and horizon must be >= 1, got {config.steps}, {config.horizon}")
+    if config.steps < 1 or config.horizon < 1 or config.burn_in < 0:
+        raise ValueError(f"steps and horizon must be >= 1 and burn_in >= 0, got "
+                         f"{config.steps}, {config.horizon}, {config.burn_in}")
     if config.lam > 0 and (uncertainty_fn is None or u_stats is None):
         raise ValueError("lam > 0 needs an uncertainty_fn and expert u_stats")
     if model is None and model_fn is None:
@@ -132,15 +154,18 @@ def train_mpur(policy: nn.Module, model: Any, sample: BatchSampler, cost_fn: Cos
         b = sample(rng, config.batch_size)
         z = latent(config.batch_size, config.horizon)
         step_model = model if model_fn is None else model_fn(b)
-        states, images, actions = policy_rollout(policy, step_model, b["context"],
-                                                 b["context_images"], config.horizon, z,
-                                                 config.detach_frames)
+        context, cframes = b["context"], b["context_images"]
+        if config.burn_in:
+            context, cframes = burn_in(policy, step_model, context, cframes,
+                                       int(rng.integers(0, config.burn_in + 1)))
+        states, images, actions = policy_rollout(policy, step_model, context, cframes,
+                                                 config.horizon, z, config.detach_frames)
         bsz, t = states.shape[:2]
         cost = cost_fn(images.flatten(0, 1), states.flatten(0, 1)).view(bsz, t).mean()
         loss = cost
         u_term = torch.zeros(())
         if config.lam > 0:
-            u = uncertainty_fn(b["context"], b["context_images"], actions, z)
+            u = uncertainty_fn(context, cframes, actions, z)
             u_term = u_stats.hinge(u).mean()
             loss = loss + config.lam * u_term
         if config.action_weight > 0 and hasattr(policy, "normalised"):

@@ -1,0 +1,136 @@
+"""The highway's plan-aware world model (experiments/highway_plan.py) and the learners'
+burn-in (planners/policy/mpur.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from worldplan.envs.highway import View
+from worldplan.envs.highway.oracle import ReplayOracle
+from worldplan.experiments.highway_plan import (
+    drive_references,
+    ego_offsets,
+    plan_world_fn,
+    scene_rollout,
+    unusual_actions,
+)
+from worldplan.planners.policy.imitation import ContextPolicy
+from worldplan.planners.policy.mpur import burn_in, policy_rollout
+from worldplan.worldmodels.ego_motion import EgoMotionImageModel
+from worldplan.worldmodels.plan_uncertainty import PlanHeadEnsemble
+
+VIEW = View()
+
+
+def test_offsets_are_taken_in_the_reference_frame():
+    # reference heading 90 deg (driving towards +y), speed 5; the ego 2 m ahead, 1 m to
+    # its left (-x), 1 m/s faster, turned 0.1 rad to the left
+    ref = torch.tensor([[10.0, 20.0, 0.0, 5.0]])
+    h = math.pi / 2 + 0.1
+    ego = torch.tensor([[10.0 - 1.0, 22.0, 6.0 * math.cos(h), 6.0 * math.sin(h)]])
+    off = ego_offsets(ego, ref)[0]
+    torch.testing.assert_close(off, torch.tensor([2.0, 1.0, 1.0, 0.1]), atol=1e-5, rtol=0)
+    assert ego_offsets(ref, ref).abs().max() < 1e-6
+
+
+def test_drives_are_matched_to_their_recorded_car():
+    meta = {"kinds": ["recorded", "recorded", "drive", "drive"], "car_ids": [7, 9, 9, 3],
+            "start_steps": [100, 40, 55, 10]}
+    # drive 2 is car 9's (episode 1), starting 15 steps into it; car 3 was not recorded
+    assert drive_references(meta) == {2: (1, 15)}
+
+
+def _trunk() -> EgoMotionImageModel:
+    torch.manual_seed(0)
+    return EgoMotionImageModel(4, 2, (4, 117, 24), ncond=2, hidden=16, channels=(4, 4, 4),
+                               z_dim=2, dropout=0.1, flow_prior="cost-volume").eval()
+
+
+def _batch(b: int = 3, t: int = 4, k: int = 3) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.zeros(b, k, 4)
+    ctx[..., 0] = torch.arange(k) * 0.8
+    ctx[..., 2] = 8.0
+    frames = (torch.rand(b, k, 4, 117, 24, generator=g) > 0.9).to(torch.uint8) * 255
+    acts = torch.zeros(b, t, 2)
+    return {"context": ctx, "context_images": frames, "actions": acts}
+
+
+def test_plan_world_follows_the_cached_scene_and_passes_gradients_to_the_plan():
+    trunk, b = _trunk(), _batch()
+    head = PlanHeadEnsemble(1, 4, [1.0, 0.5, 1.0, 0.02], k=3, width=4, prior_scale=0.0)
+    model_fn, u_fn = plan_world_fn(trunk, head, VIEW, latent="zero")
+    world = model_fn(b)
+    # with zero heads and no prior the world is the trunk's scene warped into the ego's
+    # pose: under the recorded actions, exactly the trunk's own rollout
+    states, frames = scene_rollout(trunk, b["context"], b["context_images"], b["actions"],
+                                   latent="zero")
+    ctx = b["context"]
+    for t in range(4):
+        s, f = world.step(ctx, b["actions"][:, t])
+        torch.testing.assert_close(s, states[:, t])
+        torch.testing.assert_close(f[:, 1], frames[:, t, 1], atol=1e-4, rtol=0)
+        ctx = torch.cat([ctx[:, 1:], s[:, None]], 1)
+    var = u_fn(None, None, None, None)
+    assert var.shape == (3, 4, 3) and var.abs().max() == 0  # identical members
+    # the frames depend on the plan through the pose (the gradient reaches the actions)
+    acts = torch.zeros(3, 4, 2, requires_grad=True)
+    world = model_fn(b)
+    ctx, total = b["context"], 0.0
+    for t in range(4):
+        s, f = world.step(ctx, acts[:, t])
+        total = total + (f[:, 1] * torch.linspace(0, 1, 117)[:, None]).sum()
+        ctx = torch.cat([ctx[:, 1:], s[:, None]], 1)
+    total.backward()
+    assert acts.grad[:, :, 0].abs().sum() > 0
+
+
+def test_plan_world_variance_is_zero_only_where_members_agree():
+    trunk, b = _trunk(), _batch()
+    head = PlanHeadEnsemble(1, 4, [1.0, 0.5, 1.0, 0.02], k=3, width=4, prior_scale=1.0)
+    model_fn, u_fn = plan_world_fn(trunk, head, VIEW)
+    world = model_fn(b)
+    ctx = b["context"]
+    for t in range(3):
+        s, _ = world.step(ctx, b["actions"][:, t])
+        ctx = torch.cat([ctx[:, 1:], s[:, None]], 1)
+    var = world.variances()
+    assert var.shape == (3, 3, 3) and (var[..., 0] > 0).all()
+    with pytest.raises(ValueError, match="latent"):
+        scene_rollout(trunk, b["context"], b["context_images"], b["actions"], latent="x")
+
+
+def test_unusual_actions_push_within_the_limits():
+    acts = torch.zeros(50, 6, 2)
+    odd = unusual_actions(acts, np.random.default_rng(0), accel=1.5, steer=0.004)
+    assert torch.allclose(odd[..., 0].abs(), torch.full((50, 6), 1.5))
+    assert torch.allclose(odd[..., 1].abs(), torch.full((50, 6), 0.004))
+    assert (odd[:, 0, 0] > 0).any() and (odd[:, 0, 0] < 0).any()
+    assert (odd == odd[:, :1]).all()  # one push per window
+
+
+def test_burn_in_continues_the_context_through_the_model():
+    torch.manual_seed(0)
+    pol = ContextPolicy(4, 2, (4, 117, 24), 2, np.zeros(4), np.ones(4), np.zeros(2),
+                        np.array([1.0, 0.01]), hidden=8, channels=(4, 4))
+    b = _batch(b=2, t=6, k=2)
+    tgt_states = torch.zeros(2, 6, 4)
+    tgt_states[..., 0] = 1.6 + torch.arange(6) * 0.8
+    tgt_states[..., 2] = 8.0
+    tgt_images = torch.rand(2, 6, 4, 117, 24)
+
+    def oracle() -> ReplayOracle:
+        return ReplayOracle(tgt_images, tgt_states, VIEW.res)
+
+    ctx, fr = burn_in(pol, oracle(), b["context"], b["context_images"], 3)
+    states, images, _ = policy_rollout(pol, oracle(), b["context"],
+                                       b["context_images"].float() / 255.0, 3)
+    torch.testing.assert_close(ctx, states[:, -2:])
+    torch.testing.assert_close(fr, images[:, -2:])
+    assert not ctx.requires_grad
+    ctx0, fr0 = burn_in(pol, oracle(), b["context"], b["context_images"], 0)
+    assert ctx0 is b["context"] and fr0.dtype == torch.float32
