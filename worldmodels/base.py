@@ -136,6 +136,7 @@ class WorldModel(nn.Module):
 
     kind: ClassVar[str] = "WorldModel"
     z_dim: int = 0
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) of a model with frames
 
     def __init__(self, state_dim: int, action_dim: int, ncond: int = 1) -> None:
         super().__init__()

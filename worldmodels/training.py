@@ -95,7 +95,7 @@ def check_compatible(model: WorldModel, dataset: Dataset) -> None:
             f"[B, {model.action_dim}], but data set {dataset.path} holds states "
             f"[T+1, {dataset.state_dim}] and actions [T, {dataset.action_dim}]"
         )
-    m_img = getattr(model, "image_shape", None)
+    m_img = model.image_shape
     d_img = dataset.image_shape
     if m_img is not None and (d_img is None or tuple(m_img) != tuple(d_img)):
         raise ValueError(
@@ -479,12 +479,8 @@ def evaluate_horizon_error(
         z = None
         if model.z_dim:
             z = torch.zeros(len(ctx), horizon, model.z_dim, device=device)
-        kwargs = {}
-        if "context_images" in batch and getattr(model, "image_shape", None) is not None:
-            kwargs["images"] = batch["context_images"].to(device)
-        pred = model.rollout(ctx, acts, z=z, **kwargs)
-        if isinstance(pred, tuple):
-            pred = pred[0]
+        frames = batch["context_images"].to(device) if model.image_shape else None
+        pred = model.unroll(model.reset(ctx, frames), acts, z).states
         sq += ((pred - batch["targets"].to(device)) ** 2).sum(0).double().cpu()
     model.train(was_training)
     model.mc_dropout = was_mc
