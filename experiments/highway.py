@@ -36,6 +36,7 @@ from worldplan.envs.highway.traffic import TrafficConfig
 from worldplan.experiments.common import resolve_device, save_figure, seed_everything
 from worldplan.experiments.runs import Run
 from worldplan.experiments.tasks import Task
+from worldplan.worldmodels.images import to_unit
 
 log = logging.getLogger(__name__)
 
@@ -582,21 +583,16 @@ def _latent_fn(model):
 
 def _posterior_fn(model):
     """z ``[B, T, Z]`` (posterior means) inferred from the recorded future, teacher-forced
-    along the recorded context (uses the ImageModel's encoders)."""
-    from worldplan.worldmodels.images import to_unit
+    along the recorded context (the model's public ``posterior``)."""
 
     def posterior(ctx: torch.Tensor, cframes: torch.Tensor, tstates: torch.Tensor,
                   tframes: torch.Tensor) -> torch.Tensor:
-        frames, tfr = to_unit(cframes), to_unit(tframes)
-        zs = []
+        ms, zs = model.reset(ctx, cframes), []
         for t in range(tstates.shape[1]):
-            feat = model._features(ctx, frames)
-            target = torch.cat([model.target_encoder(tfr[:, t]),
-                                model.norm_delta(tstates[:, t] - ctx[:, -1])], -1)
-            mu, _ = model.latent.posterior(torch.cat([feat, target], -1)).chunk(2, -1)
-            zs.append(mu)
-            ctx = torch.cat([ctx[:, 1:], tstates[:, t:t + 1]], 1)
-            frames = torch.cat([frames[:, 1:], tfr[:, t:t + 1]], 1)
+            nxt = model.reset(torch.cat([ms.context[:, 1:], tstates[:, t:t + 1]], 1),
+                              torch.cat([ms.frames[:, 1:], to_unit(tframes[:, t:t + 1])], 1))
+            zs.append(model.posterior(ms, nxt.state, nxt.image))
+            ms = nxt
         return torch.stack(zs, 1)
 
     return posterior

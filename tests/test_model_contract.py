@@ -197,3 +197,17 @@ def test_mc_dropout_uncertainty_from_a_model_state(kind: str) -> None:
     legacy = mc_uncertainty(model, ms.context, plan, n=6, images=ms.frames,
                             generator=torch.Generator().manual_seed(0))
     assert legacy.var.shape == u.var.shape
+
+
+@pytest.mark.parametrize("kind", ["image-cvae", "ego-motion"])
+def test_the_posterior_is_what_training_infers(kind: str) -> None:
+    """The public posterior gives the latent the training loss encodes for the same step
+    (the posterior mean, from the encoder of the context and of the target)."""
+    model = _model(kind, "cpu")
+    ms = _start(model, 3, "cpu")
+    nxt = model.advance(ms, torch.zeros(3, A), torch.zeros(3, model.z_dim))
+    feat = model._features(ms.context, ms.frames)
+    target = torch.cat([model.target_encoder(nxt.image),
+                        model.norm_delta(nxt.state - ms.state)], -1)
+    mu = model.latent.posterior(torch.cat([feat, target], -1)).chunk(2, -1)[0]
+    torch.testing.assert_close(model.posterior(ms, nxt.state, nxt.image), mu)
