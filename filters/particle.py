@@ -356,8 +356,6 @@ class ParticleFilter:
         hist_w = torch.empty(t_sz, b, n, **kw) if keep_history else None
         self.degenerate_steps = []
         resample = _RESAMPLE_FN[self.resampling]
-        pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (particles, weights) per step
-        chunk = max(1, min(32, (1 << 21) // (b * n * s)))  # steps per moment computation
         observed = (~missing).T  # [T, B]
         n_obs = observed.sum(1).tolist()  # host-side: skip masking when every track observes
         for t in range(t_sz):
@@ -409,16 +407,7 @@ class ParticleFilter:
                     w = expo / total
             if w is None:
                 w = torch.exp(logw)
-            # the moments are computed for a chunk of steps at once (a few batched products
-            # instead of a dozen small ops per step); the tensors are never changed in place
-            pending.append((parts, w))
-            if len(pending) == chunk or t == t_sz - 1:
-                t0 = t + 1 - len(pending)
-                m_c, c_c = weighted_mean_cov(torch.cat([p for p, _ in pending]),
-                                             torch.cat([ww for _, ww in pending]))
-                means[t0:t + 1] = m_c.view(len(pending), b, s)
-                covs[t0:t + 1] = c_c.view(len(pending), b, s, s)
-                pending.clear()
+            means[t], covs[t] = weighted_mean_cov(parts, w)
             if keep_history:
                 hist_p[t], hist_w[t] = parts, w  # type: ignore[index]
             ess = torch.linalg.vecdot(w, w).reciprocal_()
