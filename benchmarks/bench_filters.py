@@ -367,6 +367,7 @@ def main() -> None:
                     "torch": torch.__version__, "load_average": os.getloadavg()},
         "quick": args.quick,
     }
+    print(f"load average (1/5/15 min): {os.getloadavg()}")
     print("Kalman filter, 4-D constant velocity, 1,000 tracks x 1,000 steps")
     k = bench_kalman(args.quick)
     results["kalman"] = k
@@ -411,6 +412,8 @@ def main() -> None:
           "   target <= 0.2 s")
     print(f"  {'filterpy loop':14s} {pf['filterpy_loop_s']:9.3f} {pf['filterpy_loop_cpu_s']:8.3f} "
           f"{pf['rmse_filterpy_loop']:9.3f}")
+    results["machine"]["load_average_end"] = os.getloadavg()
+    print(f"load average (1/5/15 min) at the end: {results['machine']['load_average_end']}")
     path = ROOT / "benchmarks" / "results" / "filters.json"
     atomic_write_text(path, json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {path.relative_to(ROOT)}")

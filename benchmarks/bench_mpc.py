@@ -1,17 +1,19 @@
-"""MPC speed and quality: our MPPI against pytorch_mppi, and planning latency with a
-learned world model.
+"""MPC speed and quality: our MPPI and CEM against pytorch_mppi, and planning latency with
+a learned world model.
 
-1. MPPI on ``Pendulum-v1`` with the true dynamics (torch), 1,000 samples, horizon 15,
-   temperature 1, noise std 1, 200 steps from gymnasium's seeded random starts: ours and
+1. MPPI and CEM on ``Pendulum-v1`` with the true dynamics (torch), 1,000 samples, horizon
+   15, temperature 1, noise std 1, 200 steps from gymnasium's seeded random starts: ours
+   (eager MPPI, eager CEM with one iteration per control step, compiled MPPI) and
    pytorch_mppi with the same settings and the same objective, episode by episode in one
-   process (timings on this shared machine are noisy: the ratio is what counts).
+   process (timings on this shared machine are noisy: the ratio is what counts; the load
+   average is printed at the start and the end).
 2. Planning latency per control step of every planner (CEM, MPPI, gradient, iLQR) with
    a learned world model of ``InvertedPendulum-v5``'s size (the ensemble of
    ``worldplan mujoco``'s default config; the cVAE for ``--model cvae``) at batch 1 and 64.
 
-    python benchmarks/bench_mpc.py [--quick]
+    python benchmarks/bench_mpc.py [--quick] [--skip-latency]
 
-Writes benchmarks/results/mpc.json.
+Writes benchmarks/results/mpc.json (not with --skip-latency).
 """
 
 from __future__ import annotations

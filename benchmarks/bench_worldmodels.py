@@ -51,6 +51,13 @@ S, A, HIDDEN = 4, 1, 128
 IMAGE = (3, 117, 24)
 
 
+def _loadavg() -> list[float]:
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
 def best_of(fn: Callable[[], None], repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -151,6 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    load_start = _loadavg()
     steps, repeats = (20, 2) if args.quick else (100, 3)
     img_steps = 3 if args.quick else 10
     rows: list[dict] = []
@@ -256,6 +264,13 @@ def main() -> None:
     rows.append({"what": "... same, dropout off (60 rows x 30 steps, ms)", "ours": 1e3 * t_ours,
                  "peer": 1e3 * t_peer if t_peer else None, "lower_is_better": True,
                  "peer_name": "mbrl GaussianMLP forward, 60 rows x 30 steps"})
+    # the MC-dropout overhead: each MC variant and the plain rollout interleaved
+    for label, fn in (("fresh masks per step", mc_vec_nograd),
+                      ("masks fixed per trajectory", mc_vec_traj)):
+        t_mc, t_plain = paired(fn, plain_roll, r)
+        rows.append({"what": f"MC rollout / plain rollout, {label} (x, target <= 1.5)",
+                     "ours": t_mc / t_plain, "plain_ms": 1e3 * t_plain,
+                     "mc_ms": 1e3 * t_mc, "lower_is_better": True})
     rows.append({"what": "... MC samples + backward to the actions (ms)",
                  "ours": 1e3 * best_of(mc_vec, r), "lower_is_better": True})
     for ncond in (4, 20):
@@ -286,8 +301,10 @@ def main() -> None:
         ratio = f"{row['ratio_ours_better']:.2f}x" if row.get("ratio_ours_better") else "-"
         print(f"{row['what']:<72} {row['ours']:>10.1f} {peer:>10} {ratio:>9}")
     print("(ours/peer > 1: ours faster; throughput in samples/s, latency in ms)")
+    load = {"start": load_start, "end": _loadavg()}
+    print(f"load average (1/5/15 min): {load['start']} at the start, {load['end']} at the end")
     out = {"machine": platform.platform(), "torch": torch.__version__, "threads": 1,
-           "quick": args.quick, "rows": rows}
+           "quick": args.quick, "rows": rows, "load_average": load}
     path = ROOT / "benchmarks" / "results" / "worldmodels.json"
     atomic_write_text(path, json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}")

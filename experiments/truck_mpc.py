@@ -13,6 +13,9 @@ from the true state (closed loop). What made them dock (docs/mpc.md):
 * the horizon reaches the wall: it is cut at the predicted arrival plus a margin, so the
   terminal cost is the docking cost itself and a control step costs less near the wall.
 
+A row ``<planner>@k`` plans every k-th control step only and in between steers by the
+feedback law plus the next correction of the kept plan (the batch-1 latency budget).
+
 ``python -m worldplan.experiments.truck_mpc --run DIR`` evaluates every planner through the
 emulator of a finished ``worldplan truck`` run and through the true kinematics, on the
 run's evaluation starts and on two other start sets; ``worldplan.experiments.truck`` evaluates the

@@ -165,3 +165,19 @@ def test_nan_log_likelihood_counts_as_zero_weight() -> None:
     parts = pf.particle_history[0, 0, :, 0]
     assert float(w[parts > 1.0].sum()) == 0.0
     assert np.isfinite(m).all() and m[0, 0] < 0.1
+
+
+def test_estimates_are_the_weighted_moments_of_every_step() -> None:
+    """The moments (computed in chunks of steps) equal the weighted mean and covariance of
+    each step's particles, across chunk boundaries, with missing measurements."""
+    kf, pf = cv_filters(n_particles=300, seed=2)
+    _, z = kf.sample(75, n_tracks=3, seed=4)
+    z[1, 40:45] = np.nan  # predict-only steps for one track
+    m, c = pf.filter(z, keep_history=True)
+    parts, w = pf.particle_history.numpy(), pf.weight_history.numpy()  # [B, T, N, S], [B, T, N]
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-9)
+    mean = np.einsum("btn,btns->bts", w, parts)
+    dev = parts - mean[:, :, None]
+    cov = np.einsum("btn,btns,btnr->btsr", w, dev, dev)
+    np.testing.assert_allclose(m, mean, atol=1e-9)
+    np.testing.assert_allclose(c, cov, atol=1e-9)

@@ -32,31 +32,46 @@ log = logging.getLogger(__name__)
 
 MODEL_SCHEMA = 1
 MODEL_KINDS: dict[str, type[WorldModel]] = {}
+_MASK_VALUES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (kept, dropped) values
+_POOL_VALUES = 1 << 20  # most mask values one dropout layer draws at once
 
 
-def bernoulli_masks(n: int, p: float, like: torch.Tensor) -> torch.Tensor:
+def bernoulli_masks(n: int, p: float, like: torch.Tensor,
+                    buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``n`` inverted-dropout mask values ``[n]`` (0 with probability ``p``, else
     ``1 / (1 - p)``) on ``like``'s device and dtype.
 
     Drawn as 16-bit integers carved out of 64-bit random words: a quarter of the generator
     calls of ``torch.rand``, which dominate MC-dropout on CPU. ``p`` is rounded to a
     multiple of ``2^-16`` (the scale uses the rounded value, so the mean stays 1).
+    ``buffers`` (a dict the caller keeps): reuse its tensors instead of allocating (large
+    fresh allocations page-fault on every call); the previous result is overwritten.
     """
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device)
-    words.random_(-(2**63), 2**63 - 1)
+    nw = (n + 3) // 4
     drop = round(p * 65536)
-    bits = words.view(torch.int16)
-    keep = (bits if bits.shape[0] == n else bits[:n]) >= drop - 32768  # P = 1 - drop / 2^16
     key = (drop, like.dtype, like.device)
     values = _MASK_VALUES.get(key)
     if values is None:
         values = _MASK_VALUES[key] = (
             torch.tensor(65536.0 / (65536 - drop), dtype=like.dtype, device=like.device),
             torch.zeros((), dtype=like.dtype, device=like.device))
-    return torch.where(keep, *values)
-
-
-_MASK_VALUES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (kept, dropped) values
+    if buffers is None:
+        words = torch.empty(nw, dtype=torch.int64, device=like.device)
+    else:
+        out = buffers.get("out")
+        if out is None or out.numel() != n or out.dtype != like.dtype or \
+                out.device != like.device:
+            buffers["words"] = torch.empty(nw, dtype=torch.int64, device=like.device)
+            buffers["keep"] = torch.empty(n, dtype=torch.bool, device=like.device)
+            buffers["out"] = torch.empty(n, dtype=like.dtype, device=like.device)
+        words = buffers["words"]
+    words.random_(-(2**63), 2**63 - 1)
+    bits = words.view(torch.int16)
+    bits = bits if bits.shape[0] == n else bits[:n]
+    if buffers is None:
+        return torch.where(bits >= drop - 32768, *values)  # P(keep) = 1 - drop / 2^16
+    torch.ge(bits, drop - 32768, out=buffers["keep"])
+    return torch.where(buffers["keep"], *values, out=buffers["out"])
 
 
 class MCDropout(nn.Module):
@@ -80,6 +95,7 @@ class MCDropout(nn.Module):
         self.fast = False  # draw masks with bernoulli_masks (see WorldModel.use_fast_masks)
         self._mask: torch.Tensor | None = None
         self._queue: list[torch.Tensor] = []  # unused masks of the current pool
+        self._pool_memory: dict[str, torch.Tensor] = {}  # the pool's memory, reused without grad
         self._pool_calls = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +104,7 @@ class MCDropout(nn.Module):
         shape = (*x.shape[:2], 1, 1) if self.channelwise and x.ndim == 4 else x.shape
         if self.frozen and self._mask is not None and self._mask.shape == shape:
             return x * self._mask
-        if self.pooled:
+        if self.pooled and not self.frozen:  # a frozen mask must not live in a pool
             mask = self._from_pool(shape, x)
         elif self.fast:
             mask = bernoulli_masks(math.prod(shape), self.p, x).view(shape)
@@ -104,8 +120,12 @@ class MCDropout(nn.Module):
         queue = self._queue
         if not queue or queue[-1].shape != shape or queue[-1].dtype != x.dtype \
                 or queue[-1].device != x.device:
-            n = self._pool_calls
-            pool = bernoulli_masks(n * math.prod(shape), self.p, x).view(n, *shape)
+            k = math.prod(shape)
+            n = max(1, min(self._pool_calls, _POOL_VALUES // max(k, 1)))
+            # Without autograd no mask outlives the next refill, so the pool's memory is
+            # reused; a mask saved for a backward pass must not be overwritten.
+            buffers = None if torch.is_grad_enabled() else self._pool_memory
+            pool = bernoulli_masks(n * k, self.p, x, buffers).view(n, *shape)
             queue[:] = pool.unbind(0)  # in place: no nn.Module attribute traffic per call
         return queue.pop()
 
