@@ -135,10 +135,12 @@ def image_dataset(root: Path, episodes: int = 6, T: int = 40) -> Path:
     return write_dataset(root / "image", eps, task="bench", dt=0.1, overwrite=True)
 
 
-def step_loop(model: torch.nn.Module, batch: dict, steps: int) -> Callable[[], None]:
-    """``steps`` Adam steps on one in-memory batch (forward, backward, clip, step)."""
+def step_loop(model: torch.nn.Module, batch: dict, steps: int,
+              fused: bool = False) -> Callable[[], None]:
+    """``steps`` Adam steps on one in-memory batch (forward, backward, clip, step), with
+    ``train_model``'s optimiser (``fused``: ``TrainConfig.fused_adam``)."""
     params = list(model.parameters())
-    opt = make_optimizer(params, lr=1e-4)
+    opt = make_optimizer(params, lr=1e-4, fused=fused)
     model.train()
 
     def run() -> None:
@@ -190,9 +192,13 @@ def main() -> None:
 
         return run
 
-    for name, model, k in (("train vector model (step loop), samples/s", det, 1),
-                           ("train ensemble K=5, samples/s", ens, 5)):
-        t_ours, t_peer = paired(step_loop(model, batch64, steps), peer_trainer(k), repeats)
+    for name, model, k, fused in (
+            ("train vector model (step loop), samples/s", det, 1, False),
+            ("... same, fused_adam=True, samples/s", det, 1, True),
+            ("train ensemble K=5, samples/s", ens, 5, False),
+            ("... same, fused_adam=True, samples/s", ens, 5, True)):
+        t_ours, t_peer = paired(step_loop(model, batch64, steps, fused), peer_trainer(k),
+                                repeats)
         rows.append({"what": name, "ours": 64 * steps / t_ours,
                      "peer": 64 * steps / t_peer if t_peer else None,
                      "peer_name": f"mbrl GaussianMLP (ensemble_size={k})",

@@ -252,15 +252,18 @@ def test_pooled_masks_are_fresh_per_call_and_reproducible() -> None:
     assert ((ratio > 0.8) & (ratio < 1.25)).all(), ratio
 
 
-def test_training_uses_fused_adam_and_the_fast_masks_on_vector_models_only() -> None:
+def test_training_optimiser_choice_and_the_fast_masks_on_vector_models_only() -> None:
     from worldplan.worldmodels.base import MCDropout
     from worldplan.worldmodels.ensemble import Ensemble
     from worldplan.worldmodels.images import ImageModel
-    from worldplan.worldmodels.training import clip_gradients, make_optimizer
+    from worldplan.worldmodels.training import TrainConfig, clip_gradients, make_optimizer
 
     m = DeterministicModel(3, 2, hidden=16)
-    opt = make_optimizer(m.parameters(), 1e-3)
-    assert opt.defaults["fused"] or opt.defaults["foreach"]
+    assert make_optimizer(m.parameters(), 1e-3).defaults["foreach"]  # what results used
+    assert not TrainConfig().fused_adam
+    fused = make_optimizer(m.parameters(), 1e-3, fused=True).defaults
+    assert fused["fused"] or fused["foreach"]  # fused where this build has the kernel
+    opt = make_optimizer(m.parameters(), 1e-3, fused=True)
     for model in (m, Ensemble(3, 2, hidden=8), StochasticModel(3, 2, hidden=8)):
         assert all(d.fast for d in model.modules() if isinstance(d, MCDropout))
     image = ImageModel(3, 2, (3, 24, 24), hidden=16)

@@ -43,7 +43,7 @@ class TrainConfig:
     the number of open-loop steps in the loss. ``max_nonfinite`` consecutive skipped
     batches stop training with :class:`NonFiniteLossError`. ``checkpoint_every`` (steps,
     0 = only at epoch ends). ``val_windows`` caps the held-out windows evaluated per
-    epoch (0 = all).
+    epoch (0 = all). ``fused_adam``: see :func:`make_optimizer`.
     """
 
     epochs: int = 10
@@ -60,6 +60,7 @@ class TrainConfig:
     log_every: int = 25
     lr_schedule: str = "constant"
     device: str = "cpu"
+    fused_adam: bool = False  # Adam's fused kernel: faster, rounds differently (make_optimizer)
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -105,15 +106,20 @@ def check_compatible(model: WorldModel, dataset: Dataset) -> None:
 
 
 # ------------------------------------------------------------------------ distributed
-def make_optimizer(params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
-    """Adam as every world model trains with it: the fused kernel (one pass over all
-    parameters per step, also on CPU) where this torch build has it, else the
-    multi-tensor ("foreach") implementation."""
+def make_optimizer(params: Any, lr: float, weight_decay: float = 0.0,
+                   fused: bool = False) -> torch.optim.Adam:
+    """Adam as the world models train with it: the multi-tensor ("foreach")
+    implementation, or with ``fused`` the fused kernel (one pass over all parameters per
+    step, on CPU too; falls back to foreach where this torch build has none). The two
+    round differently, so a training run is reproduced bit for bit only with the same
+    choice; foreach is the default every stored result was trained with."""
     params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    if fused:
+        try:
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
+            log.info("no fused Adam for these parameters; using the foreach implementation")
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
@@ -200,7 +206,7 @@ def train_model(
              "best_val": math.inf, "seconds": 0.0}
     history: dict[str, Any] = {"train_loss": [], "val_loss": [], "step_loss": []}
     params = list(model.parameters())
-    optimizer = make_optimizer(params, config.lr, config.weight_decay)
+    optimizer = make_optimizer(params, config.lr, config.weight_decay, config.fused_adam)
     rng_state: torch.Tensor | None = None
     partial: list[float] = []  # losses of the current epoch before a mid-epoch checkpoint
     last_path = ckpt_dir / "last.pt" if ckpt_dir else None
