@@ -135,8 +135,11 @@ class PolicyConfig:
     # the ego's offset from the recorded pose, U = PPUU's z-scored hinge of its variances
     # (experiments/highway_plan.py); vg then uses z = 0
     world: str = "trunk"
+    # the policy the model-based learners start from ("" = the seed's imitation policy;
+    # a method name continues from that method's checkpoint of the seed)
+    init_from: str = ""
     head_windows: int = 400  # windows (half counterfactual drives) for the head's data
-    head_steps: int = 1500
+    head_steps: int = 800
     head_members: int = 4
     head_width: int = 8
     # BPTT: no gradient through the policy's image input (halves the backward pass;
@@ -803,11 +806,16 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                                                   batch_size=4 * p.batch_size,
                                                                   lr=1e-3), rng, run.writer())}
         else:
-            if _policy_path(run, "imitation", seed).is_file():
+            start = p.init_from or "imitation"
+            if start != "imitation" and not _policy_path(run, start, seed).is_file():
+                raise ValueError(f"policy.init_from {start!r}: no such policy of seed {seed} "
+                                 f"in {run.checkpoints}")
+            if _policy_path(run, start, seed).is_file():
                 # start every model-based learner from the imitation policy of its seed
-                # (as PPUU's MPER/MPUR runs start from a sensible driver)
+                # (as PPUU's MPER/MPUR runs start from a sensible driver), or from the
+                # policy named by policy.init_from (to continue a learner's training)
                 policy.load_state_dict(
-                    _load_policy(run, "imitation", ds, device, seed).state_dict())
+                    _load_policy(run, start, ds, device, seed).state_dict())
             model = models.get(METHOD_MODEL[method])
             if model is not None and model.ncond < ncond:
                 model = LastContext(model)
@@ -1158,6 +1166,9 @@ def validate_config(config: HighwayConfig) -> None:
     if not config.policy.seeds or len(set(config.policy.seeds)) != len(config.policy.seeds):
         raise ValueError(f"policy.seeds must be distinct and non-empty, got "
                          f"{config.policy.seeds}")
+    if config.policy.init_from and config.policy.init_from not in POLICY_METHODS:
+        raise ValueError(f"policy.init_from must be a policy method, got "
+                         f"{config.policy.init_from!r}")
     if config.policy.world not in WORLDS:
         raise ValueError(f"policy.world must be one of {WORLDS}, got {config.policy.world!r}")
     if config.policy.burn_in < 0 or config.policy.oracle_burn_in < 0:

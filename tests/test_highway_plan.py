@@ -134,3 +134,16 @@ def test_burn_in_continues_the_context_through_the_model():
     assert not ctx.requires_grad
     ctx0, fr0 = burn_in(pol, oracle(), b["context"], b["context_images"], 0)
     assert ctx0 is b["context"] and fr0.dtype == torch.float32
+
+
+def test_policy_options_are_checked_before_any_work():
+    from worldplan.experiments.highway import default_config, validate_config
+
+    for field, value, match in (("world", "dream", "policy.world"),
+                                ("init_from", "dagger", "policy.init_from"),
+                                ("oracle_burn_in", -1, "burn_in")):
+        cfg = default_config()
+        setattr(cfg.policy, field, value)
+        with pytest.raises(ValueError, match=match):
+            validate_config(cfg)
+    validate_config(default_config())
