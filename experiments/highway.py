@@ -140,8 +140,12 @@ class PolicyConfig:
     init_from: str = ""
     head_windows: int = 400  # windows (half counterfactual drives) for the head's data
     head_steps: int = 800
+    head_horizon: int = 30  # steps of each window of the head's data
     head_members: int = 4
     head_width: int = 8
+    # windows whose trunk scenes are rolled out once per learner (the scene does not
+    # depend on the policy; experiments/highway_plan.py scene_pool)
+    scene_windows: int = 384
     # BPTT: no gradient through the policy's image input (halves the backward pass;
     # the cost and the state inputs still carry it); planners/policy/mpur.py
     detach_frames: bool = True
@@ -834,12 +838,13 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                                       horizon=p.horizon, lr=p.lr),
                                            rng, run.writer())}
             elif plan is not None:
-                from worldplan.experiments.highway_plan import plan_world_fn
+                from worldplan.experiments.highway_plan import plan_world_fn, scene_pool
 
                 lam = p.lam if method == "mpur" else 0.0
-                model_fn, u_fn = plan_world_fn(plan["trunk"], plan["head"], view,
-                                               "zero" if method == "vg" else "prior")
-                hist = train_mpur(policy, None, sample, cost,
+                latent = "zero" if method == "vg" else "prior"
+                model_fn, u_fn = plan_world_fn(plan["trunk"], plan["head"], view, latent)
+                pool = scene_pool(plan["trunk"], sample, rng, p.scene_windows, latent)
+                hist = train_mpur(policy, None, pool, cost,
                                   MPURConfig(steps=p.bptt_steps, batch_size=p.batch_size,
                                              horizon=p.horizon, lr=p.lr, lam=lam,
                                              detach_frames=p.detach_frames),
@@ -895,7 +900,7 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
     p = config.policy
     path = run.checkpoints / "plan-head.pt"
     spec = {"members": p.head_members, "width": p.head_width, "steps": p.head_steps,
-            "windows": p.head_windows, "horizon": p.horizon,
+            "windows": p.head_windows, "horizon": p.head_horizon,
             "trunk_mtime": _model_path(run, "stochastic").stat().st_mtime}
     torch.manual_seed(config.seed)
     hrng = np.random.default_rng(config.seed + 7)
@@ -908,7 +913,8 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
         metrics = payload.get("metrics", {})
     else:
         t0 = time.perf_counter()
-        pairs = head_pairs(ds, trunk, ds.episode_ids("train"), p.horizon, p.head_windows, hrng)
+        pairs = head_pairs(ds, trunk, ds.episode_ids("train"), p.head_horizon, p.head_windows,
+                           hrng)
         scale = pairs["offset"].std(0).clamp_min(1e-3).tolist()
         head = PlanHeadEnsemble(1, OFFSET_DIM, scale, k=p.head_members, width=p.head_width)
         t1 = time.perf_counter()
