@@ -136,10 +136,17 @@ class PolicyConfig:
     # the ego's offset from the recorded pose, U = PPUU's z-scored hinge of its variances
     # (experiments/highway_plan.py); vg then uses z = 0
     world: str = "trunk"
+    # the policy the model-based learners start from ("" = the seed's imitation policy;
+    # a method name continues from that method's checkpoint of the seed)
+    init_from: str = ""
     head_windows: int = 400  # windows (half counterfactual drives) for the head's data
-    head_steps: int = 1500
+    head_steps: int = 800
+    head_horizon: int = 30  # steps of each window of the head's data
     head_members: int = 4
     head_width: int = 8
+    # windows whose trunk scenes are rolled out once per learner (the scene does not
+    # depend on the policy; experiments/highway_plan.py scene_pool)
+    scene_windows: int = 384
     # BPTT: no gradient through the policy's image input (halves the backward pass;
     # the cost and the state inputs still carry it); planners/policy/mpur.py
     detach_frames: bool = True
@@ -799,11 +806,16 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                                                   batch_size=4 * p.batch_size,
                                                                   lr=1e-3), rng, run.writer())}
         else:
-            if _policy_path(run, "imitation", seed).is_file():
+            start = p.init_from or "imitation"
+            if start != "imitation" and not _policy_path(run, start, seed).is_file():
+                raise ValueError(f"policy.init_from {start!r}: no such policy of seed {seed} "
+                                 f"in {run.checkpoints}")
+            if _policy_path(run, start, seed).is_file():
                 # start every model-based learner from the imitation policy of its seed
-                # (as PPUU's MPER/MPUR runs start from a sensible driver)
+                # (as PPUU's MPER/MPUR runs start from a sensible driver), or from the
+                # policy named by policy.init_from (to continue a learner's training)
                 policy.load_state_dict(
-                    _load_policy(run, "imitation", ds, device, seed).state_dict())
+                    _load_policy(run, start, ds, device, seed).state_dict())
             model = models.get(METHOD_MODEL[method])
             if model is not None and model.ncond < ncond:
                 model = LastContext(model)
@@ -822,12 +834,13 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                                       horizon=p.horizon, lr=p.lr),
                                            rng, run.writer())}
             elif plan is not None:
-                from worldplan.experiments.highway_plan import plan_world_fn
+                from worldplan.experiments.highway_plan import plan_world_fn, scene_pool
 
                 lam = p.lam if method == "mpur" else 0.0
-                model_fn, u_fn = plan_world_fn(plan["trunk"], plan["head"], view,
-                                               "zero" if method == "vg" else "prior")
-                hist = train_mpur(policy, None, sample, cost,
+                latent = "zero" if method == "vg" else "prior"
+                model_fn, u_fn = plan_world_fn(plan["trunk"], plan["head"], view, latent)
+                pool = scene_pool(plan["trunk"], sample, rng, p.scene_windows, latent)
+                hist = train_mpur(policy, None, pool, cost,
                                   MPURConfig(steps=p.bptt_steps, batch_size=p.batch_size,
                                              horizon=p.horizon, lr=p.lr, lam=lam,
                                              detach_frames=p.detach_frames),
@@ -883,7 +896,7 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
     p = config.policy
     path = run.checkpoints / "plan-head.pt"
     spec = {"members": p.head_members, "width": p.head_width, "steps": p.head_steps,
-            "windows": p.head_windows, "horizon": p.horizon,
+            "windows": p.head_windows, "horizon": p.head_horizon,
             "trunk_mtime": _model_path(run, "stochastic").stat().st_mtime}
     torch.manual_seed(config.seed)
     hrng = np.random.default_rng(config.seed + 7)
@@ -896,7 +909,8 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
         metrics = payload.get("metrics", {})
     else:
         t0 = time.perf_counter()
-        pairs = head_pairs(ds, trunk, ds.episode_ids("train"), p.horizon, p.head_windows, hrng)
+        pairs = head_pairs(ds, trunk, ds.episode_ids("train"), p.head_horizon, p.head_windows,
+                           hrng)
         scale = pairs["offset"].std(0).clamp_min(1e-3).tolist()
         head = PlanHeadEnsemble(1, OFFSET_DIM, scale, k=p.head_members, width=p.head_width)
         t1 = time.perf_counter()
@@ -1154,6 +1168,9 @@ def validate_config(config: HighwayConfig) -> None:
     if not config.policy.seeds or len(set(config.policy.seeds)) != len(config.policy.seeds):
         raise ValueError(f"policy.seeds must be distinct and non-empty, got "
                          f"{config.policy.seeds}")
+    if config.policy.init_from and config.policy.init_from not in POLICY_METHODS:
+        raise ValueError(f"policy.init_from must be a policy method, got "
+                         f"{config.policy.init_from!r}")
     if config.policy.world not in WORLDS:
         raise ValueError(f"policy.world must be one of {WORLDS}, got {config.policy.world!r}")
     if config.policy.burn_in < 0 or config.policy.oracle_burn_in < 0:

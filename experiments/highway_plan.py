@@ -134,8 +134,11 @@ def plan_world_fn(trunk, head: PlanHeadEnsemble, view: View, latent: str = "prio
     holder: dict[str, PlanHeadWorld] = {}
 
     def model_fn(batch: dict[str, torch.Tensor]) -> PlanHeadWorld:
-        states, frames = scene_rollout(trunk, batch["context"], batch["context_images"],
-                                       batch["actions"], latent)
+        if "scene_states" in batch:  # cached by scene_pool
+            states, frames = batch["scene_states"], batch["scene_frames"].float()
+        else:
+            states, frames = scene_rollout(trunk, batch["context"], batch["context_images"],
+                                           batch["actions"], latent)
         holder["world"] = PlanHeadWorld(trunk, head, states, frames, view)
         return holder["world"]
 
@@ -143,6 +146,28 @@ def plan_world_fn(trunk, head: PlanHeadEnsemble, view: View, latent: str = "prio
         return holder["world"].variances()
 
     return model_fn, uncertainty_fn
+
+
+def scene_pool(trunk, sample, rng: np.random.Generator, windows: int, latent: str = "prior",
+               batch: int = 32):
+    """A sampler over ``windows`` windows drawn once from ``sample`` whose trunk scenes
+    (``scene_states`` ``[T, 4]``, ``scene_frames`` ``[T, C, H, W]`` float16) are rolled out
+    once: the scene does not depend on the policy, so a learner's update then costs only
+    the policy, the warps and the head."""
+    parts: list[dict[str, torch.Tensor]] = []
+    for start in range(0, windows, batch):
+        b = sample(rng, min(batch, windows - start))
+        states, frames = scene_rollout(trunk, b["context"], b["context_images"], b["actions"],
+                                       latent)
+        parts.append({**b, "scene_states": states, "scene_frames": frames.half()})
+    pool = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    n = len(pool["context"])
+
+    def draw(rng_: np.random.Generator, size: int) -> dict[str, torch.Tensor]:
+        idx = torch.from_numpy(rng_.integers(0, n, size))
+        return {k: v[idx] for k, v in pool.items()}
+
+    return draw
 
 
 # ------------------------------------------------------------------ training the head
@@ -211,10 +236,10 @@ def head_pairs(ds, trunk, episodes: list[int], horizon: int, windows: int,
             steps = min(horizon, len(te["states"]) - first)
             if steps < 1:
                 continue
-            tst[b, :steps] = torch.from_numpy(np.asarray(te["states"][first:first + steps],
+            tst[b, :steps] = torch.from_numpy(np.array(te["states"][first:first + steps],
                                                          np.float32))
             timg[b, :steps] = to_unit(torch.from_numpy(
-                np.asarray(te["images"][first:first + steps])))
+                np.array(te["images"][first:first + steps])))
             valid[b, :steps] = True
         oracle = _oracle(trunk, f0, s0)
         for t in range(horizon):
@@ -282,5 +307,6 @@ def fit_hinge(trunk, head: PlanHeadEnsemble, view: View, sample, rng: np.random.
 
 
 __all__ = ["N_VARIANCES", "OFFSET_DIM", "PlanHeadWorld", "drive_references", "ego_offsets",
-           "fit_hinge", "head_pairs", "pair_sampler", "plan_world_fn", "scene_rollout",
+           "fit_hinge", "head_pairs", "pair_sampler", "plan_world_fn", "scene_pool",
+           "scene_rollout",
            "unusual_actions", "variances_under"]

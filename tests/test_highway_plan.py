@@ -134,3 +134,35 @@ def test_burn_in_continues_the_context_through_the_model():
     assert not ctx.requires_grad
     ctx0, fr0 = burn_in(pol, oracle(), b["context"], b["context_images"], 0)
     assert ctx0 is b["context"] and fr0.dtype == torch.float32
+
+
+def test_policy_options_are_checked_before_any_work():
+    from worldplan.experiments.highway import default_config, validate_config
+
+    for field, value, match in (("world", "dream", "policy.world"),
+                                ("init_from", "dagger", "policy.init_from"),
+                                ("oracle_burn_in", -1, "burn_in")):
+        cfg = default_config()
+        setattr(cfg.policy, field, value)
+        with pytest.raises(ValueError, match=match):
+            validate_config(cfg)
+    validate_config(default_config())
+
+
+def test_scene_pool_caches_the_scene_the_world_would_roll_out():
+    from worldplan.experiments.highway_plan import scene_pool
+
+    trunk, b = _trunk(), _batch()
+
+    def sample(rng, n):
+        return {k: v[:n] for k, v in b.items()}
+
+    draw = scene_pool(trunk, sample, np.random.default_rng(0), 3, latent="zero")
+    pooled = draw(np.random.default_rng(1), 2)
+    assert pooled["scene_frames"].dtype == torch.float16
+    head = PlanHeadEnsemble(1, 4, [1.0, 0.5, 1.0, 0.02], k=2, width=4)
+    model_fn, _ = plan_world_fn(trunk, head, VIEW, latent="zero")
+    fresh = {k: v for k, v in pooled.items() if not k.startswith("scene_")}
+    a, c = model_fn(pooled), model_fn(fresh)
+    torch.testing.assert_close(a.scene_states, c.scene_states)
+    torch.testing.assert_close(a.oracle.images, c.oracle.images, atol=2e-3, rtol=0)

@@ -93,6 +93,10 @@ def test_mc_shapes_and_dropout_off_mean():
     mean, members, var = ens.mc(frame, offset)
     assert members.shape == (3, 5, 2, 10, 6) and (var > 0).any()
     torch.testing.assert_close(mean, ens(frame, offset))
+    # the grouped convolution is the members' own networks, one by one
+    loop = torch.stack([h(frame, offset) + ens.prior_scale * p(frame, offset)
+                        for h, p in zip(ens.heads, ens.priors, strict=True)])
+    torch.testing.assert_close(members, loop, atol=1e-5, rtol=1e-5)
     # only the trained heads learn; the priors stay fixed
     assert all(not p.requires_grad for p in ens.priors.parameters())
 

@@ -136,9 +136,27 @@ class PlanHeadEnsemble(nn.Module):
         return dict(self._config)
 
     def members(self, frame: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        """Every member's residual ``[k, B, C, H, W]``."""
-        return torch.stack([h(frame, offset) + self.prior_scale * p(frame, offset)
-                            for h, p in zip(self.heads, self.priors, strict=True)])
+        """Every member's residual ``[k, B, C, H, W]``. The 2k small networks (heads and
+        priors) run as one grouped convolution per layer (their first layers share the
+        input), several times faster on a CPU than one call per network."""
+        first = self.heads[0]
+        first._check(frame, offset)
+        nets = list(self.heads) + list(self.priors)
+        g = len(nets)
+        b, c, h, w = frame.shape
+        planes = (offset / first.offset_scale)[:, :, None, None].expand(b, first.offset_dim,
+                                                                        h, w)
+        x = torch.cat([frame, planes], 1)
+
+        def cat(layer: str, part: str) -> torch.Tensor:
+            return torch.cat([getattr(getattr(n, layer), part) for n in nets])
+
+        x = F.relu(F.conv2d(x, cat("conv1", "weight"), cat("conv1", "bias"), padding=1))
+        x = F.relu(F.conv2d(x, cat("conv2", "weight"), cat("conv2", "bias"), padding=2,
+                            dilation=2, groups=g))
+        out = F.conv2d(x, cat("out", "weight"), cat("out", "bias"), padding=1, groups=g)
+        out = out.view(b, g, c, h, w).transpose(0, 1)
+        return out[:self.k] + self.prior_scale * out[self.k:]
 
     def forward(self, frame: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         """The members' mean residual ``[B, C, H, W]``."""
