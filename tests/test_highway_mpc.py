@@ -30,13 +30,13 @@ def test_scene_cache_runs_the_model_once_per_plan(cache: bool) -> None:
     model = EgoMotionImageModel(4, 2, (4, 117, 24), ncond=2, z_dim=4, hidden=32,
                                 channels=(4, 8, 8), flow_prior="cost-volume", dropout=0.1).eval()
     calls = []
-    full_rollout = model.rollout
+    full_unroll = model.unroll  # every rollout of the model (rollout, MC dropout) runs it
 
     def counting(*args, **kwargs):  # the model's rollouts are the expensive part
         calls.append(1)
-        return full_rollout(*args, **kwargs)
+        return full_unroll(*args, **kwargs)
 
-    model.rollout = counting
+    model.unroll = counting
     view = View(offroad=True)
     planner = SceneCacheMPC(model, _cost_fn(view, 0.2), _u_map(view), torch.tensor([-3.0, -0.01]),
                             torch.tensor([3.0, 0.01]), horizon=3, iterations=3, lr=0.1,
