@@ -889,7 +889,7 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
         unusual_actions,
         variances_under,
     )
-    from worldplan.worldmodels.checkpoint import load_checkpoint, save_checkpoint
+    from worldplan.checkpoint import load_checkpoint, save_checkpoint
     from worldplan.worldmodels.plan_uncertainty import PlanHeadEnsemble, train_plan_head
     from worldplan.worldmodels.uncertainty import auroc
 

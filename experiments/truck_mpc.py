@@ -271,7 +271,7 @@ def evaluate_rows(rows: tuple[str, ...], tm: TruckTaskModel, emulator, policy,
     """Evaluate MPC ``rows`` (``"gradient"``, ``"mppi_bptt"``, ...; a ``"truth_"`` prefix
     plans through the true kinematics instead of ``emulator``) on ``starts [n, 4]``.
     Returns ``({row: simulate result}, {row: metrics})``."""
-    if summarise is None:
+    if summarise is None:  # a cycle: experiments.truck imports this module
         from worldplan.experiments.truck import summarise
     results, metrics = {}, {}
     for row in rows:
