@@ -881,6 +881,7 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
     """The residual head ensemble on the stochastic trunk (trained once per run and
     cached in ``checkpoints/plan-head.pt``), PPUU's hinge fitted on expert windows, and
     the AUROC of U between recorded and unusual actions on validation windows."""
+    from worldplan.checkpoint import load_checkpoint, save_checkpoint
     from worldplan.experiments.highway_plan import (
         OFFSET_DIM,
         fit_hinge,
@@ -889,7 +890,6 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
         unusual_actions,
         variances_under,
     )
-    from worldplan.checkpoint import load_checkpoint, save_checkpoint
     from worldplan.worldmodels.plan_uncertainty import PlanHeadEnsemble, train_plan_head
     from worldplan.worldmodels.uncertainty import auroc
 

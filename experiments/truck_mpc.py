@@ -271,7 +271,8 @@ def evaluate_rows(rows: tuple[str, ...], tm: TruckTaskModel, emulator, policy,
     """Evaluate MPC ``rows`` (``"gradient"``, ``"mppi_bptt"``, ...; a ``"truth_"`` prefix
     plans through the true kinematics instead of ``emulator``) on ``starts [n, 4]``.
     Returns ``({row: simulate result}, {row: metrics})``."""
-    if summarise is None:  # a cycle: experiments.truck imports this module
+    if summarise is None:
+        # a cycle: experiments.truck imports this module
         from worldplan.experiments.truck import summarise
     results, metrics = {}, {}
     for row in rows:
@@ -363,6 +364,7 @@ def start_sets(p: TruckParams, n: int, seed: int) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> None:
     """Every planner, through the emulator and the true kinematics, on three start sets."""
+    # a cycle: experiments.truck imports this module
     from worldplan.experiments.truck import TruckConfig, load_emulator, load_policy, policy_path
 
     ap = argparse.ArgumentParser(description=main.__doc__)
