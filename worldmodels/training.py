@@ -23,9 +23,16 @@ import torch.distributed as dist
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from worldplan.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from worldplan.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_checked,
+    save_checkpoint,
+)
 from worldplan.worldmodels.base import WorldModel
 from worldplan.worldmodels.dataset import Dataset
+from worldplan.worldmodels.images import ImageModel
+from worldplan.worldmodels.stochastic import StochasticModel
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +222,6 @@ def train_model(
         if payload.get("kind") != model.kind:
             raise CheckpointError(f"checkpoint {last_path} holds a {payload.get('kind')!r}, "
                                   f"the model is a {model.kind!r}")
-        from worldplan.checkpoint import load_state_dict_checked
-
         load_state_dict_checked(model, payload["state_dict"], str(last_path))
         tr = payload["training"]
         optimizer.load_state_dict(tr["optimizer"])
@@ -513,9 +518,6 @@ def train_stochastic(
     ``checkpoint_dir/deterministic`` and ``checkpoint_dir/stochastic``; ``resume``
     continues whichever phase was interrupted. Returns ``(stochastic model, {"deterministic":
     history, "stochastic": history})``."""
-    from worldplan.worldmodels.images import ImageModel
-    from worldplan.worldmodels.stochastic import StochasticModel
-
     root = Path(checkpoint_dir) if checkpoint_dir is not None else None
     h_det = train_model(deterministic, dataset, det_config, root / "deterministic" if root
                         else None, writer, resume, progress, tag="deterministic")
