@@ -14,6 +14,10 @@ evaluate      one episode per held-out car among the recorded (non-reactive) tra
               mean distance, mean uncertainty per method in metrics.json; a video
 
 See docs/highway.md for the measured figures and what is not reached.
+
+Length: the highway's config, its four stages and the wiring of five learners share the
+config checks and the loaders of data sets, models and policies; the reusable parts
+live in envs/highway/, worldmodels/, planners/policy/ and the highway_* modules.
 """
 
 from __future__ import annotations
@@ -27,16 +31,54 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldplan.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_checked,
+    save_checkpoint,
+)
 from worldplan.envs.highway import Recording, record_traffic
-from worldplan.envs.highway.costs import CostConfig
+from worldplan.envs.highway.costs import CostConfig, image_costs_torch, masks_torch
+from worldplan.envs.highway.counterfactual import DriveNoise, counterfactual_drives
 from worldplan.envs.highway.episodes import build_episodes, headings_from_velocity
 from worldplan.envs.highway.kinematics import actions_from_states, states_from_tracks
+from worldplan.envs.highway.oracle import ReplayOracle
+from worldplan.envs.highway.privileged import IDMDriver
 from worldplan.envs.highway.render import View
 from worldplan.envs.highway.traffic import TrafficConfig
+from worldplan.experiments import highway_eval as he
 from worldplan.experiments.common import resolve_device, save_figure, seed_everything
+from worldplan.experiments.highway_eval import HeldOut, eval_recording
+from worldplan.experiments.highway_mpc import SceneCacheMPC
+from worldplan.experiments.highway_plan import (
+    OFFSET_DIM,
+    fit_hinge,
+    head_pairs,
+    pair_sampler,
+    plan_world_fn,
+    scene_pool,
+    unusual_actions,
+    variances_under,
+)
 from worldplan.experiments.runs import Run
 from worldplan.experiments.tasks import Task
-from worldplan.worldmodels.images import to_unit
+from worldplan.filters import KalmanFilter
+from worldplan.planners.policy.imitation import ContextPolicy, train_imitation
+from worldplan.planners.policy.imitation import ImitationConfig as ImCfg
+from worldplan.planners.policy.mper import MPERConfig, train_mper
+from worldplan.planners.policy.mpur import (
+    MPURConfig,
+    expert_uncertainty_stats,
+    policy_rollout,
+    train_mpur,
+)
+from worldplan.worldmodels.base import load_model
+from worldplan.worldmodels.dataset import load_dataset, split_episode_ids, write_dataset
+from worldplan.worldmodels.ego_motion import EgoMotionImageModel
+from worldplan.worldmodels.images import ImageModel, to_unit
+from worldplan.worldmodels.plan_uncertainty import PlanHeadEnsemble, train_plan_head
+from worldplan.worldmodels.training import TrainConfig, evaluate_horizon_error, train_model
+from worldplan.worldmodels.uncertainty import auroc, mc_uncertainty
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +283,6 @@ def smooth_tracks(detections: np.ndarray, valid: np.ndarray, dt: float,
     axis: detections ``[T, C, 2]`` -> positions and velocities ``[T, C, 2]`` (NaN where
     invalid). All C tracks go through ``worldplan.filters.KalmanFilter`` as one batch, left-aligned
     and padded with NaN (missing) rows."""
-    from worldplan.filters import KalmanFilter
 
     steps, n_cars = valid.shape
     first = np.argmax(valid, axis=0)
@@ -296,8 +337,6 @@ def extraction_errors(true_pos: np.ndarray, est_pos: np.ndarray, dt: float,
 def collect(config: HighwayConfig, run: Run) -> None:
     """Record traffic, track it, smooth it, and write one episode per car."""
     _set_threads(config)
-    from worldplan.envs.highway.counterfactual import DriveNoise, counterfactual_drives
-    from worldplan.worldmodels.dataset import split_episode_ids, write_dataset
 
     c = config.collect
     rng = seed_everything(config.seed)
@@ -449,7 +488,6 @@ POLICY_METHODS = ("imitation", "oracle", "vg", "svg", "mpur", "mper")
 
 
 def _privileged() -> dict:
-    from worldplan.envs.highway.privileged import IDMDriver
 
     # drivers that see the true replayed traffic: the harness's ceiling (docs/highway.md)
     return {"idm-keep-lane": IDMDriver(copy_lanes=False),
@@ -476,7 +514,6 @@ def _check_methods(methods: tuple[str, ...], allowed: tuple[str, ...], where: st
 
 def _open_dataset(run: Run):
     """The run's data set; a clear error when it is missing or made for another task."""
-    from worldplan.worldmodels.dataset import load_dataset
 
     path = run.data / "dataset"
     ds = load_dataset(path, check_finite=False)
@@ -500,9 +537,6 @@ def _model_path(run: Run, which: str) -> Path:
 
 def _load_world_model(run: Run, which: str, ds, device: torch.device):
     """A trained ImageModel of this run, checked against the data set."""
-    from worldplan.checkpoint import CheckpointError
-    from worldplan.worldmodels.base import load_model
-    from worldplan.worldmodels.images import ImageModel
 
     path = _model_path(run, which)
     if not path.is_file():
@@ -530,7 +564,6 @@ def _cost_fn(view: View, weight_lane: float, proximity: str = "max"):
     mask (only the nearest car counts); ``"front-rear"`` adds the max over the half of
     the mask ahead of the ego's centre and the max over the half behind, so a follower
     closing in is not hidden by a nearer leader (and the reverse)."""
-    from worldplan.envs.highway.costs import image_costs_torch, masks_torch
 
     if proximity not in PROXIMITY_FORMS:
         raise ValueError(f"proximity must be one of {PROXIMITY_FORMS}, got {proximity!r}")
@@ -554,7 +587,6 @@ def local_uncertainty(mc, model, view: View) -> torch.Tensor:
     state. Why local: averaged over the whole 72 m x 15 m view, U is lowest where the
     view holds the fewest cars, and a policy trained against it learned to steer and
     speed so as to pull empty road in at the image borders."""
-    from worldplan.envs.highway.costs import masks_torch
 
     b, t = mc.mean.shape[:2]
     mask = masks_torch(mc.mean.flatten(0, 1).detach(), view)["proximity"].view(
@@ -565,7 +597,6 @@ def local_uncertainty(mc, model, view: View) -> torch.Tensor:
 
 
 def _uncertainty_fn(model, n: int, view: View):
-    from worldplan.worldmodels.uncertainty import mc_uncertainty
 
     base = model.model if isinstance(model, LastContext) else model
 
@@ -627,7 +658,6 @@ class LastContext:
 
 def _oracle_fn(view: View, dt: float):
     """``batch -> ReplayOracle`` of the batch's recorded future (envs/highway/oracle.py)."""
-    from worldplan.envs.highway.oracle import ReplayOracle
 
     def make(batch: dict[str, torch.Tensor]) -> ReplayOracle:
         return ReplayOracle(batch["target_images"], batch["targets"], view.res, dt)
@@ -644,7 +674,6 @@ def _sampler(windows, device: torch.device):
 
 
 def _new_policy(config: HighwayConfig, ds, ncond: int):
-    from worldplan.planners.policy.imitation import ContextPolicy
 
     st = ds.stats
     p = config.policy
@@ -664,12 +693,6 @@ def _policy_path(run: Run, method: str, seed: int) -> Path:
 
 
 def _load_policy(run: Run, method: str, ds, device: torch.device, seed: int):
-    from worldplan.checkpoint import (
-        CheckpointError,
-        load_checkpoint,
-        load_state_dict_checked,
-    )
-    from worldplan.planners.policy.imitation import ContextPolicy
 
     path = _policy_path(run, method, seed)
     if not path.is_file():
@@ -696,9 +719,6 @@ def _load_policy(run: Run, method: str, ds, device: torch.device, seed: int):
 def train_model_stage(config: HighwayConfig, run: Run) -> None:
     """Deterministic ImageModel, then a stochastic one warm-started from it."""
     _set_threads(config)
-    from worldplan.worldmodels.ego_motion import EgoMotionImageModel
-    from worldplan.worldmodels.images import ImageModel
-    from worldplan.worldmodels.training import TrainConfig, evaluate_horizon_error, train_model
 
     m = config.model
     if m.z_dim < 1:
@@ -749,11 +769,6 @@ def train_model_stage(config: HighwayConfig, run: Run) -> None:
 def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     """Train every method in ``policy.methods`` and save ``checkpoints/policy-<m>.pt``."""
     _set_threads(config)
-    from worldplan.checkpoint import save_checkpoint
-    from worldplan.planners.policy.imitation import ImitationConfig as ImCfg
-    from worldplan.planners.policy.imitation import train_imitation
-    from worldplan.planners.policy.mper import MPERConfig, train_mper
-    from worldplan.planners.policy.mpur import MPURConfig, expert_uncertainty_stats, train_mpur
 
     p = config.policy
     _check_methods(tuple(p.methods), POLICY_METHODS, "policy.methods")
@@ -834,7 +849,6 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                                       horizon=p.horizon, lr=p.lr),
                                            rng, run.writer())}
             elif plan is not None:
-                from worldplan.experiments.highway_plan import plan_world_fn, scene_pool
 
                 lam = p.lam if method == "mpur" else 0.0
                 latent = "zero" if method == "vg" else "prior"
@@ -881,17 +895,6 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
     """The residual head ensemble on the stochastic trunk (trained once per run and
     cached in ``checkpoints/plan-head.pt``), PPUU's hinge fitted on expert windows, and
     the AUROC of U between recorded and unusual actions on validation windows."""
-    from worldplan.checkpoint import load_checkpoint, save_checkpoint
-    from worldplan.experiments.highway_plan import (
-        OFFSET_DIM,
-        fit_hinge,
-        head_pairs,
-        pair_sampler,
-        unusual_actions,
-        variances_under,
-    )
-    from worldplan.worldmodels.plan_uncertainty import PlanHeadEnsemble, train_plan_head
-    from worldplan.worldmodels.uncertainty import auroc
 
     p = config.policy
     path = run.checkpoints / "plan-head.pt"
@@ -948,8 +951,6 @@ def _policy_plan_u(policy, plan: dict, view: View, p: PolicyConfig, ds, ncond: i
                    device) -> float:
     """Mean plan-aware U (hinge, summed over the steps) of ``policy`` on its own
     imagined rollouts from 64 validation windows."""
-    from worldplan.experiments.highway_plan import plan_world_fn
-    from worldplan.planners.policy.mpur import policy_rollout
 
     val = _sampler(ds.windows("val", ncond, max(p.horizon, 1),
                               episodes=_recorded_ids(ds, "val")), device)
@@ -969,7 +970,6 @@ def _held_out_sets(config: HighwayConfig, run: Run, ds, rec: Recording):
     """The test split of the training recording (``evaluate.test_split``) and one set per
     ``evaluate.eval_seeds`` recording (cached in the run's data folder); at most
     ``config.episodes`` cars per set when it is > 0."""
-    from worldplan.experiments.highway_eval import HeldOut, eval_recording
 
     ev = config.evaluate
     used = {config.seed}
@@ -999,7 +999,6 @@ def _held_out_sets(config: HighwayConfig, run: Run, ds, rec: Recording):
 def evaluate_stage(config: HighwayConfig, run: Run) -> None:
     """Every method of ``evaluate.methods`` on the held-out cars of every held-out set
     (experiments/highway_eval.py); metrics.json, a markdown table, a video."""
-    from worldplan.experiments import highway_eval as he
 
     _set_threads(config)
     ev = config.evaluate
@@ -1023,7 +1022,6 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
 
     u_fn = predict = None
     if sto is not None and ev.uncertainty:
-        from worldplan.worldmodels.uncertainty import mc_uncertainty
 
         k = sto.ncond
 
@@ -1129,7 +1127,6 @@ def _u_map(view: View):
     ``[B, T, 4]``: the cars channel's variance averaged under the proximity mask (the
     ego-motion model's state is kinematic, so it has no variance; see
     :func:`local_uncertainty`)."""
-    from worldplan.envs.highway.costs import masks_torch
 
     def u(var: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         b, t = states.shape[:2]
@@ -1145,7 +1142,6 @@ def _gradient_mpc(model, ds, view: View, ev: EvalConfig, lane_weight: float, see
     image cost of each predicted frame plus ``mpc_u_weight`` x MC-dropout U; with
     ``mpc_cache`` the other cars' predicted motion is computed once per plan
     (experiments/highway_mpc.py)."""
-    from worldplan.experiments.highway_mpc import SceneCacheMPC
 
     torch.manual_seed(seed)
     st = ds.stats

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldplan.checkpoint import atomic_write_text
 from worldplan.envs.highway import Recording, record_traffic
 from worldplan.envs.highway.costs import CostConfig
 from worldplan.envs.highway.render import View
@@ -229,7 +230,6 @@ def file_stamp(path: Path) -> str:
 def cached(folder: Path, name: str, key: str, compute: Callable[[], dict]) -> dict:
     """Per-episode results from ``folder/name.json`` when its key matches, else computed
     and stored (atomically)."""
-    from worldplan.checkpoint import atomic_write_text
 
     path = Path(folder) / f"{name}.json"
     if path.is_file():

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 
 from worldplan.envs.highway.oracle import ReplayOracle
+from worldplan.worldmodels.uncertainty import mc_uncertainty
 
 CostFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -65,7 +66,6 @@ class SceneCacheMPC:
                  n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """States ``[B, T, 4]``, mean frames ``[B, T, C, H, W]`` and the frames' MC-dropout
         variance (None when ``n`` is 0) under ``actions``, with gradients."""
-        from worldplan.worldmodels.uncertainty import mc_uncertainty
 
         z = torch.zeros(len(ctx), actions.shape[1], self.model.z_dim)
         states, frames = self.model.rollout(ctx, actions, z=z, images=fr)

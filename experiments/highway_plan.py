@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from worldplan.envs.highway.costs import masks_torch
+from worldplan.envs.highway.kinematics import MAX_ACCEL
 from worldplan.envs.highway.oracle import ReplayOracle
 from worldplan.envs.highway.render import View
 from worldplan.worldmodels.ego_motion import headings
@@ -284,7 +285,6 @@ def unusual_actions(actions: torch.Tensor, rng: np.random.Generator, accel: floa
                     steer: float = 0.004, ego_length: float = 4.8) -> torch.Tensor:
     """The recorded actions ``[B, T, 2]`` plus a constant random push per window of
     ``+-accel`` m/s^2 and ``+-steer`` 1/m (random signs), within the kinematic limits."""
-    from worldplan.envs.highway.kinematics import MAX_ACCEL
 
     b = actions.shape[0]
     sign = torch.from_numpy(rng.choice([-1.0, 1.0], size=(b, 1, 2)).astype(np.float32))

@@ -20,6 +20,9 @@ feedback law plus the next correction of the kept plan (the batch-1 latency budg
 emulator of a finished ``worldplan truck`` run and through the true kinematics, on the
 run's evaluation starts and on two other start sets; ``worldplan.experiments.truck`` evaluates the
 rows of :class:`MPCConfig` in its ``evaluate`` stage.
+
+Length: the truck's pre-stabilised MPC (its dynamics wrapper, the planners' rows, the
+evaluation on three start sets and its command) is one experiment read top to bottom.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ Gaussian ``N(measure(x), R)`` or any ``log_likelihood(particles [B, N, S], z [B,
 Conventions as in :class:`worldplan.filters.KalmanFilter`: the first measurement weights the initial
 particles; NaN rows (or ``mask`` True) are missing (predict only). Every random draw comes
 from a ``torch.Generator`` seeded with ``seed``, so a call is reproducible.
+
+Length: the bootstrap filter, its four resamplers, degeneracy recovery and the batched
+per-track bookkeeping share one step loop and its checks.
 """
 
 from __future__ import annotations

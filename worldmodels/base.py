@@ -4,6 +4,9 @@
 Conventions: states ``[B, S]`` and actions ``[B, A]`` in RAW units, float32, batch-first;
 sequences ``[B, T, ...]``; a context is the last ``ncond`` states ``[B, ncond, S]`` (oldest
 first). Models work internally on normalised quantities (statistics held as buffers).
+
+Length: what every model kind shares (normalisation, MC-dropout masks, the model-state
+contract, the tensor calls, checkpoints) must stay in the one base class.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ bit-for-bit resume, TensorBoard scalars, and DDP under ``torchrun`` (gloo on CPU
 
 The loss is the model's own: ``model(batch)["loss"]`` on a window batch dict (see
 :meth:`worldplan.worldmodels.dataset.WindowDataset.get_batch`).
+
+Length: one training loop (resumable, distributed, checkpointed) with its evaluation
+helpers and PPUU's two-phase schedule, which calls the loop twice.
 """
 
 from __future__ import annotations

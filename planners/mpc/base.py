@@ -12,6 +12,10 @@ Conventions (every planner):
 * ``plan(state [B, S]) -> actions [B, T, A]`` solves B independent problems at once on the
   device and dtype of ``state``; ``act(state) -> [B, A]`` plans, returns the first action,
   and keeps the plan shifted by one step as the warm start of the next call.
+
+Length: every planner's shared machinery (argument checks, the fused and plain rollouts,
+warm start, validation of the user's callables once per shape) is what a planner
+subclass relies on; splitting it would spread one contract over several files.
 """
 
 from __future__ import annotations

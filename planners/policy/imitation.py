@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from worldplan.worldmodels.ego_motion import context_flow, flow_shifts
+
 log = logging.getLogger(__name__)
 
 # a batch: context states [B, ncond, S], context frames [B, ncond, C, H, W] (uint8 or
@@ -88,7 +90,6 @@ class ContextPolicy(nn.Module):
             self.register_buffer(name, t)
         self.bound = float(bound)
         if self.motion:
-            from worldplan.worldmodels.ego_motion import flow_shifts
 
             m = self.motion
             self.register_buffer("flow_shifts", flow_shifts(m["max_speed"], m["dt"], m["res"]),
@@ -123,7 +124,6 @@ class ContextPolicy(nn.Module):
     def _relative_speed(self, states: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``[B, 1, H, W]``: (other car's forward speed - ego speed) / 5 m/s, times the
         channel's coverage (zero where there is no car)."""
-        from worldplan.worldmodels.ego_motion import context_flow
 
         m = self.motion
         cur, flow = context_flow(states, frames, int(m["channel"]), m["res"], m["min_speed"],
