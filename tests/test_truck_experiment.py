@@ -18,6 +18,7 @@ from worldplan.experiments.truck import (
     make_policy,
     summarise,
     torch_controller,
+    validate_config,
 )
 from worldplan.planners.policy.bptt import BPTTConfig, train_bptt
 
@@ -69,3 +70,27 @@ def test_truth_trained_controller_converges_for_every_seed(seed):
                terminal_cost=tm.terminal_cost, progress=False)
     result = simulate(evaluation_starts(cfg), torch_controller(policy.eval()), p)
     assert summarise(tm, result)["success_rate"] >= 0.97
+
+
+def test_curriculum_fraction_scales_every_lesson():
+    """The truth reference trains on a fraction of each lesson's updates, same horizons."""
+    cfg = TruckConfig(policy=PolicyConfig(lessons=4, iterations_per_lesson=10,
+                                          final_iterations=31))
+    p = cfg.params()
+    full = curriculum(cfg, p, torch.device("cpu"))
+    half = curriculum(cfg, p, torch.device("cpu"), 0.5)
+    assert [lesson.iterations for lesson in full] == [10, 10, 10, 41]
+    assert [lesson.iterations for lesson in half] == [5, 5, 5, 20]
+    assert [lesson.horizon for lesson in half] == [lesson.horizon for lesson in full]
+    assert [lesson.iterations for lesson in curriculum(cfg, p, torch.device("cpu"), 0.01)] \
+        == [1, 1, 1, 1]
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            curriculum(cfg, p, torch.device("cpu"), bad)
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.2])
+def test_bad_truth_fraction_is_rejected(bad):
+    with pytest.raises(ValueError, match="policy.truth_iterations_fraction"):
+        validate_config(TruckConfig(policy=PolicyConfig(truth_iterations_fraction=bad)))
+    validate_config(TruckConfig())
