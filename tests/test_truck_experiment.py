@@ -24,7 +24,7 @@ from worldplan.planners.policy.bptt import BPTTConfig, train_bptt
 
 # What the quick preset's emulator-trained controller must reach on its 200 seeded starts.
 # The quick preset is a two-minute smoke run (8-epoch emulator, 330 policy updates): it
-# measured 26.5% here; the default preset docks 99.8% of 1,000 (see README).
+# measured 26.5% here; the default preset docks 99.9% of 1,000 (see docs/truck.md).
 QUICK_DOCKED = 0.15
 
 
