@@ -367,6 +367,9 @@ class WorldModel(nn.Module):
                z: torch.Tensor | None = None) -> Trajectory:
         """Open loop from ``ms`` under ``actions`` ``[B, T, A]`` (``z`` ``[B, T, Z]``, or
         ``[B, Z]`` reused every step): the predicted states, frames and last model state."""
+        if not isinstance(ms, ModelState):
+            raise TypeError(f"unroll takes a ModelState (from model.reset), got "
+                            f"{type(ms).__name__}")
         actions = self._tensor("actions", actions)
         B = len(ms)
         if actions.ndim != 3 or actions.shape[0] != B or actions.shape[2] != self.action_dim:
@@ -374,9 +377,9 @@ class WorldModel(nn.Module):
                              f"{list(actions.shape)}")
         self._check_z(z, B, actions.shape[1])
         states, images = [], []
-        for t in range(actions.shape[1]):
-            ms = self.advance(ms, actions[:, t], None if z is None else
-                              (z[:, t] if z.ndim == 3 else z))
+        for t in range(actions.shape[1]):  # checked once above, so no per-step checks
+            zt = None if z is None else (z[:, t] if z.ndim == 3 else z)
+            ms = ms.then(*self._advance(ms, actions[:, t], zt))
             states.append(ms.state)
             images.append(ms.image)
         imgs = None if ms.frames is None else torch.stack(images, 1)

@@ -67,9 +67,6 @@ class ModelState:
     def detach(self) -> ModelState:
         return self._map(torch.Tensor.detach)
 
-    def to(self, device: torch.device | str) -> ModelState:
-        return self._map(lambda t: t.to(device))
-
     def repeat_rows(self, times: int) -> ModelState:
         """Each row repeated ``times`` times in place (``repeat_interleave``), ``[B*times]``."""
         return self._map(lambda t: t.repeat_interleave(times, 0))
@@ -77,10 +74,6 @@ class ModelState:
     def tile(self, times: int) -> ModelState:
         """The whole batch repeated ``times`` times, ``[times*B]`` (sample-major)."""
         return self._map(lambda t: t.repeat(times, *([1] * (t.ndim - 1))))
-
-    def rows(self, index: torch.Tensor | slice) -> ModelState:
-        """The rows ``index`` of every tensor."""
-        return self._map(lambda t: t[index])
 
     def is_finite(self) -> bool:
         ok = bool(torch.isfinite(self.context).all())
