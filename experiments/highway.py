@@ -52,6 +52,7 @@ from worldplan.experiments.highway_eval import HeldOut, eval_recording
 from worldplan.experiments.highway_mpc import SceneCacheMPC
 from worldplan.experiments.highway_plan import (
     OFFSET_DIM,
+    LastSteps,
     fit_hinge,
     head_pairs,
     pair_sampler,
@@ -797,8 +798,14 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     summary: dict[str, dict] = {}
     u_stats = None
     plan = None
+    plan_sample = sample
     if p.world == "plan-head" and {"vg", "svg", "mpur"} & set(p.methods):
-        plan = _plan_head(config, run, ds, models["stochastic"], view, sample, rng, ncond)
+        # the scene covers the burn-in and the gradient steps, and the hinge is fitted
+        # per step of it
+        if p.burn_in:
+            plan_sample = _sampler(ds.windows("train", ncond, max(p.horizon, 1) + p.burn_in,
+                                              episodes=_recorded_ids(ds, "train")), device)
+        plan = _plan_head(config, run, ds, models["stochastic"], view, plan_sample, rng, ncond)
         summary["plan_head"] = plan["metrics"]
         u_stats = plan["hinge"]
     elif "mpur" in p.methods:
@@ -853,14 +860,15 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                 lam = p.lam if method == "mpur" else 0.0
                 latent = "zero" if method == "vg" else "prior"
                 model_fn, u_fn = plan_world_fn(plan["trunk"], plan["head"], view, latent)
-                pool = scene_pool(plan["trunk"], sample, rng, p.scene_windows, latent)
+                pool = scene_pool(plan["trunk"], plan_sample, rng, p.scene_windows, latent)
                 hist = train_mpur(policy, None, pool, cost,
                                   MPURConfig(steps=p.bptt_steps, batch_size=p.batch_size,
                                              horizon=p.horizon, lr=p.lr, lam=lam,
-                                             detach_frames=p.detach_frames),
+                                             detach_frames=p.detach_frames,
+                                             burn_in=p.burn_in),
                                   rng, lambda b, t: None, u_fn if lam > 0 else None,
-                                  u_stats if lam > 0 else None, run.writer(), tag=method,
-                                  model_fn=model_fn)
+                                  LastSteps(u_stats, p.horizon) if lam > 0 else None,
+                                  run.writer(), tag=method, model_fn=model_fn)
             else:
                 lam = p.lam if method == "mpur" else 0.0
                 hist = train_mpur(policy, model, sample, cost,

@@ -126,6 +126,21 @@ class PlanHeadWorld:
         return torch.stack(self._vars, 1)
 
 
+class LastSteps:
+    """The hinge of the last ``steps`` steps of variances ``[B, T, K]``, each step z-scored
+    against its own step of the scene: after a burn-in of ``T - steps`` steps (no graph)
+    the learner's gradient runs through the last ``steps`` only."""
+
+    def __init__(self, hinge: ZScoreHinge, steps: int) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.inner, self.steps = hinge, steps
+
+    def hinge(self, u: torch.Tensor) -> torch.Tensor:
+        """``[B, steps]`` from ``u`` ``[B, T >= steps, K]``."""
+        return self.inner.hinge(u)[:, -self.steps:]
+
+
 def plan_world_fn(trunk, head: PlanHeadEnsemble, view: View, latent: str = "prior"
                   ) -> tuple[Callable[[dict], PlanHeadWorld], Callable]:
     """``(model_fn, uncertainty_fn)`` for :func:`planners.policy.mpur.train_mpur`: the
@@ -306,7 +321,8 @@ def fit_hinge(trunk, head: PlanHeadEnsemble, view: View, sample, rng: np.random.
     return ZScoreHinge.fit(torch.cat(rows, 0))
 
 
-__all__ = ["N_VARIANCES", "OFFSET_DIM", "PlanHeadWorld", "drive_references", "ego_offsets",
+__all__ = ["N_VARIANCES", "OFFSET_DIM", "LastSteps", "PlanHeadWorld", "drive_references",
+           "ego_offsets",
            "fit_hinge", "head_pairs", "pair_sampler", "plan_world_fn", "scene_pool",
            "scene_rollout",
            "unusual_actions", "variances_under"]

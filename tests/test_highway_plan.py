@@ -166,3 +166,19 @@ def test_scene_pool_caches_the_scene_the_world_would_roll_out():
     a, c = model_fn(pooled), model_fn(fresh)
     torch.testing.assert_close(a.scene_states, c.scene_states)
     torch.testing.assert_close(a.oracle.images, c.oracle.images, atol=2e-3, rtol=0)
+
+
+def test_last_steps_hinge_scores_each_step_against_its_own_scene_step():
+    from worldplan.experiments.highway_plan import LastSteps
+    from worldplan.worldmodels.plan_uncertainty import ZScoreHinge
+
+    # expert variances grow along the scene: step t has mean t and std 1 in every column
+    expert = torch.arange(5.0)[None, :, None] + torch.tensor([-1.0, 1.0])[:, None, None]
+    hinge = ZScoreHinge.fit(expert.expand(2, 5, 3).contiguous(), margin=0.0)
+    u = torch.full((1, 5, 3), 4.0)  # 4.0 at every step
+    last = LastSteps(hinge, 2)
+    # the last two steps are scene steps 3 and 4: z = (4 - 3) / 1.414 and 0
+    z3 = 1.0 / expert[:, 3, 0].std().item()
+    torch.testing.assert_close(last.hinge(u), torch.tensor([[3 * z3, 0.0]]))
+    with pytest.raises(ValueError, match="steps"):
+        LastSteps(hinge, 0)
