@@ -34,7 +34,6 @@ import torch
 from worldplan.checkpoint import (
     CheckpointError,
     load_checkpoint,
-    load_state_dict_checked,
     save_checkpoint,
 )
 from worldplan.envs.highway import Recording, record_traffic
@@ -64,6 +63,12 @@ from worldplan.experiments.highway_plan import (
 from worldplan.experiments.runs import Run
 from worldplan.experiments.tasks import Task
 from worldplan.filters import KalmanFilter
+from worldplan.planners.policy.checkpoint import (
+    check_policy,
+    load_policy,
+    read_policy,
+    save_policy,
+)
 from worldplan.planners.policy.imitation import ContextPolicy, train_imitation
 from worldplan.planners.policy.imitation import ImitationConfig as ImCfg
 from worldplan.planners.policy.mper import MPERConfig, train_mper
@@ -693,27 +698,51 @@ def _policy_path(run: Run, method: str, seed: int) -> Path:
     return run.checkpoints / f"policy-{method}-seed{seed}.pt"
 
 
-def _load_policy(run: Run, method: str, ds, device: torch.device, seed: int):
+def _policy_meta(config: HighwayConfig, method: str, seed: int) -> dict:
+    """What a policy checkpoint keeps beside its network's config, and what loading it
+    checks: the learner, the seed, and the world-model mode it learned through (a policy
+    trained through the ego-motion model has not seen the plain model's predictions)."""
+    meta = {"method": method, "seed": seed, "world_model": METHOD_MODEL[method]}
+    if METHOD_MODEL[method] is not None:
+        meta["ego_motion"] = config.model.ego_motion
+    return meta
 
+
+def _policy_from(cfg: dict) -> ContextPolicy:
+    """The network a checkpoint's config describes (its normalisation statistics are
+    buffers, restored with the weights)."""
+    s, a = cfg["state_dim"], cfg["action_dim"]
+    return ContextPolicy(s, a, tuple(cfg["image_shape"]), cfg["ncond"], np.zeros(s), np.ones(s),
+                         np.zeros(a), np.ones(a), hidden=cfg["hidden"],
+                         channels=tuple(cfg["channels"]), bound=cfg["bound"],
+                         motion=cfg.get("motion"), history_channels=cfg.get("history_channels"))
+
+
+def _check_policy_file(config: HighwayConfig, run: Run, method: str, seed: int, ds,
+                       ncond: int) -> Path:
+    """The checkpoint of ``method``/``seed``, refused with one line when it is missing, of
+    the older format, or of another configuration than ``config`` (context length,
+    channels, ego-motion mode, ...)."""
     path = _policy_path(run, method, seed)
     if not path.is_file():
         raise CheckpointError(f"policy {method!r} (seed {seed}) not found: {path} "
                               "(run `worldplan highway train-policy` first)")
-    payload = load_checkpoint(path, required=("state_dict", "config", "stats"),
-                              kind="highway-policy")
-    cfg = payload["config"]
-    if tuple(cfg["image_shape"]) != tuple(ds.image_shape) or cfg["state_dim"] != ds.state_dim:
-        raise CheckpointError(f"policy {path} expects images {cfg['image_shape']}, the data "
-                              f"set has {list(ds.image_shape)}")
-    st = payload["stats"]
-    policy = ContextPolicy(cfg["state_dim"], cfg["action_dim"], tuple(cfg["image_shape"]),
-                           cfg["ncond"], st["state_mean"], st["state_std"], st["action_mean"],
-                           st["action_std"], hidden=cfg["hidden"],
-                           channels=tuple(cfg["channels"]), bound=cfg["bound"],
-                           motion=cfg.get("motion"),
-                           history_channels=cfg.get("history_channels"))
-    load_state_dict_checked(policy, payload["state_dict"], str(path))
+    payload = read_policy(path, DATASET_TASK)
+    check_policy(payload, path, _new_policy(config, ds, ncond).config(),
+                 _policy_meta(config, method, seed))
+    return path
+
+
+def _load_policy(config: HighwayConfig, run: Run, method: str, seed: int, ds,
+                 device: torch.device, ncond: int) -> ContextPolicy:
+    path = _check_policy_file(config, run, method, seed, ds, ncond)
+    policy, _meta = load_policy(path, DATASET_TASK, lambda cfg, meta: _policy_from(cfg))
     return policy.to(device).eval()
+
+
+def _policy_ncond(config: HighwayConfig) -> int:
+    """The policy's context length: ``policy.ncond``, or the world model's when 0."""
+    return config.policy.ncond or config.model.ncond
 
 
 # ----------------------------------------------------------------------------- train-model
@@ -767,6 +796,22 @@ def train_model_stage(config: HighwayConfig, run: Run) -> None:
 
 
 # ----------------------------------------------------------------------------- train-policy
+def _check_start_policies(config: HighwayConfig, run: Run, ds, ncond: int) -> None:
+    """The policies the model-based learners start from that this stage reads but does
+    not train (``policy.init_from``, or an earlier imitation policy): checked before any
+    training, so a missing one or one of another configuration fails first."""
+    p = config.policy
+    start = p.init_from or "imitation"
+    if start in p.methods or not set(p.methods) - {"imitation"}:
+        return
+    for seed in p.seeds:
+        if start != "imitation" and not _policy_path(run, start, seed).is_file():
+            raise ValueError(f"policy.init_from {start!r}: no such policy of seed {seed} "
+                             f"in {run.checkpoints}")
+        if _policy_path(run, start, seed).is_file():
+            _check_policy_file(config, run, start, seed, ds, ncond)
+
+
 def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     """Train every method in ``policy.methods`` and save ``checkpoints/policy-<m>.pt``."""
     _set_threads(config)
@@ -784,6 +829,7 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     if ncond < model_ncond:
         raise ValueError(f"policy.ncond {ncond} is shorter than the world model's context "
                          f"{model_ncond}")
+    _check_start_policies(config, run, ds, ncond)
     view = View(**ds.manifest["generator"]["config"]["view"])
     cost = _cost_fn(view, p.lane_weight, p.proximity)
     rng = seed_everything(config.seed)
@@ -829,15 +875,12 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                                                   lr=1e-3), rng, run.writer())}
         else:
             start = p.init_from or "imitation"
-            if start != "imitation" and not _policy_path(run, start, seed).is_file():
-                raise ValueError(f"policy.init_from {start!r}: no such policy of seed {seed} "
-                                 f"in {run.checkpoints}")
             if _policy_path(run, start, seed).is_file():
                 # start every model-based learner from the imitation policy of its seed
                 # (as PPUU's MPER/MPUR runs start from a sensible driver), or from the
                 # policy named by policy.init_from (to continue a learner's training)
                 policy.load_state_dict(
-                    _load_policy(run, start, ds, device, seed).state_dict())
+                    _load_policy(config, run, start, seed, ds, device, ncond).state_dict())
             model = models.get(METHOD_MODEL[method])
             if model is not None and model.ncond < ncond:
                 model = LastContext(model)
@@ -879,14 +922,8 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                   rng, _latent_fn(model),
                                   _uncertainty_fn(model, p.mc_samples, view) if lam > 0 else None,
                                   u_stats if lam > 0 else None, run.writer(), tag=method)
-        st = ds.stats
-        save_checkpoint(_policy_path(run, method, seed), {
-            "kind": "highway-policy", "method": method, "seed": seed, "config": policy.config(),
-            "state_dict": policy.state_dict(),
-            "stats": {"state_mean": st.state_mean.tolist(), "state_std": st.state_std.tolist(),
-                      "action_mean": st.action_mean.tolist(),
-                      "action_std": st.action_std.tolist()},
-            "world_model": METHOD_MODEL[method]})
+        save_policy(_policy_path(run, method, seed), policy, DATASET_TASK,
+                    _policy_meta(config, method, seed))
         key = f"{method}/seed{seed}"
         summary[key] = {"seconds": time.perf_counter() - t0,
                         "final_loss": float(np.mean(hist["loss"][-10:])) if hist["loss"]
@@ -1018,7 +1055,7 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
     device = resolve_device(config.device)
     # load everything first so that a missing checkpoint fails before any episode runs
     seeds = tuple(config.policy.seeds)
-    policies = {(m, s): _load_policy(run, m, ds, device, s)
+    policies = {(m, s): _load_policy(config, run, m, s, ds, device, _policy_ncond(config))
                 for m in ev.methods if m in POLICY_METHODS for s in seeds}
     need_model = "mpc" in ev.methods or (ev.uncertainty and _model_path(
         run, "stochastic").is_file())

@@ -28,6 +28,7 @@ from worldplan.experiments.highway import (
     train_policy_stage,
 )
 from worldplan.experiments.runs import Run
+from worldplan.planners.policy.checkpoint import save_policy
 from worldplan.planners.policy.imitation import ContextPolicy, ImitationConfig, train_imitation
 from worldplan.planners.policy.mpur import MPURConfig, UncertaintyStats, train_mpur
 from worldplan.worldmodels.dataset import write_dataset
@@ -223,6 +224,7 @@ def test_missing_or_mismatched_checkpoints_are_rejected(tmp_path) -> None:
     cfg.evaluate.methods = ("imitation",)
     with pytest.raises(CheckpointError, match=r"policy .imitation. \(seed 0\) not found"):
         evaluate_stage(cfg, run)
+    # the format before planners/policy/checkpoint.py: named, not half-read
     wrong = ContextPolicy(4, 2, (4, 117, 24), 2, np.zeros(4), np.ones(4), np.zeros(2),
                           np.ones(2))
     save_checkpoint(run.checkpoints / "policy-imitation-seed0.pt",
@@ -230,7 +232,11 @@ def test_missing_or_mismatched_checkpoints_are_rejected(tmp_path) -> None:
                      "state_dict": wrong.state_dict(),
                      "stats": {"state_mean": [0.0] * 4, "state_std": [1.0] * 4,
                                "action_mean": [0.0] * 2, "action_std": [1.0] * 2}})
-    with pytest.raises(CheckpointError, match="expects images"):
+    with pytest.raises(CheckpointError, match="older format"):
+        evaluate_stage(cfg, run)
+    save_policy(run.checkpoints / "policy-imitation-seed0.pt", wrong, "highway",
+                {"method": "imitation", "seed": 0, "world_model": None})
+    with pytest.raises(CheckpointError, match=r"image_shape \[4, 117, 24\] \(expected \[3, 117"):
         evaluate_stage(cfg, run)
     (run.checkpoints / "policy-imitation-seed0.pt").write_bytes(b"torn")
     with pytest.raises(CheckpointError, match="corrupt"):

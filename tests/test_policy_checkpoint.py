@@ -7,7 +7,12 @@ import torch
 
 from worldplan.checkpoint import CheckpointError, save_checkpoint
 from worldplan.planners.policy.bptt import MLPPolicy
-from worldplan.planners.policy.checkpoint import load_policy, read_policy, save_policy
+from worldplan.planners.policy.checkpoint import (
+    check_policy,
+    load_policy,
+    read_policy,
+    save_policy,
+)
 
 
 def _policy(hidden=(8, 8)) -> MLPPolicy:
@@ -48,3 +53,15 @@ def test_a_policy_without_a_config_cannot_be_saved(tmp_path) -> None:
     with pytest.raises(TypeError, match="describe itself with a `config`"):
         save_policy(tmp_path / "p.pt", torch.nn.Linear(2, 1), "truck")
     assert not (tmp_path / "p.pt").exists()
+
+
+def test_an_older_task_format_and_another_configuration_are_named(tmp_path) -> None:
+    save_checkpoint(tmp_path / "old.pt", {"kind": "truck-policy", "state_dict": {}})
+    with pytest.raises(CheckpointError, match=r"older format \(kind 'truck-policy'\)"):
+        read_policy(tmp_path / "old.pt", "truck")
+    path = save_policy(tmp_path / "p.pt", _policy(), "truck", {"source": "emulator"})
+    payload = read_policy(path, "truck")
+    check_policy(payload, path, {"in_dim": 3, "hidden": (8, 8)}, {"source": "emulator"})
+    with pytest.raises(CheckpointError, match=r"hidden \[8, 8\] \(expected \[4\]\), "
+                                              r"source 'emulator' \(expected 'truth'\)"):
+        check_policy(payload, path, {"hidden": [4]}, {"source": "truth"})

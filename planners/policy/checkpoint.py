@@ -53,12 +53,45 @@ def save_policy(path: str | os.PathLike, policy: nn.Module, task: str,
 
 
 def read_policy(path: str | os.PathLike, task: str) -> dict[str, Any]:
-    """The checked payload of a policy checkpoint of ``task`` (without building it)."""
-    payload = load_checkpoint(path, required=("task", "class", "config", "state_dict"),
-                              kind=POLICY_KIND)
+    """The checked payload of a policy checkpoint of ``task`` (without building it); a
+    task's own older format (kind ``"<task>-policy"``) is named as such."""
+    payload = load_checkpoint(path)
+    kind = payload.get("kind")
+    if kind != POLICY_KIND:
+        if isinstance(kind, str) and kind.endswith("-policy"):
+            raise CheckpointError(f"{path} holds a policy in an older format (kind {kind!r}); "
+                                  "train it again")
+        raise CheckpointError(f"checkpoint {path} holds a {kind!r}, expected {POLICY_KIND!r}")
+    missing = [k for k in ("task", "class", "config", "state_dict") if k not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
     if payload["task"] != task:
         raise CheckpointError(f"{path} holds a policy for {payload['task']!r}, not {task!r}")
     return payload
+
+
+def differences(found: dict[str, Any], expected: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Entries of ``expected`` whose value in ``found`` differs: key -> (found, expected);
+    tuples and lists compare equal when their items do (a config read back from a
+    checkpoint holds lists)."""
+
+    def plain(v: Any) -> Any:
+        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    return {k: (found.get(k), v) for k, v in expected.items() if plain(found.get(k)) != plain(v)}
+
+
+def check_policy(payload: dict[str, Any], path: str | os.PathLike,
+                 config: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
+    """One :class:`CheckpointError` naming every entry of the policy's ``config`` (and of
+    its ``meta``) that differs from what the caller expects, e.g. a context length or a
+    world-model mode the current configuration does not use."""
+    diff = differences(payload["config"], config)
+    diff.update(differences(payload.get("meta", {}), meta or {}))
+    if diff:
+        what = ", ".join(f"{k} {a!r} (expected {b!r})" for k, (a, b) in sorted(diff.items()))
+        raise CheckpointError(f"policy {path} was trained with another configuration: {what}; "
+                              "train it again or use the settings it was trained with")
 
 
 def load_policy(path: str | os.PathLike, task: str,
