@@ -1219,6 +1219,13 @@ def validate_config(config: HighwayConfig) -> None:
                          f"{config.policy.burn_in}, {config.policy.oracle_burn_in}")
 
 
+def shown_defaults(config: HighwayConfig) -> HighwayConfig:
+    """``config`` with ``policy.ncond = 0`` ("the world model's context") replaced by the
+    context the stages will use, for ``--help``."""
+    return dataclasses.replace(config, policy=dataclasses.replace(
+        config.policy, ncond=_policy_ncond(config)))
+
+
 TASK = Task(
     name="highway",
     config_cls=HighwayConfig,
@@ -1228,6 +1235,9 @@ TASK = Task(
     description="PPUU dense-traffic driving: simulator, tracked data set, policies",
     validate=validate_config,
     resumable=("train-model",),
+    shown_defaults=shown_defaults,
+    help_note="--policy.ncond is shown as the context it takes: 0 (the preset's value) "
+              "means the world model's,\n--model.ncond {config.model.ncond}.",
 )
 
 __all__ = ["METHODS", "TASK", "HighwayConfig", "collect", "evaluate_stage",
