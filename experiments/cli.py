@@ -10,10 +10,14 @@ Every stage of every task runs in one skeleton (:func:`run_cli`):
 2. a stage that already completed in the run is skipped; one that was interrupted
    (Ctrl-C, a kill, an error) continues from its checkpoints, or starts again, and the log
    says which; a stage is complete only once its ``done`` marker is written, last;
-3. ``config.yaml`` records how the run's data and models were made: it is written once and
-   a stage that makes data or models refuses to continue a run with other settings; an
-   evaluation with other settings writes its own record (``evaluate-seed424242`` in
-   metrics.json, ``figures/evaluate-seed424242/``);
+3. ``config.yaml`` records how the run's data and models were made. An evaluation alone
+   with other settings writes its own record (``evaluate-seed424242`` in metrics.json,
+   ``figures/evaluate-seed424242/``). A stage that makes data or models refuses other
+   settings, unless its task says which stage reads which settings (``Task.sections``):
+   then a command may change the settings of the stages it runs and of later ones (never
+   those of an earlier stage that made its outputs), config.yaml takes them, a completed
+   stage they concern runs again, and its metrics and marker record them
+   (experiments/plan.py);
 4. a command that fails leaves no new empty run folder behind, and the end of an
    evaluation prints the summary table (``worldplan <task> show --run R`` prints it again).
 """
@@ -31,15 +35,14 @@ from worldplan.checkpoint import CheckpointError
 from worldplan.experiments.common import BriefNumbers, configure_progress, resolve_device
 from worldplan.experiments.config import (
     check_values,
-    differences,
     from_dict,
     load_yaml,
     parse_overrides,
-    record_name,
     save_yaml,
     to_dict,
     to_yaml,
 )
+from worldplan.experiments.plan import Plan
 from worldplan.experiments.runs import Run, RunError
 from worldplan.experiments.summary import format_table, summary_rows
 from worldplan.experiments.tasks import STAGES, Task, UnknownNameError, available_tasks, load_task
@@ -190,49 +193,6 @@ def _show(task: Task, args: argparse.Namespace) -> int:
     return 0
 
 
-class _Plan:
-    """What a command will do, decided before any work: which stages run, skip or resume,
-    and under which record."""
-
-    def __init__(self, task: Task, stages: list[str], run: Run | None, recorded: Any | None,
-                 config: Any, resume_flag: bool, explicit: bool) -> None:
-        self.steps: list[tuple[str, str, str]] = []  # (stage, record, action)
-        started = set(run.stages_started()) if run is not None else set()
-        self.write_config = recorded is None or not started
-        diff = {} if recorded is None else differences(recorded, config)
-        making_to_run = []
-        for stage in stages:
-            state = run.stage_state(stage) if run is not None else "new"
-            if task.makes(stage):
-                if state == "done":
-                    self.steps.append((stage, stage, "skip"))
-                    continue
-                making_to_run.append(stage)
-                action = ("resume" if state == "interrupted"
-                          else "continue" if resume_flag else "run")
-                self.steps.append((stage, stage, action))
-            else:
-                record = stage
-                if diff and not self.write_config:
-                    record = f"{stage}-{record_name(diff)}"
-                self.steps.append((stage, record, "run"))
-        if making_to_run and diff and started:
-            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items())[:4])
-            raise RunError(
-                f"run {run.path} was made with other settings ({changes}); "
-                f"{making_to_run[0]} cannot continue it with these: drop the overrides, or "
-                "start a new --run (an evaluation alone may use other settings)")
-        if explicit and run is not None:
-            order = task.stage_order()
-            first = order.index(stages[0])
-            for earlier in order[:first]:
-                if task.makes(earlier) and run.stage_state(earlier) == "interrupted":
-                    raise RunError(
-                        f"stage {earlier} of run {run.path} was interrupted; finish it first: "
-                        f"`worldplan {task.name} {earlier} --run {run.path}` (or `all`)")
-        self.diff = diff if not self.write_config else {}
-
-
 def run_cli(argv: list[str]) -> int:
     args, rest = _parser().parse_known_args(argv)
     if args.task is None:
@@ -271,7 +231,7 @@ def run_cli(argv: list[str]) -> int:
     if run is not None and run.config_path.exists():
         recorded = load_yaml(task.config_cls, run.config_path)
     config = build_config(task, args, rest, recorded)
-    plan = _Plan(task, stages, run, recorded, config, args.resume is not None,
+    plan = Plan(task, stages, run, recorded, config, args.resume is not None,
                  explicit=args.stage != "all")
     # -- work -------------------------------------------------------------------------
     new_run = run is None
@@ -305,8 +265,12 @@ def _name_the_run(message: str, path: Path) -> str:
                   if "--run" not in m.group(0) else m.group(0), message)
 
 
-def _run_stages(task: Task, config: Any, run: Run, plan: _Plan) -> None:
+def _run_stages(task: Task, config: Any, run: Run, plan: Plan) -> None:
     device = str(resolve_device(config.device))
+    for stage in plan.forget:
+        log.info("== %s %s: made with the earlier settings; it will run again ==", task.name,
+                 stage)
+        run.forget_stage(stage)
     for stage, record, action in plan.steps:
         if action == "skip":
             info = run.stage_info(stage)
@@ -321,15 +285,21 @@ def _run_stages(task: Task, config: Any, run: Run, plan: _Plan) -> None:
             how = ("continuing it from its checkpoints" if stage in task.resumable
                    else "starting it again")
             log.info("== %s %s: interrupted earlier; %s ==", task.name, stage, how)
+        elif stage in plan.changed:
+            log.info("== %s %s: running again with other settings (%s) ==", task.name, stage,
+                     _settings_text(plan.changed[stage]))
         else:
             log.info("== %s %s%s ==", task.name, stage,
                      f" (record {record}: {_settings_text(plan.diff)})" if run.record else "")
         info: dict[str, Any] = {"stage": stage, "device": device, "action": action}
         if run.record:
             info["settings"] = {k: b for k, (_a, b) in plan.diff.items()}
+        elif stage in plan.changed:
+            info["settings"] = {k: b for k, (_a, b) in plan.changed[stage].items()}
+            info["previous"] = {k: a for k, (a, _b) in plan.changed[stage].items()}
         started = run.start_stage(record, info)
         task.stages[stage](config, run)
-        if run.record:
+        if "settings" in info:
             run.update_metrics(stage, {"_settings": info["settings"]})
         summary = run.finish_stage(record, started)
         log.info("%s %s: %.1f s (%.1f s CPU, load %s)", task.name, record, summary["seconds"],

@@ -1236,6 +1236,10 @@ TASK = Task(
     validate=validate_config,
     resumable=("train-model",),
     shown_defaults=shown_defaults,
+    # evaluate reads policy.seeds (which policies) and lane_weight (gradient MPC's cost)
+    sections={"collect": ("collect",), "train-model": ("model",),
+              "train-policy": ("policy",),
+              "evaluate": ("evaluate", "episodes", "policy.seeds", "policy.lane_weight")},
     help_note="--policy.ncond is shown as the context it takes: 0 (the preset's value) "
               "means the world model's,\n--model.ncond {config.model.ncond}.",
 )

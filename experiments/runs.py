@@ -254,6 +254,12 @@ class Run:
         self._marker(record, "started").unlink(missing_ok=True)
         return summary
 
+    def forget_stage(self, record: str) -> None:
+        """Mark ``record`` as never run (its outputs stay until it runs again): for a
+        stage whose inputs or settings changed."""
+        for kind in ("done", "started"):
+            self._marker(record, kind).unlink(missing_ok=True)
+
     # -- metrics and logs ---------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
         if not self.metrics_path.exists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from worldplan.experiments.runs import Run
@@ -51,9 +51,23 @@ class Task:
     # shows these values. ``help_note`` says what they depend on.
     shown_defaults: Callable[[Any], Any] | None = None
     help_note: str = ""
+    # stage -> the config fields it reads, as dotted prefixes ("policy" is the whole
+    # section, "policy.seeds" one field); a field no stage lists is read by every stage
+    # (the seed). With it the CLI lets a command change the settings of the stages it runs
+    # (and of later ones) on an existing run, and refuses those of earlier stages that
+    # already made their outputs (experiments/cli.py); without it a stage that makes data or
+    # models refuses any change to a started run.
+    sections: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def stage_order(self) -> list[str]:
         return [s for s in STAGES if s in self.stages]
+
+    def readers(self, key: str) -> list[str]:
+        """The stages (in order) that read the config field ``key`` (dotted), per
+        :attr:`sections`; every stage when none lists it."""
+        hits = [s for s in self.stage_order()
+                if any(key == p or key.startswith(p + ".") for p in self.sections.get(s, ()))]
+        return hits or self.stage_order()
 
     @staticmethod
     def makes(stage: str) -> bool:
