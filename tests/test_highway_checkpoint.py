@@ -12,6 +12,7 @@ import torch
 from worldplan.checkpoint import CheckpointError
 from worldplan.envs.highway import View
 from worldplan.experiments import highway as hw
+from worldplan.experiments import highway_config, highway_policy, highway_shared
 from worldplan.experiments.runs import Run
 from worldplan.planners.policy.checkpoint import read_policy, save_policy
 from worldplan.worldmodels.dataset import load_dataset, write_dataset
@@ -36,9 +37,9 @@ def _save(config: hw.HighwayConfig, run: Run, method: str, seed: int = 0) -> tor
     """What train-policy saves for ``method`` under ``config`` (untrained weights)."""
     ds = load_dataset(run.data / "dataset")
     torch.manual_seed(seed)
-    policy = hw._new_policy(config, ds, hw._policy_ncond(config))
-    save_policy(hw._policy_path(run, method, seed), policy, "highway",
-                hw._policy_meta(config, method, seed))
+    policy = highway_shared.new_policy(config, ds, highway_config.policy_ncond(config))
+    save_policy(highway_shared.policy_path(run, method, seed), policy, "highway",
+                highway_shared.policy_meta(config, method, seed))
     return policy
 
 
@@ -46,12 +47,12 @@ def test_round_trip_rebuilds_the_same_policy(run) -> None:
     cfg = hw.quick_config()
     cfg.policy.ncond, cfg.policy.relative_motion = 3, True
     saved = _save(cfg, run, "mpur")
-    payload = read_policy(hw._policy_path(run, "mpur", 0), "highway")
+    payload = read_policy(highway_shared.policy_path(run, "mpur", 0), "highway")
     assert payload["kind"] == "policy" and payload["class"] == "ContextPolicy"
     assert payload["meta"] == {"method": "mpur", "seed": 0, "world_model": "stochastic",
                                "ego_motion": True}
     ds = load_dataset(run.data / "dataset")
-    loaded = hw._load_policy(cfg, run, "mpur", 0, ds, torch.device("cpu"), 3)
+    loaded = highway_shared.load_highway_policy(cfg, run, "mpur", 0, ds, torch.device("cpu"), 3)
     states, frames = torch.randn(5, 3, 4), torch.rand(5, 3, 3, 117, 24)
     torch.testing.assert_close(loaded(states, frames), saved.eval()(states, frames))
     # the normalisation statistics come back with the weights, not from the builder
@@ -82,14 +83,14 @@ def test_imitation_does_not_depend_on_the_world_model_mode(run) -> None:
     _save(cfg, run, "imitation")
     cfg.model.ego_motion = False
     ds = load_dataset(run.data / "dataset")
-    hw._check_policy_file(cfg, run, "imitation", 0, ds, 2)  # no error
+    highway_shared.check_policy_file(cfg, run, "imitation", 0, ds, 2)  # no error
 
 
 def test_train_policy_checks_its_start_policy_before_training(run, monkeypatch) -> None:
     cfg = hw.quick_config()
     _save(cfg, run, "imitation")
     cfg.policy.methods, cfg.policy.ncond = ("oracle",), 3
-    monkeypatch.setattr(hw, "train_mpur", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(highway_policy, "train_mpur", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(CheckpointError, match=r"policy-imitation-seed0.pt was trained with "
                                               r"another configuration: ncond 2 \(expected 3\)"):
         hw.train_policy_stage(cfg, run)
