@@ -286,7 +286,7 @@ def _run_stages(task: Task, config: Any, run: Run, plan: Plan) -> None:
                    else "starting it again")
             log.info("== %s %s: interrupted earlier; %s ==", task.name, stage, how)
         elif stage in plan.changed:
-            log.info("== %s %s: running again with other settings (%s) ==", task.name, stage,
+            log.info("== %s %s with the run's new settings (%s) ==", task.name, stage,
                      _settings_text(plan.changed[stage]))
         else:
             log.info("== %s %s%s ==", task.name, stage,
