@@ -59,6 +59,12 @@ class Task:
     # models refuses any change to a started run.
     sections: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.sections) - set(self.stages))
+        if unknown:
+            raise ValueError(f"task {self.name}: sections name unknown stage(s) "
+                             f"{', '.join(unknown)}; its stages: {', '.join(self.stages)}")
+
     def stage_order(self) -> list[str]:
         return [s for s in STAGES if s in self.stages]
 

@@ -175,3 +175,12 @@ def test_without_sections_a_making_stage_refuses_any_change(tmp_path, monkeypatc
     code, err = _cli(monkeypatch, capsys, "train-model", "--run", str(run), "--policy.lr",
                      "0.5", sections=False)
     assert code == 2 and "was made with other settings (policy.lr: 0.1 -> 0.5)" in err
+
+
+def test_sections_must_name_the_task_s_stages() -> None:
+    with pytest.raises(ValueError, match="sections name unknown stage.s. train"):
+        Task(name="toy", config_cls=ToyConfig, presets={"default": ToyConfig},
+             stages={"evaluate": _stage("evaluate", "evaluate")}, sections={"train": ("x",)})
+    assert _task().readers("policy.seeds") == ["train-policy", "evaluate"]
+    assert _task().readers("policy.lr") == ["train-policy"]
+    assert _task().readers("seed") == ["collect", "train-model", "train-policy", "evaluate"]
