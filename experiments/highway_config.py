@@ -192,6 +192,7 @@ def quick_config() -> HighwayConfig:
                                      "imitation", "vg", "svg", "mpur", "mper")))
 
 
+# ----------------------------------------------------------------------------- methods, checks
 POLICY_METHODS = ("imitation", "oracle", "vg", "svg", "mpur", "mper")
 
 
@@ -246,6 +247,9 @@ def validate_config(config: HighwayConfig) -> None:
                          f"{config.policy.init_from!r}")
     if config.policy.world not in WORLDS:
         raise ValueError(f"policy.world must be one of {WORLDS}, got {config.policy.world!r}")
+    if 0 < config.policy.ncond < config.model.ncond:
+        raise ValueError(f"policy.ncond {config.policy.ncond} is shorter than the world "
+                         f"model's context (model.ncond {config.model.ncond}); 0 takes it")
     if config.policy.burn_in < 0 or config.policy.oracle_burn_in < 0:
         raise ValueError(f"policy.burn_in and policy.oracle_burn_in must be >= 0, got "
                          f"{config.policy.burn_in}, {config.policy.oracle_burn_in}")

@@ -68,3 +68,10 @@ def test_policy_settings_on_an_existing_run(tmp_path, capsys) -> None:
     line = _error(capsys, "train-policy", "--run", str(path), "--policy.lr", "0.0005")
     assert "data set" in line or "dataset" in line
     assert yaml.safe_load((path / "config.yaml").read_text())["policy"]["lr"] == 0.0005
+
+
+def test_a_policy_context_shorter_than_the_model_s_fails_before_any_file(tmp_path,
+                                                                          capsys) -> None:
+    line = _error(capsys, "train-policy", "--run", str(tmp_path / "new"), "--policy.ncond", "1")
+    assert "policy.ncond 1 is shorter than the world model's context (model.ncond 2)" in line
+    assert not (tmp_path / "new").exists()
