@@ -114,7 +114,7 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     oracle_sample = None
     if "oracle" in p.methods:
         oracle_sample = sampler(ds.windows("train", ncond, p.oracle_horizon + p.oracle_burn_in,
-                                            episodes=recorded_ids(ds, "train")), device)
+                                           episodes=recorded_ids(ds, "train")), device)
     summary: dict[str, dict] = {}
     u_stats = None
     plan = None
@@ -124,7 +124,7 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
         # per step of it
         if p.burn_in:
             plan_sample = sampler(ds.windows("train", ncond, max(p.horizon, 1) + p.burn_in,
-                                              episodes=recorded_ids(ds, "train")), device)
+                                             episodes=recorded_ids(ds, "train")), device)
         plan = _plan_head(config, run, ds, models["stochastic"], view, plan_sample, rng, ncond)
         summary["plan_head"] = plan["metrics"]
         u_stats = plan["hinge"]
@@ -224,7 +224,7 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
     hrng = np.random.default_rng(config.seed + 7)
     metrics: dict = {}
     if path.is_file() and (payload := load_checkpoint(path, required=("state_dict", "spec",
-                                                                     "config"),
+                                                                      "config"),
                                                       kind="highway-plan-head"))["spec"] == spec:
         head = PlanHeadEnsemble(**payload["config"])
         head.load_state_dict(payload["state_dict"])
@@ -251,7 +251,7 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
     # AUROC of U (the hinge summed over the rollout) between the recorded actions and
     # unusual ones, on validation windows
     val = sampler(ds.windows("val", ncond, max(p.horizon, 1),
-                              episodes=recorded_ids(ds, "val")), torch.device("cpu"))
+                             episodes=recorded_ids(ds, "val")), torch.device("cpu"))
     u_in, u_out = [], []
     for _ in range(4):
         b = val(hrng, 32)
@@ -272,7 +272,7 @@ def _policy_plan_u(policy, plan: dict, view: View, p: PolicyConfig, ds, ncond: i
     imagined rollouts from 64 validation windows."""
 
     val = sampler(ds.windows("val", ncond, max(p.horizon, 1),
-                              episodes=recorded_ids(ds, "val")), device)
+                             episodes=recorded_ids(ds, "val")), device)
     rng = np.random.default_rng(123)
     us = []
     for _ in range(4):

@@ -234,7 +234,7 @@ def policy_from(cfg: dict) -> ContextPolicy:
 
 
 def check_policy_file(config: HighwayConfig, run: Run, method: str, seed: int, ds,
-                       ncond: int) -> Path:
+                      ncond: int) -> Path:
     """The checkpoint of ``method``/``seed``, refused with one line when it is missing, of
     the older format, or of another configuration than ``config`` (context length,
     channels, ego-motion mode, ...)."""
@@ -249,7 +249,7 @@ def check_policy_file(config: HighwayConfig, run: Run, method: str, seed: int, d
 
 
 def load_highway_policy(config: HighwayConfig, run: Run, method: str, seed: int, ds,
-                 device: torch.device, ncond: int) -> ContextPolicy:
+                        device: torch.device, ncond: int) -> ContextPolicy:
     path = check_policy_file(config, run, method, seed, ds, ncond)
     policy, _meta = load_policy(path, DATASET_TASK, lambda cfg, meta: policy_from(cfg))
     return policy.to(device).eval()
