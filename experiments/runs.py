@@ -255,8 +255,14 @@ class Run:
         return summary
 
     def forget_stage(self, record: str) -> None:
-        """Mark ``record`` as never run (its outputs stay until it runs again): for a
-        stage whose inputs or settings changed."""
+        """Mark ``record`` as never run, for a stage whose inputs or settings changed: its
+        files stay until it runs again, its metrics.json section becomes
+        ``<record>-earlier`` (so no table shows them as the run's current results)."""
+        metrics = self.metrics()
+        if record in metrics:
+            metrics[f"{record}-earlier"] = metrics.pop(record)
+            atomic_write_text(self.metrics_path,
+                              json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         for kind in ("done", "started"):
             self._marker(record, kind).unlink(missing_ok=True)
 

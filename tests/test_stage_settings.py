@@ -111,8 +111,11 @@ def test_a_stage_runs_again_with_its_own_settings_and_records_them(done, monkeyp
     # the evaluation was of the earlier policy: it is no longer complete, and its next run
     # is the run's own record (the new settings are the run's)
     assert not (done / "stages" / "evaluate.done.json").exists()
+    metrics = json.loads((done / "metrics.json").read_text())
+    assert "evaluate" not in metrics and "a" in metrics["evaluate-earlier"]["value"]
     assert _cli(monkeypatch, capsys, "evaluate", "--run", str(done))[0] == 0
-    assert "evaluate-" not in "".join(json.loads((done / "metrics.json").read_text()))
+    assert {k for k in json.loads((done / "metrics.json").read_text())
+            if k.startswith("evaluate")} == {"evaluate", "evaluate-earlier"}
     # the same command again: the stage is complete with these settings, so it is skipped
     assert _cli(monkeypatch, capsys, "train-policy", "--run", str(done), "--policy.lr",
                 "0.5")[0] == 0
