@@ -116,6 +116,9 @@ class PolicyConfig:
     # windows whose trunk scenes are rolled out once per learner (the scene does not
     # depend on the policy; experiments/highway_plan.py scene_pool)
     scene_windows: int = 384
+    # MPUR measures the plan-aware U at every u_every-th step of its horizon only (the
+    # head's passes are most of an update's cost; experiments/highway_plan.py)
+    u_every: int = 1
     # BPTT: no gradient through the policy's image input (halves the backward pass;
     # the cost and the state inputs still carry it); planners/policy/mpur.py
     detach_frames: bool = True
@@ -250,6 +253,8 @@ def validate_config(config: HighwayConfig) -> None:
     if 0 < config.policy.ncond < config.model.ncond:
         raise ValueError(f"policy.ncond {config.policy.ncond} is shorter than the world "
                          f"model's context (model.ncond {config.model.ncond}); 0 takes it")
+    if config.policy.u_every < 1:
+        raise ValueError(f"policy.u_every must be >= 1, got {config.policy.u_every}")
     if config.policy.burn_in < 0 or config.policy.oracle_burn_in < 0:
         raise ValueError(f"policy.burn_in and policy.oracle_burn_in must be >= 0, got "
                          f"{config.policy.burn_in}, {config.policy.oracle_burn_in}")

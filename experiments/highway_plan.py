@@ -75,20 +75,40 @@ def _oracle(trunk, frames: torch.Tensor, states: torch.Tensor) -> ReplayOracle:
                         trunk.ego_channel, trunk.cars_channel, trunk.min_speed)
 
 
+UNCERTAINTY_MODES = ("always", "with-grad", "never")
+
+
 class PlanHeadWorld:
     """One window's world model for a policy's BPTT loop (``step`` as a world model's):
-    the cached scene re-warped into the ego's pose, the cars channel corrected by the
-    head ensemble's mean residual. ``variances()`` gives ``[B, T, 3]`` for the steps taken
-    so far (see the module doc)."""
+    the cached scene re-warped into the ego's pose. The head ensemble gives the
+    uncertainty: ``variances()`` is ``[B, T, 3]`` for the steps taken so far (see the
+    module doc).
+
+    The frame is the trunk's (``residual=False``, the default), not corrected by the
+    members' mean residual: the correction is small (the head's cars-channel MSE is 4 %
+    below the trunk's alone), and without it VG, SVG and MPUR learn through one and the
+    same world, so MPUR differs from SVG by its uncertainty term only.
+    ``uncertainty``: "always" runs the head at every step; "with-grad" only at steps
+    taken with autograd on (a learner's burn-in runs without a graph and its variances
+    are not used: zeros stand in for them), and of those only at every ``every``-th step
+    of the scene (zeros between: the head's forward and backward passes are most of an
+    update's cost); "never" does not run it (VG, SVG)."""
 
     z_dim = 0
 
     def __init__(self, trunk, head: PlanHeadEnsemble, scene_states: torch.Tensor,
-                 scene_frames: torch.Tensor, view: View) -> None:
+                 scene_frames: torch.Tensor, view: View, residual: bool = False,
+                 uncertainty: str = "always", every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        if uncertainty not in UNCERTAINTY_MODES:
+            raise ValueError(f"uncertainty must be one of {UNCERTAINTY_MODES}, "
+                             f"got {uncertainty!r}")
         self.trunk, self.head, self.view = trunk, head, view
         self.scene_states = scene_states
         self.oracle = _oracle(trunk, scene_frames, scene_states)
         self.c = trunk.cars_channel
+        self.residual, self.uncertainty, self.every = residual, uncertainty, every
         self._vars: list[torch.Tensor] = []
 
     def parameters(self):
@@ -101,12 +121,22 @@ class PlanHeadWorld:
              image: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.oracle.t
         state, base = self.oracle.step(context, action)
+        run_head = self.residual or self.uncertainty == "always" or (
+            self.uncertainty == "with-grad" and torch.is_grad_enabled()
+            and (t + 1) % self.every == 0)
+        if not run_head:
+            if self.uncertainty == "with-grad":
+                self._vars.append(state.new_zeros(state.shape[0], N_VARIANCES))
+            return state, base
         c = self.c
         offset = ego_offsets(state, self.scene_states[:, t], self.trunk.min_speed)
         cars = base[:, c:c + 1]
         mean, members, var = self.head.mc(cars, offset)
-        frame = torch.cat([base[:, :c], (cars + mean).clamp(0.0, 1.0), base[:, c + 1:]], 1)
-        self._vars.append(self._variances(cars + members, var, state))
+        frame = base
+        if self.residual:
+            frame = torch.cat([base[:, :c], (cars + mean).clamp(0.0, 1.0), base[:, c + 1:]], 1)
+        if self.uncertainty != "never":
+            self._vars.append(self._variances(cars + members, var, state))
         return state, frame
 
     def _variances(self, member_cars: torch.Tensor, var: torch.Tensor, state: torch.Tensor
@@ -121,6 +151,8 @@ class PlanHeadWorld:
         return torch.stack([pix, local, prox.var(0)], 1)
 
     def variances(self) -> torch.Tensor:
+        if self.uncertainty == "never":
+            raise ValueError("this world was built without uncertainty (uncertainty='never')")
         if not self._vars:
             raise ValueError("no step taken yet")
         return torch.stack(self._vars, 1)
@@ -129,24 +161,32 @@ class PlanHeadWorld:
 class LastSteps:
     """The hinge of the last ``steps`` steps of variances ``[B, T, K]``, each step z-scored
     against its own step of the scene: after a burn-in of ``T - steps`` steps (no graph)
-    the learner's gradient runs through the last ``steps`` only."""
+    the learner's gradient runs through the last ``steps`` only. With variances measured
+    at every ``every``-th step only (zeros between, :class:`PlanHeadWorld`), the hinge is
+    scaled by ``every`` so that its mean over the steps keeps its size."""
 
-    def __init__(self, hinge: ZScoreHinge, steps: int) -> None:
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        self.inner, self.steps = hinge, steps
+    def __init__(self, hinge: ZScoreHinge, steps: int, every: int = 1) -> None:
+        if steps < 1 or every < 1:
+            raise ValueError(f"steps and every must be >= 1, got {steps}, {every}")
+        self.inner, self.steps, self.every = hinge, steps, every
 
     def hinge(self, u: torch.Tensor) -> torch.Tensor:
         """``[B, steps]`` from ``u`` ``[B, T >= steps, K]``."""
-        return self.inner.hinge(u)[:, -self.steps:]
+        h = self.inner.hinge(u)[:, -self.steps:]
+        if self.every == 1:
+            return h
+        # zeros stand for the unmeasured steps: only the measured ones count
+        return h * (u[:, -self.steps:] != 0).any(-1) * self.every
 
 
-def plan_world_fn(trunk, head: PlanHeadEnsemble, view: View, latent: str = "prior"
+def plan_world_fn(trunk, head: PlanHeadEnsemble, view: View, latent: str = "prior",
+                  uncertainty: str = "always", residual: bool = False, every: int = 1
                   ) -> tuple[Callable[[dict], PlanHeadWorld], Callable]:
     """``(model_fn, uncertainty_fn)`` for :func:`planners.policy.mpur.train_mpur`: the
     model of each batch (its scene rolled out under the batch's recorded actions) and
     the variances ``[B, T, 3]`` of the last model built (the learner calls it after the
-    rollout through that model)."""
+    rollout through that model); ``uncertainty``, ``residual`` and ``every`` as in
+    :class:`PlanHeadWorld`."""
     holder: dict[str, PlanHeadWorld] = {}
 
     def model_fn(batch: dict[str, torch.Tensor]) -> PlanHeadWorld:
@@ -155,7 +195,8 @@ def plan_world_fn(trunk, head: PlanHeadEnsemble, view: View, latent: str = "prio
         else:
             states, frames = scene_rollout(trunk, batch["context"], batch["context_images"],
                                            batch["actions"], latent)
-        holder["world"] = PlanHeadWorld(trunk, head, states, frames, view)
+        holder["world"] = PlanHeadWorld(trunk, head, states, frames, view, residual,
+                                        uncertainty, every)
         return holder["world"]
 
     def uncertainty_fn(context, frames, actions, z) -> torch.Tensor:

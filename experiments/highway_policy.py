@@ -176,7 +176,9 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
 
                 lam = p.lam if method == "mpur" else 0.0
                 latent = "zero" if method == "vg" else "prior"
-                model_fn, u_fn = plan_world_fn(plan["trunk"], plan["head"], view, latent)
+                model_fn, u_fn = plan_world_fn(plan["trunk"], plan["head"], view, latent,
+                                               "with-grad" if lam > 0 else "never",
+                                               every=p.u_every)
                 pool = scene_pool(plan["trunk"], plan_sample, rng, p.scene_windows, latent)
                 hist = train_mpur(policy, None, pool, cost,
                                   MPURConfig(steps=p.bptt_steps, batch_size=p.batch_size,
@@ -184,7 +186,7 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                              detach_frames=p.detach_frames,
                                              burn_in=p.burn_in),
                                   rng, lambda b, t: None, u_fn if lam > 0 else None,
-                                  LastSteps(u_stats, p.horizon) if lam > 0 else None,
+                                  LastSteps(u_stats, p.horizon, p.u_every) if lam > 0 else None,
                                   run.writer(), tag=method, model_fn=model_fn)
             else:
                 lam = p.lam if method == "mpur" else 0.0

@@ -182,3 +182,57 @@ def test_last_steps_hinge_scores_each_step_against_its_own_scene_step():
     torch.testing.assert_close(last.hinge(u), torch.tensor([[3 * z3, 0.0]]))
     with pytest.raises(ValueError, match="steps"):
         LastSteps(hinge, 0)
+
+
+def test_plan_world_runs_its_head_only_where_its_variances_are_used():
+    trunk, b = _trunk(), _batch()
+    head = PlanHeadEnsemble(1, 4, [1.0, 0.5, 1.0, 0.02], k=3, width=4, prior_scale=1.0)
+    frames = {}
+    for mode, residual in (("always", False), ("with-grad", False), ("never", False),
+                           ("always", True)):
+        model_fn, _ = plan_world_fn(trunk, head, VIEW, latent="zero", uncertainty=mode,
+                                    residual=residual)
+        world = model_fn(b)
+        ctx = b["context"]
+        with torch.no_grad():  # a burn-in step
+            s, f0 = world.step(ctx, b["actions"][:, 0])
+        ctx = torch.cat([ctx[:, 1:], s[:, None]], 1)
+        _, f1 = world.step(ctx, b["actions"][:, 1])
+        frames[mode, residual] = f1
+        if mode == "never":
+            with pytest.raises(ValueError, match="without uncertainty"):
+                world.variances()
+            continue
+        var = world.variances()
+        assert var.shape == (3, 2, 3) and (var[:, 1, 0] > 0).all()
+        # "with-grad" skips the head on the step taken without a graph
+        assert (var[:, 0] == 0).all() == (mode == "with-grad")
+    # the frame is the trunk's unless the members' mean residual is asked for
+    torch.testing.assert_close(frames["always", False], frames["never", False])
+    assert (frames["always", True] - frames["always", False]).abs().max() > 0
+    with pytest.raises(ValueError, match="uncertainty"):
+        plan_world_fn(trunk, head, VIEW, uncertainty="sometimes")[0](b)
+
+
+def test_sparse_uncertainty_keeps_the_hinge_mean_of_the_measured_steps():
+    from worldplan.experiments.highway_plan import LastSteps
+    from worldplan.worldmodels.plan_uncertainty import ZScoreHinge
+
+    hinge = ZScoreHinge(torch.zeros(6, 2), torch.ones(6, 2), margin=0.0)
+    full = torch.full((1, 6, 2), 2.0)
+    sparse = full.clone()
+    sparse[:, [0, 1, 3, 4]] = 0.0  # measured at steps 2 and 5 (every 3rd)
+    dense = LastSteps(hinge, 6).hinge(full)
+    thin = LastSteps(hinge, 6, every=3).hinge(sparse)
+    torch.testing.assert_close(thin.mean(), dense.mean())
+    assert (thin[:, [0, 1, 3, 4]] == 0).all()
+
+    trunk, b = _trunk(), _batch(t=6)
+    head = PlanHeadEnsemble(1, 4, [1.0, 0.5, 1.0, 0.02], k=2, width=4)
+    world = plan_world_fn(trunk, head, VIEW, uncertainty="with-grad", every=3)[0](b)
+    ctx = b["context"]
+    for t in range(6):
+        s, _ = world.step(ctx, b["actions"][:, t])
+        ctx = torch.cat([ctx[:, 1:], s[:, None]], 1)
+    measured = (world.variances() != 0).any(-1).any(0)
+    assert measured.tolist() == [False, False, True, False, False, True]
