@@ -30,6 +30,7 @@ from worldplan.experiments.highway_config import (
     ModelConfig,
     PolicyConfig,
     default_config,
+    learners_config,
     quick_config,
     shown_defaults,
     validate_config,
@@ -54,7 +55,8 @@ _cost_fn, _u_map = cost_fn, u_map
 TASK = Task(
     name="highway",
     config_cls=HighwayConfig,
-    presets={"default": default_config, "quick": quick_config},
+    presets={"default": default_config, "quick": quick_config,
+             "learners": learners_config},
     stages={"collect": collect, "train-model": train_model_stage,
             "train-policy": train_policy_stage, "evaluate": evaluate_stage},
     description="PPUU dense-traffic driving: simulator, tracked data set, policies",

@@ -195,6 +195,22 @@ def quick_config() -> HighwayConfig:
                                      "imitation", "vg", "svg", "mpur", "mper")))
 
 
+
+def learners_config() -> HighwayConfig:
+    """The default data and models, with the policy settings under which the learners
+    drive (docs/highway.md): a 10-frame context, a 3 s horizon after a 0-3 s burn-in of
+    the policy's own driving, 800 updates, the front-rear proximity, and the plan-aware
+    world (``plan-head``) whose U sees the ego's actions. About 10x the default
+    preset's policy compute."""
+    config = HighwayConfig()
+    config.policy = PolicyConfig(imitation_steps=1500, bptt_steps=800, horizon=30, burn_in=30,
+                                 lr=3e-4, lam=0.05, u_every=3, proximity="front-rear", ncond=10,
+                                 world="plan-head", oracle_burn_in=30)
+    # gradient MPC drives 20 cars per set at minutes a car: run it on its own
+    config.evaluate = EvalConfig(methods=("no-action", "expert-replay", "idm-watch", "oracle",
+                                          "imitation", "vg", "svg", "mpur", "mper"))
+    return config
+
 # ----------------------------------------------------------------------------- methods, checks
 POLICY_METHODS = ("imitation", "oracle", "vg", "svg", "mpur", "mper")
 

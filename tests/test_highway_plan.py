@@ -149,6 +149,21 @@ def test_policy_options_are_checked_before_any_work():
     validate_config(default_config())
 
 
+def test_learners_preset_trains_through_the_plan_aware_world():
+    from worldplan.experiments.highway import TASK, validate_config
+
+    cfg = TASK.presets["learners"]()
+    validate_config(cfg)
+    p = cfg.policy
+    # the settings the docs' learner tables were measured with
+    assert (p.world, p.proximity, p.ncond, p.horizon, p.burn_in) == (
+        "plan-head", "front-rear", 10, 30, 30)
+    assert p.lam > 0 and p.u_every >= 1 and p.oracle_burn_in == 30
+    assert "mpc" not in cfg.evaluate.methods and "mpur" in cfg.evaluate.methods
+    assert cfg.collect == TASK.presets["default"]().collect  # the default data and models
+    assert cfg.model == TASK.presets["default"]().model
+
+
 def test_scene_pool_caches_the_scene_the_world_would_roll_out():
     from worldplan.experiments.highway_plan import scene_pool
 
