@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 
 class PlanResidualHead(nn.Module):
@@ -206,7 +207,8 @@ HeadSampler = Callable[[np.random.Generator, int], dict[str, torch.Tensor]]
 
 
 def train_plan_head(head: PlanResidualHead | PlanHeadEnsemble, sample: HeadSampler, steps: int,
-                    batch_size: int, rng: np.random.Generator, lr: float = 1e-3) -> list[float]:
+                    batch_size: int, rng: np.random.Generator, lr: float = 1e-3,
+                    progress: bool = True) -> list[float]:
     """Fit ``frame + residual`` to ``target`` (every ensemble member on the same batch);
     ``sample(rng, n)`` gives ``frame`` ``[n, C, H, W]``, ``offset`` ``[n, D]`` and
     ``target`` ``[n, C, H, W]``. Returns the loss per step."""
@@ -215,7 +217,7 @@ def train_plan_head(head: PlanResidualHead | PlanHeadEnsemble, sample: HeadSampl
     opt = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=lr)
     head.train()
     losses = []
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="train plan head", disable=not progress, leave=False):
         b = sample(rng, batch_size)
         frame = b["frame"].float()
         if isinstance(head, PlanHeadEnsemble):
