@@ -40,18 +40,12 @@ __all__ = ["AdjointGradientMPC", "TruckAdjoint", "adjoint_model"]
 
 _EDGE = 1.0 - 1e-4  # as GradientMPC: tanh kept away from +-1 so atanh stays finite
 _TWO_PI = 2.0 * math.pi
+_TORCH_ROWS = 64  # batch from which the matrix products go through torch (see _mm)
 
 
 def _wrap(a: np.ndarray) -> np.ndarray:
     """``wrap_angle`` (torch's remainder has gradient 1, so the adjoint passes through)."""
     return np.mod(a + math.pi, _TWO_PI) - math.pi
-
-
-def _tie(a: np.ndarray, b: np.ndarray | float, below: bool) -> np.ndarray:
-    """Autograd's derivative of ``minimum(a, b)`` (``below``) or ``maximum(a, b)`` with
-    respect to ``a``: 1 where ``a`` is taken, 1/2 at a tie, 0 elsewhere."""
-    taken = (a < b) if below else (a > b)
-    return np.where(a == b, 0.5, taken.astype(a.dtype))
 
 
 # ------------------------------------------------------------------------------- models
@@ -89,9 +83,11 @@ class _Emulator:
         self.embed_w, self.embed_b = wa, f64(model.action_embed.bias) - wa * am[0]
         self.enc, self.dec = enc, dec
 
-    def forward(self, x: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, list]:
-        """``x [B, 4], a [B] -> next [B, 4]`` and the ReLU outputs the reverse pass needs."""
-        keep: list[np.ndarray] = []
+    def forward(self, x: np.ndarray, a: np.ndarray, record: bool = True
+                ) -> tuple[np.ndarray, list | None]:
+        """``x [B, 4], a [B] -> next [B, 4]`` and (``record``) the ReLU masks the reverse
+        pass needs."""
+        keep: list[np.ndarray] | None = [] if record else None
         h = x
         for op in self.enc:
             h = _apply(op, h, keep)
@@ -133,18 +129,27 @@ def _layers(module: nn.Module, name: str) -> list[tuple]:
     return out
 
 
-def _apply(op: tuple, h: np.ndarray, keep: list) -> np.ndarray:
+def _apply(op: tuple, h: np.ndarray, keep: list | None) -> np.ndarray:
     if op[0] == "linear":
-        return h @ op[1] + op[2]
+        return _mm(h, op[1]) + op[2]
     h = np.maximum(h, 0.0)
-    keep.append(h > 0)  # ReLU's autograd: no gradient where the input is <= 0
+    if keep is not None:
+        keep.append(h > 0)  # ReLU's autograd: no gradient where the input is <= 0
     return h
 
 
 def _reverse(op: tuple, g: np.ndarray, keep: list, k: int) -> tuple[np.ndarray, int]:
     if op[0] == "linear":
-        return g @ op[1].T, k
+        return _mm(g, op[1].T), k
     return g * keep[k - 1], k - 1
+
+
+def _mm(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``a [B, n] @ w [n, m]``; from ``_TORCH_ROWS`` rows through torch, whose thread count
+    the caller sets (numpy's BLAS takes every core, which on a shared machine is slower)."""
+    if a.shape[0] >= _TORCH_ROWS:
+        return torch.from_numpy(a).matmul(torch.from_numpy(w)).numpy()
+    return a @ w
 
 
 class _Kinematics:
@@ -156,9 +161,10 @@ class _Kinematics:
             p.speed / p.trailer_length * p.dt
         self.max_steer = p.max_steer
 
-    def forward(self, x: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, tuple]:
+    def forward(self, x: np.ndarray, a: np.ndarray, record: bool = True
+                ) -> tuple[np.ndarray, tuple]:
         t0, t1 = x[:, 2], x[:, 3]
-        phi = np.clip(a, -self.max_steer, self.max_steer)
+        phi = np.minimum(np.maximum(a, -self.max_steer), self.max_steer)
         c0, s0, tp = np.cos(t0), np.sin(t0), np.tan(phi)
         cd = np.cos(t0 - t1)
         nxt = np.stack([x[:, 0] + self.sdt * c0, x[:, 1] + self.sdt * s0,
@@ -247,18 +253,23 @@ class TruckAdjoint:
                 a, casc = self._cascade(x, c1, s1, rx, psi, v[:, t])
             else:
                 a, casc = v[:, t], None
-            nxt, mkeep = self.model.forward(x, a)
-            done = (rx <= 0) | (x[:, 0] <= 0)
+            nxt, mkeep = self.model.forward(x, a, record)
+            # the wall-stop: held where the rear or the hitch is at the wall, else moved by
+            # the fraction of the step before the rear crosses x = 0 (1 if it does not)
+            moving = (rx > 0) & (x[:, 0] > 0)
             x1 = nxt[:, 0] - d * np.cos(nxt[:, 3])
             crossing = (rx > 0) & (x1 <= 0)
-            denom = np.where(crossing, rx - x1, 1.0)
-            frac_raw = np.where(crossing, rx / denom, 1.0)
-            frac = np.clip(frac_raw, 0.0, 1.0)
             delta = nxt - x
-            new = np.where(done[:, None], x, x + frac[:, None] * delta)
+            if crossing.any():  # rare: the step of a prediction that reaches the wall
+                denom = np.where(crossing, rx - x1, 1.0)
+                # in (0, 1] where crossing, so stop_at_wall's clamp to [0, 1] is a no-op
+                step = np.where(crossing, rx / denom, 1.0) * moving
+            else:
+                crossing, denom, step = None, None, moving
+            new = x + step[:, None] * delta  # == x where held, as torch.where
             if record:
-                steps.append((x, c1, s1, rx, psi, excess, casc, mkeep, nxt, done, x1,
-                              crossing, denom, frac, frac_raw, delta))
+                steps.append((x, c1, s1, rx, psi, excess, casc, mkeep, nxt, moving, x1,
+                              crossing, denom, step, delta))
             x = new
         if states is not None:
             states[:, horizon] = x
@@ -278,11 +289,11 @@ class TruckAdjoint:
         look = np.maximum(la_raw, self.ml)
         ref = np.arctan2(ry, look)
         pr_raw = self.kh * _wrap(_wrap(x[:, 3]) - ref)
-        psi_ref = np.clip(pr_raw, -self.mh, self.mh)
+        psi_ref = np.minimum(np.maximum(pr_raw, -self.mh), self.mh)
         rate = -self.kpdt * (psi - psi_ref) + self.sd * np.sin(psi)
         q = self.ls * rate
         phi_raw = np.arctan(q)
-        phi = np.clip(phi_raw, -self.max_steer, self.max_steer)
+        phi = np.minimum(np.maximum(phi_raw, -self.max_steer), self.max_steer)
         u = phi + v
         upper = np.minimum(u, self.high)
         a = np.maximum(upper, self.low)
@@ -304,20 +315,18 @@ class TruckAdjoint:
         horizon = len(tape.steps)
         grad = np.empty((x.shape[0], horizon))
         for t in range(horizon - 1, -1, -1):
-            (x, c1, s1, rx, psi, excess, casc, mkeep, nxt, done, x1, crossing, denom, frac,
-             frac_raw, delta) = tape.steps[t]
-            # the wall-stop, out = where(done, x, x + frac (nxt - x)), frac = x0 / (x0 - x1)
-            held = done[:, None]
-            moved = np.where(held, 0.0, g)
-            gx = np.where(held, g, g * (1.0 - frac)[:, None])
-            gfrac = (moved * delta).sum(1) * (crossing & (frac_raw >= 0.0) & (frac_raw <= 1.0))
-            gnxt = moved * frac[:, None]
-            gfrac = gfrac / (denom * denom)
-            gx0, gx1 = -gfrac * x1, gfrac * rx
-            gnxt[:, 0] += gx1
-            gnxt[:, 3] += gx1 * d * np.sin(nxt[:, 3])
-            gx[:, 0] += gx0
-            gx[:, 3] += gx0 * d * s1
+            (x, c1, s1, rx, psi, excess, casc, mkeep, nxt, moving, x1, crossing, denom, step,
+             delta) = tape.steps[t]
+            # the wall-stop, out = where(held, x, x + frac (nxt - x)), frac = x0 / (x0 - x1)
+            gx = g * (1.0 - step)[:, None]
+            gnxt = g * step[:, None]
+            if crossing is not None:
+                gfrac = (g * delta).sum(1) * (crossing & moving) / (denom * denom)
+                gx0, gx1 = -gfrac * x1, gfrac * rx
+                gnxt[:, 0] += gx1
+                gnxt[:, 3] += gx1 * d * np.sin(nxt[:, 3])
+                gx[:, 0] += gx0
+                gx[:, 3] += gx0 * d * s1
             # the model
             gm, ga = self.model.backward(mkeep, gnxt)
             gx += gm
@@ -333,7 +342,10 @@ class TruckAdjoint:
         """Reverse of :meth:`_cascade`: adds the state's share to ``gx [B, 4]`` in place and
         returns the correction's ``[B]``."""
         ry, la_raw, look, pr_raw, q, phi_raw, psi, u, upper = casc
-        gu = ga * _tie(upper, self.low, below=False) * _tie(u, self.high, below=True)
+        # torch's minimum / maximum: the gradient is split in half at a tie (v = 0 on a
+        # saturated cascade is one), so each factor is 1, 1/2 or 0
+        gu = ga * ((0.5 * (u < self.high) + 0.5 * (u <= self.high))
+                   * (0.5 * (upper > self.low) + 0.5 * (upper >= self.low)))
         ms = self.max_steer
         grate = gu * ((phi_raw >= -ms) & (phi_raw <= ms)) * self.ls / (1.0 + q * q)
         gpsi = grate * (self.sd * np.cos(psi) - self.kpdt)

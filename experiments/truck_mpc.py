@@ -41,6 +41,7 @@ import torch
 
 from worldplan.envs.truck import StartRegion, TruckParams, TruckTaskModel, simulate
 from worldplan.envs.truck.kinematics import rear_x
+from worldplan.experiments.truck_adjoint import AdjointGradientMPC, TruckAdjoint, adjoint_model
 from worldplan.experiments.truck_baselines import CascadeController
 from worldplan.planners.mpc import CEM, MPPI, GradientMPC, Planner
 
@@ -72,6 +73,21 @@ class MPCConfig:
     mppi_sigma_deg: float = 5.0
     mppi_temperature: float = 0.05
     cem_elites: int = 6
+    # how gradient MPC differentiates the rollout: "adjoint" (hand-written reverse pass,
+    # experiments/truck_adjoint.py; the cascade-corrected or plain rows through the emulator
+    # or the kinematics) or "autograd" (the reference; also what a BPTT warm start uses)
+    gradient: str = "adjoint"
+
+    def __post_init__(self) -> None:
+        _check_gradient(self.gradient)
+
+
+def _check_gradient(gradient: str) -> None:
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be 'adjoint' or 'autograd', got {gradient!r}")
+
+
+GRADIENTS = ("adjoint", "autograd")
 
 
 # ------------------------------------------------------------------------- warm starts
@@ -90,7 +106,9 @@ def feedback_plan(feedback: Feedback, dynamics: Callable, state: torch.Tensor, h
 def cascade_feedback(p: TruckParams) -> Feedback:
     """The pure-pursuit cascade as a torch feedback law (docking geometry, nothing learned)."""
     cascade = CascadeController(p)
-    return lambda x: cascade(x)
+    law = lambda x: cascade(x)  # noqa: E731
+    law.cascade = cascade  # type: ignore[attr-defined]  # what the adjoint reads
+    return law
 
 
 def policy_feedback(policy: torch.nn.Module) -> Feedback:
@@ -102,13 +120,25 @@ def policy_feedback(policy: torch.nn.Module) -> Feedback:
 def make_planner(kind: str, tm: TruckTaskModel, dynamics: Callable, cfg: MPCConfig,
                  seed: int = 0, feedback: Feedback | None = None) -> Planner:
     """Gradient MPC, MPPI or CEM on ``stop_at_wall(dynamics)`` with the docking cost; with
-    ``feedback``, on corrections to it (:func:`residual_dynamics`), bounded by +-max steer."""
+    ``feedback``, on corrections to it (:func:`residual_dynamics`), bounded by +-max steer.
+    Gradient MPC with ``cfg.gradient == "adjoint"`` and ``feedback`` the cascade (or None)
+    is :class:`~worldplan.experiments.truck_adjoint.AdjointGradientMPC`."""
+    _check_gradient(cfg.gradient)
     low, high = tm.action_low, tm.action_high
+    model = dynamics
     if feedback is not None:
         dynamics = residual_dynamics(dynamics, feedback, low, high)
     args = (tm.stop_at_wall(dynamics), tm.cost, low, high, cfg.horizon)
     common = {"terminal_cost": tm.terminal_cost, "state_dim": tm.state_dim, "seed": seed}
     if kind == "gradient":
+        cascade = getattr(feedback, "cascade", None)
+        if cfg.gradient == "adjoint" and (feedback is None or cascade is not None):
+            adjoint = TruckAdjoint(tm, adjoint_model(model, tm), cascade, float(low[0]),
+                                   float(high[0]))
+            return AdjointGradientMPC(adjoint, args[0], cfg.horizon,  # type: ignore[return-value]
+                                      iterations=cfg.first_iterations, lr=cfg.lr)
+        if cfg.gradient == "adjoint":
+            log.info("gradient MPC warm-started from a learned controller: autograd")
         return GradientMPC(*args, iterations=cfg.first_iterations, lr=cfg.lr, **common)
     if kind == "mppi":
         return MPPI(*args, samples=cfg.samples, iterations=cfg.first_iterations,
@@ -177,6 +207,8 @@ class TruckMPC:
     def _arrival(self, state: torch.Tensor, plan: torch.Tensor) -> int:
         """Latest step (over the batch) at which ``plan`` reaches the wall; the horizon plus
         the margin if some plan does not."""
+        if isinstance(self.planner, AdjointGradientMPC):
+            return self.planner.arrival(state, plan, self.cfg.margin)
         p = self.tm.params
         x = state
         with torch.no_grad():
