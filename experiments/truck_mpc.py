@@ -33,7 +33,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -414,6 +414,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency-episodes", type=int, default=5)
     ap.add_argument("--latency-every", type=int, nargs="+", default=[1, 4],
                     help="batch-1 latency rows: plan every k-th control step")
+    ap.add_argument("--gradient", choices=GRADIENTS, default=MPCConfig.gradient,
+                    help="how gradient MPC differentiates the rollout (MPCConfig.gradient)")
+    ap.add_argument("--latency-gradients", nargs="+", choices=GRADIENTS, default=list(GRADIENTS),
+                    help="batch-1 latency rows: measured with each, one after the other")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--table", action="store_true",
@@ -434,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     policy = None
     if policy_path(dirs, "emulator").exists():
         policy = load_policy(dirs, "emulator", tcfg)
-    cfg = MPCConfig()
+    cfg = MPCConfig(gradient=args.gradient)
     sets = start_sets(p, args.episodes, args.seed)
     report: dict = {"config": asdict(cfg), "load_before": _loadavg()}
     for set_name in args.sets:
@@ -448,13 +452,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.latency_episodes > 0:
         report["batch_1"] = {}
         for every in args.latency_every:
-            name = "gradient" if every == 1 else f"gradient@{every}"
-            report["batch_1"][name] = {
-                **batch_one_latency("gradient", tm, emulator.step, cascade_feedback(p),
-                                    sets["evaluation"][: args.latency_episodes], cfg, every),
-                "load": _loadavg()}
-            log.info("batch 1, %s: %.1f ms per control step (load %s)", name,
-                     report["batch_1"][name]["ms_per_control_step"], _loadavg())
+            for gradient in args.latency_gradients:  # side by side, in this one process
+                name = ("gradient" if every == 1 else f"gradient@{every}") + f" ({gradient})"
+                report["batch_1"][name] = {
+                    **batch_one_latency("gradient", tm, emulator.step, cascade_feedback(p),
+                                        sets["evaluation"][: args.latency_episodes],
+                                        replace(cfg, gradient=gradient), every),
+                    "load": _loadavg()}
+                log.info("batch 1, %s: %.1f ms per control step (load %s)", name,
+                         report["batch_1"][name]["ms_per_control_step"], _loadavg())
     report["load_after"] = _loadavg()
     out = args.out or run_dir / "mpc.json"
     out.write_text(json.dumps(report, indent=2))
