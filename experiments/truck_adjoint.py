@@ -80,29 +80,35 @@ class _Emulator:
         w, b = dec[-1][1], dec[-1][2]
         dec[-1] = ("linear", w * ds[None, :], b * ds + dm)
         wa = f64(model.action_embed.weight)[:, 0] / ast[0]  # [H]
-        self.embed_w, self.embed_b = wa, f64(model.action_embed.bias) - wa * am[0]
-        self.enc, self.dec = enc, dec
+        net = (enc, dec, wa, f64(model.action_embed.bias) - wa * am[0])
+        # the same network in float32 (TruckMPC's states, as autograd plans them)
+        cast = lambda op: (op[0], *(np.ascontiguousarray(a, np.float32) for a in op[1:]))  # noqa: E731
+        self.nets = {np.dtype(np.float64): net,
+                     np.dtype(np.float32): ([cast(op) for op in enc], [cast(op) for op in dec],
+                                            wa.astype(np.float32), net[3].astype(np.float32))}
 
     def forward(self, x: np.ndarray, a: np.ndarray, record: bool = True
                 ) -> tuple[np.ndarray, list | None]:
         """``x [B, 4], a [B] -> next [B, 4]`` and (``record``) the ReLU masks the reverse
         pass needs."""
         keep: list[np.ndarray] | None = [] if record else None
+        enc, dec, embed_w, embed_b = self.nets[x.dtype]
         h = x
-        for op in self.enc:
+        for op in enc:
             h = _apply(op, h, keep)
-        h = h + a[:, None] * self.embed_w + self.embed_b
-        for op in self.dec:
+        h = h + a[:, None] * embed_w + embed_b
+        for op in dec:
             h = _apply(op, h, keep)
         return x + h, keep
 
     def backward(self, keep: list, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Gradient ``g [B, 4]`` on ``next`` -> on ``x [B, 4]`` and on ``a [B]``."""
         gh, k = g, len(keep)
-        for op in reversed(self.dec):
+        enc, dec, embed_w, _ = self.nets[g.dtype]
+        for op in reversed(dec):
             gh, k = _reverse(op, gh, keep, k)
-        ga = gh @ self.embed_w
-        for op in reversed(self.enc):
+        ga = gh @ embed_w
+        for op in reversed(enc):
             gh, k = _reverse(op, gh, keep, k)
         return g + gh, ga
 
@@ -235,12 +241,16 @@ class TruckAdjoint:
         """Roll ``v [B, T]`` out from ``x0 [B, 4]``: the tape (cost ``[B]``) and, without
         ``record``, the states ``[B, T + 1, 4]`` instead of the reverse pass's cache."""
         d = self.d
-        x = np.asarray(x0, dtype=np.float64)
+        x = np.asarray(x0)
+        dt = x.dtype
+        if dt not in (np.float32, np.float64):
+            raise ValueError(f"x0 must be float32 or float64, got {dt}")
+        v = np.asarray(v, dtype=dt)
         b, horizon = v.shape
-        cost = np.zeros(b)
+        cost = np.zeros(b, dt)
         steps, states = [], None
         if not record:
-            states = np.empty((b, horizon + 1, 4))
+            states = np.empty((b, horizon + 1, 4), dt)
         for t in range(horizon):
             if states is not None:
                 states[:, t] = x
@@ -265,7 +275,7 @@ class TruckAdjoint:
                 # in (0, 1] where crossing, so stop_at_wall's clamp to [0, 1] is a no-op
                 step = np.where(crossing, rx / denom, 1.0) * moving
             else:
-                crossing, denom, step = None, None, moving
+                crossing, denom, step = None, None, moving.astype(dt)
             new = x + step[:, None] * delta  # == x where held, as torch.where
             if record:
                 steps.append((x, c1, s1, rx, psi, excess, casc, mkeep, nxt, moving, x1,
@@ -313,7 +323,7 @@ class TruckAdjoint:
         g[:, 3] = 2 * rx * d * s1 - 2 * ry * d * c1 + 2 * self.angle_w * heading
         self._jackknife_grad(x, g)
         horizon = len(tape.steps)
-        grad = np.empty((x.shape[0], horizon))
+        grad = np.empty((x.shape[0], horizon), x.dtype)
         for t in range(horizon - 1, -1, -1):
             (x, c1, s1, rx, psi, excess, casc, mkeep, nxt, moving, x1, crossing, denom, step,
              delta) = tape.steps[t]
@@ -344,8 +354,9 @@ class TruckAdjoint:
         ry, la_raw, look, pr_raw, q, phi_raw, psi, u, upper = casc
         # torch's minimum / maximum: the gradient is split in half at a tie (v = 0 on a
         # saturated cascade is one), so each factor is 1, 1/2 or 0
-        gu = ga * ((0.5 * (u < self.high) + 0.5 * (u <= self.high))
-                   * (0.5 * (upper > self.low) + 0.5 * (upper >= self.low)))
+        half = ga.dtype.type(0.5)  # a numpy scalar: keeps float32 float32
+        gu = ga * ((half * (u < self.high) + half * (u <= self.high))
+                   * (half * (upper > self.low) + half * (upper >= self.low)))
         ms = self.max_steer
         grate = gu * ((phi_raw >= -ms) & (phi_raw <= ms)) * self.ls / (1.0 + q * q)
         gpsi = grate * (self.sd * np.cos(psi) - self.kpdt)
@@ -418,7 +429,8 @@ class AdjointGradientMPC:
     def gradient(self, state: torch.Tensor, actions: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """``GradientMPC.gradient``: cost ``J [B]`` and ``dJ/da [B, T, 1]`` of ``actions``."""
-        cost, grad = self.adjoint.cost_and_grad(_np(state), _np(actions)[..., 0])
+        x0 = _np(state)
+        cost, grad = self.adjoint.cost_and_grad(x0, _np(actions, x0)[..., 0])
         return (torch.as_tensor(cost, dtype=state.dtype),
                 torch.as_tensor(grad[..., None], dtype=state.dtype))
 
@@ -434,7 +446,7 @@ class AdjointGradientMPC:
             raise ValueError("state contains NaN or inf")
         low, high = self.adjoint.low, self.adjoint.high
         half = (high - low) / 2
-        v0 = np.clip(_np(init)[..., 0], low, high)
+        v0 = np.clip(_np(init, x0)[..., 0], low, high)
         w = np.arctanh(np.clip((v0 - low) / half - 1.0, -_EDGE, _EDGE))
         m, s = np.zeros_like(w), np.zeros_like(w)
         b1, b2 = self.betas
@@ -464,7 +476,8 @@ class AdjointGradientMPC:
     def arrival(self, state: torch.Tensor, plan: torch.Tensor, margin: int) -> int:
         """``TruckMPC._arrival``: the first step at which every predicted trailer rear has
         reached the wall under ``plan [B, T, 1]``; ``T + margin`` if some never does."""
-        xs = self.adjoint.states(_np(state), _np(plan)[..., 0])  # [B, T + 1, 4]
+        x0 = _np(state)
+        xs = self.adjoint.states(x0, _np(plan, x0)[..., 0])  # [B, T + 1, 4]
         rear = xs[..., 0] - self.adjoint.d * np.cos(xs[..., 3])
         arrived = np.flatnonzero((rear[:, :-1] <= 0).all(0))
         return int(arrived[0]) if arrived.size else plan.shape[1] + margin
@@ -480,5 +493,9 @@ def _keep_best(cost: np.ndarray, v: np.ndarray, best: np.ndarray, best_cost: np.
         best_cost[better] = cost[better]
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().double().numpy()
+def _np(t: torch.Tensor, like: np.ndarray | None = None) -> np.ndarray:
+    """A tensor as a float32 or float64 array (``like``'s dtype if given)."""
+    a = t.detach().cpu().numpy()
+    if like is not None:
+        return a.astype(like.dtype, copy=False)
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
