@@ -4,8 +4,9 @@ One planning iteration of :class:`~worldplan.experiments.truck_mpc.TruckMPC`'s g
 is a rollout of ``stop_at_wall(residual_dynamics(model, cascade))`` scored by the docking
 cost, and the gradient of that cost with respect to the correction sequence. At batch 1 the
 autograd graph of it (~90 nodes per predicted step over ~55 steps) is all per-node overhead.
-Here the same rollout is written out in numpy, float64, with every intermediate kept, and
-its reverse pass by hand::
+Here the same rollout is written out in numpy, in the state's dtype (float32 in ``TruckMPC``,
+as autograd plans; float64 too), with the intermediates the reverse pass needs kept, and
+that reverse pass written by hand::
 
     x_{t+1} = f(x_t, v_t) = wall(x_t, model(x_t, clamp(cascade(x_t) + v_t)))
     lambda_T = dc_T/dx_T
@@ -13,9 +14,13 @@ its reverse pass by hand::
     dJ/dv_t  = (df/dv_t)^T lambda_{t+1}
 
 A step is a few dozen ufuncs on ``[B]`` columns and one small matrix product per layer on
-``[B, H]``: no graph, and batch B >= 1 alike. Ties and kinks follow autograd's conventions
-(``minimum``/``maximum`` split the gradient at a tie; ``clamp`` passes it on the bound;
-ReLU stops it at 0), so the cost and the gradient equal autograd's to float tolerance.
+``[B, H]`` (through torch from 64 rows on, single-threaded as the caller set it): no graph,
+and batch B >= 1 alike. Ties and kinks follow autograd's conventions (``minimum``/``maximum``
+split the gradient at a tie, as a zero correction on a saturated cascade is; ``clamp``
+passes it on the bound; ReLU stops it at 0), so the cost and the gradient equal autograd's
+to float tolerance. Supported models: the truck's ``DeterministicModel`` emulator (ncond 1,
+Linear/ReLU encoder and decoder of any depth and width, dropout inactive) and the true
+kinematics; anything else is a ``ValueError``.
 
 :class:`AdjointGradientMPC` is a drop-in for ``GradientMPC`` in ``TruckMPC`` (Adam on atanh
 of the normalised correction, the best plan seen kept, exactly as ``GradientMPC`` steps).

@@ -350,13 +350,16 @@ def batch_one_latency(kind: str, tm: TruckTaskModel, dynamics: Callable, feedbac
                       starts: np.ndarray, cfg: MPCConfig, replan_every: int | None = None
                       ) -> dict:
     """Per-control-step time at batch 1 over whole episodes from ``starts`` (one at a time)."""
-    times, cpu = [], time.process_time()
+    times, steps, cpu = [], 0, time.process_time()
     for s in starts:
         _, timing = run_mpc(kind, tm, dynamics, feedback, s[None], cfg,
                             replan_every=replan_every)
         times.append(timing["ms_per_control_step"])
+        steps += timing["control_steps"]
+    cpu = time.process_time() - cpu
     return {"ms_per_control_step": float(np.mean(times)), "episodes": len(starts),
-            "cpu_s": time.process_time() - cpu}
+            "control_steps": steps, "cpu_s": cpu,
+            "cpu_ms_per_control_step": 1000 * cpu / max(steps, 1)}
 
 
 def wilson(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
