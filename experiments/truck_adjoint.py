@@ -24,6 +24,10 @@ kinematics; anything else is a ``ValueError``.
 
 :class:`AdjointGradientMPC` is a drop-in for ``GradientMPC`` in ``TruckMPC`` (Adam on atanh
 of the normalised correction, the best plan seen kept, exactly as ``GradientMPC`` steps).
+
+Length: a forward pass and its reverse must be read side by side (every cached
+intermediate, every kink), so the models, the rollout, its adjoint and the planner that
+steps on it are one module.
 """
 
 from __future__ import annotations
