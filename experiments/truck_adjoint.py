@@ -62,7 +62,8 @@ class _Emulator:
     """A ``DeterministicModel`` (ncond 1, no active dropout) as numpy matrices.
 
     ``next = x + denorm(dec(relu(enc(norm(x))) + embed(norm(a))))``: the input and output
-    normalisation are folded into the first, the action and the last layers.
+    normalisation are folded into the first, the action and the last layers. The weights
+    are a copy taken at construction (float64, and float32 for float32 states).
     """
 
     def __init__(self, model: WorldModel) -> None:
@@ -178,6 +179,8 @@ class _Kinematics:
 
     def forward(self, x: np.ndarray, a: np.ndarray, record: bool = True
                 ) -> tuple[np.ndarray, tuple]:
+        """``x [B, 4], a [B] -> next [B, 4]`` and what the reverse pass needs (cheap: kept
+        with or without ``record``)."""
         t0, t1 = x[:, 2], x[:, 3]
         phi = np.minimum(np.maximum(a, -self.max_steer), self.max_steer)
         c0, s0, tp = np.cos(t0), np.sin(t0), np.tan(phi)
@@ -188,6 +191,7 @@ class _Kinematics:
         return nxt, (c0, s0, tp, cd, inside)
 
     def backward(self, keep: tuple, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gradient ``g [B, 4]`` on ``next`` -> on ``x [B, 4]`` and on ``a [B]``."""
         c0, s0, tp, cd, inside = keep
         g3k = g[:, 3] * self.k1 * cd
         gx = np.stack([g[:, 0], g[:, 1],
