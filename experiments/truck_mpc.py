@@ -15,6 +15,9 @@ from the true state (closed loop). What made them dock (docs/mpc.md):
 
 A row ``<planner>@k`` plans every k-th control step only and in between steers by the
 feedback law plus the next correction of the kept plan (the batch-1 latency budget).
+Gradient MPC takes its gradient from a hand-written adjoint of the rollout
+(:mod:`~worldplan.experiments.truck_adjoint`, ``MPCConfig.gradient``), autograd the
+reference: at batch 1 the autograd graph's per-node overhead is most of a control step.
 
 ``python -m worldplan.experiments.truck_mpc --run DIR`` evaluates every planner through the
 emulator of a finished ``worldplan truck`` run and through the true kinematics, on the
@@ -50,6 +53,12 @@ log = logging.getLogger(__name__)
 __all__ = ["MPCConfig", "TruckMPC", "evaluate_rows", "feedback_plan", "make_planner"]
 
 Feedback = Callable[[torch.Tensor], torch.Tensor]  # state [B, 4] -> steering [B]
+GRADIENTS = ("adjoint", "autograd")  # MPCConfig.gradient
+
+
+def _check_gradient(gradient: str) -> None:
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be 'adjoint' or 'autograd', got {gradient!r}")
 
 
 @dataclass
@@ -80,14 +89,6 @@ class MPCConfig:
 
     def __post_init__(self) -> None:
         _check_gradient(self.gradient)
-
-
-def _check_gradient(gradient: str) -> None:
-    if gradient not in GRADIENTS:
-        raise ValueError(f"gradient must be 'adjoint' or 'autograd', got {gradient!r}")
-
-
-GRADIENTS = ("adjoint", "autograd")
 
 
 # ------------------------------------------------------------------------- warm starts
