@@ -15,6 +15,9 @@ from the true state (closed loop). What made them dock (docs/mpc.md):
 
 A row ``<planner>@k`` plans every k-th control step only and in between steers by the
 feedback law plus the next correction of the kept plan (the batch-1 latency budget).
+Gradient MPC takes its gradient from a hand-written adjoint of the rollout
+(:mod:`~worldplan.experiments.truck_adjoint`, ``MPCConfig.gradient``), autograd the
+reference: at batch 1 the autograd graph's per-node overhead is most of a control step.
 
 ``python -m worldplan.experiments.truck_mpc --run DIR`` evaluates every planner through the
 emulator of a finished ``worldplan truck`` run and through the true kinematics, on the
@@ -33,7 +36,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,7 @@ import torch
 
 from worldplan.envs.truck import StartRegion, TruckParams, TruckTaskModel, simulate
 from worldplan.envs.truck.kinematics import rear_x
+from worldplan.experiments.truck_adjoint import AdjointGradientMPC, TruckAdjoint, adjoint_model
 from worldplan.experiments.truck_baselines import CascadeController
 from worldplan.planners.mpc import CEM, MPPI, GradientMPC, Planner
 
@@ -49,6 +53,12 @@ log = logging.getLogger(__name__)
 __all__ = ["MPCConfig", "TruckMPC", "evaluate_rows", "feedback_plan", "make_planner"]
 
 Feedback = Callable[[torch.Tensor], torch.Tensor]  # state [B, 4] -> steering [B]
+GRADIENTS = ("adjoint", "autograd")  # MPCConfig.gradient
+
+
+def _check_gradient(gradient: str) -> None:
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be 'adjoint' or 'autograd', got {gradient!r}")
 
 
 @dataclass
@@ -72,6 +82,13 @@ class MPCConfig:
     mppi_sigma_deg: float = 5.0
     mppi_temperature: float = 0.05
     cem_elites: int = 6
+    # how gradient MPC differentiates the rollout: "adjoint" (hand-written reverse pass,
+    # experiments/truck_adjoint.py; the cascade-corrected or plain rows through the emulator
+    # or the kinematics) or "autograd" (the reference; also what a BPTT warm start uses)
+    gradient: str = "adjoint"
+
+    def __post_init__(self) -> None:
+        _check_gradient(self.gradient)
 
 
 # ------------------------------------------------------------------------- warm starts
@@ -90,7 +107,9 @@ def feedback_plan(feedback: Feedback, dynamics: Callable, state: torch.Tensor, h
 def cascade_feedback(p: TruckParams) -> Feedback:
     """The pure-pursuit cascade as a torch feedback law (docking geometry, nothing learned)."""
     cascade = CascadeController(p)
-    return lambda x: cascade(x)
+    law = lambda x: cascade(x)  # noqa: E731
+    law.cascade = cascade  # type: ignore[attr-defined]  # what the adjoint reads
+    return law
 
 
 def policy_feedback(policy: torch.nn.Module) -> Feedback:
@@ -102,13 +121,25 @@ def policy_feedback(policy: torch.nn.Module) -> Feedback:
 def make_planner(kind: str, tm: TruckTaskModel, dynamics: Callable, cfg: MPCConfig,
                  seed: int = 0, feedback: Feedback | None = None) -> Planner:
     """Gradient MPC, MPPI or CEM on ``stop_at_wall(dynamics)`` with the docking cost; with
-    ``feedback``, on corrections to it (:func:`residual_dynamics`), bounded by +-max steer."""
+    ``feedback``, on corrections to it (:func:`residual_dynamics`), bounded by +-max steer.
+    Gradient MPC with ``cfg.gradient == "adjoint"`` and ``feedback`` the cascade (or None)
+    is :class:`~worldplan.experiments.truck_adjoint.AdjointGradientMPC`."""
+    _check_gradient(cfg.gradient)
     low, high = tm.action_low, tm.action_high
+    model = dynamics
     if feedback is not None:
         dynamics = residual_dynamics(dynamics, feedback, low, high)
     args = (tm.stop_at_wall(dynamics), tm.cost, low, high, cfg.horizon)
     common = {"terminal_cost": tm.terminal_cost, "state_dim": tm.state_dim, "seed": seed}
     if kind == "gradient":
+        cascade = getattr(feedback, "cascade", None)
+        if cfg.gradient == "adjoint" and (feedback is None or cascade is not None):
+            adjoint = TruckAdjoint(tm, adjoint_model(model, tm), cascade, float(low[0]),
+                                   float(high[0]))
+            return AdjointGradientMPC(adjoint, args[0], cfg.horizon,  # type: ignore[return-value]
+                                      iterations=cfg.first_iterations, lr=cfg.lr)
+        if cfg.gradient == "adjoint":
+            log.info("gradient MPC warm-started from a learned controller: autograd")
         return GradientMPC(*args, iterations=cfg.first_iterations, lr=cfg.lr, **common)
     if kind == "mppi":
         return MPPI(*args, samples=cfg.samples, iterations=cfg.first_iterations,
@@ -177,6 +208,8 @@ class TruckMPC:
     def _arrival(self, state: torch.Tensor, plan: torch.Tensor) -> int:
         """Latest step (over the batch) at which ``plan`` reaches the wall; the horizon plus
         the margin if some plan does not."""
+        if isinstance(self.planner, AdjointGradientMPC):
+            return self.planner.arrival(state, plan, self.cfg.margin)
         p = self.tm.params
         x = state
         with torch.no_grad():
@@ -318,13 +351,16 @@ def batch_one_latency(kind: str, tm: TruckTaskModel, dynamics: Callable, feedbac
                       starts: np.ndarray, cfg: MPCConfig, replan_every: int | None = None
                       ) -> dict:
     """Per-control-step time at batch 1 over whole episodes from ``starts`` (one at a time)."""
-    times, cpu = [], time.process_time()
+    times, steps, cpu = [], 0, time.process_time()
     for s in starts:
         _, timing = run_mpc(kind, tm, dynamics, feedback, s[None], cfg,
                             replan_every=replan_every)
         times.append(timing["ms_per_control_step"])
+        steps += timing["control_steps"]
+    cpu = time.process_time() - cpu
     return {"ms_per_control_step": float(np.mean(times)), "episodes": len(starts),
-            "cpu_s": time.process_time() - cpu}
+            "control_steps": steps, "cpu_s": cpu,
+            "cpu_ms_per_control_step": 1000 * cpu / max(steps, 1)}
 
 
 def wilson(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -382,6 +418,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency-episodes", type=int, default=5)
     ap.add_argument("--latency-every", type=int, nargs="+", default=[1, 4],
                     help="batch-1 latency rows: plan every k-th control step")
+    ap.add_argument("--gradient", choices=GRADIENTS, default=MPCConfig.gradient,
+                    help="how gradient MPC differentiates the rollout (MPCConfig.gradient)")
+    ap.add_argument("--latency-gradients", nargs="+", choices=GRADIENTS, default=list(GRADIENTS),
+                    help="batch-1 latency rows: measured with each, one after the other")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--table", action="store_true",
@@ -402,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     policy = None
     if policy_path(dirs, "emulator").exists():
         policy = load_policy(dirs, "emulator", tcfg)
-    cfg = MPCConfig()
+    cfg = MPCConfig(gradient=args.gradient)
     sets = start_sets(p, args.episodes, args.seed)
     report: dict = {"config": asdict(cfg), "load_before": _loadavg()}
     for set_name in args.sets:
@@ -416,13 +456,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.latency_episodes > 0:
         report["batch_1"] = {}
         for every in args.latency_every:
-            name = "gradient" if every == 1 else f"gradient@{every}"
-            report["batch_1"][name] = {
-                **batch_one_latency("gradient", tm, emulator.step, cascade_feedback(p),
-                                    sets["evaluation"][: args.latency_episodes], cfg, every),
-                "load": _loadavg()}
-            log.info("batch 1, %s: %.1f ms per control step (load %s)", name,
-                     report["batch_1"][name]["ms_per_control_step"], _loadavg())
+            for gradient in args.latency_gradients:  # side by side, in this one process
+                name = ("gradient" if every == 1 else f"gradient@{every}") + f" ({gradient})"
+                report["batch_1"][name] = {
+                    **batch_one_latency("gradient", tm, emulator.step, cascade_feedback(p),
+                                        sets["evaluation"][: args.latency_episodes],
+                                        replace(cfg, gradient=gradient), every),
+                    "load": _loadavg()}
+                log.info("batch 1, %s: %.1f ms per control step (load %s)", name,
+                         report["batch_1"][name]["ms_per_control_step"], _loadavg())
     report["load_after"] = _loadavg()
     out = args.out or run_dir / "mpc.json"
     out.write_text(json.dumps(report, indent=2))
