@@ -55,6 +55,7 @@ from worldplan.experiments.common import (  # noqa: E402
 from worldplan.experiments.runs import Run  # noqa: E402
 from worldplan.experiments.tasks import Task  # noqa: E402
 from worldplan.experiments.video import write_video  # noqa: E402
+from worldplan.planners.control_loop import Transition, run_episodes  # noqa: E402
 from worldplan.planners.mpc import Planner, RecedingHorizonController  # noqa: E402
 from worldplan.planners.mpc.factory import (  # noqa: E402
     PLANNERS,
@@ -244,26 +245,32 @@ def random_episodes(env_id: str, steps: int, seed: int, max_episode_steps: int =
     """Uniform random-action episodes totalling ``steps`` environment steps."""
     env = make_env(env_id)
     rng = np.random.default_rng(seed)
+    low, high = env.action_space.low, env.action_space.high
     episodes, done_steps, k = [], 0, 0
+
+    def act(_obs: np.ndarray) -> np.ndarray:
+        return rng.uniform(low, high).astype(np.float32)[None]
+
+    def step(action: np.ndarray, _alive: np.ndarray) -> Transition:
+        obs, r, term, trunc, _ = env.step(action[0])
+        return Transition(np.asarray(obs)[None], np.array([r]), np.array([term]),
+                          np.array([trunc]))
+
     bar = tqdm(total=steps, desc="random data", leave=False)
     while done_steps < steps:
-        obs, _ = env.reset(seed=seed + k)
-        k += 1
-        states, actions, rewards = [obs], [], []
         limit = min(steps - done_steps, max_episode_steps or 10**9)
-        for _ in range(limit):
-            a = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
-            obs, r, term, trunc, _ = env.step(a)
-            states.append(obs)
-            actions.append(a)
-            rewards.append(r)
-            if term or trunc:
-                break
-        done_steps += len(actions)
-        bar.update(len(actions))
-        episodes.append({"states": np.asarray(states, np.float32),
-                         "actions": np.asarray(actions, np.float32),
-                         "costs": -np.asarray(rewards, np.float32)})
+        episode_seed = seed + k
+        k += 1
+        loop = run_episodes(lambda s=episode_seed: np.asarray(env.reset(seed=s)[0])[None],
+                            step, act, 1, limit, record=("obs", "action", "reward", "next_obs"))
+        n = int(loop.lengths[0])
+        done_steps += n
+        bar.update(n)
+        rec = loop.records  # [n, 1, ...]: one episode, at least one step
+        episodes.append({"states": np.concatenate([rec["obs"][:1, 0], rec["next_obs"][:, 0]]
+                                                  ).astype(np.float32),
+                         "actions": rec["action"][:, 0].astype(np.float32),
+                         "costs": -rec["reward"][:, 0].astype(np.float32)})
     bar.close()
     env.close()
     return episodes

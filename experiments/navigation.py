@@ -35,6 +35,7 @@ from worldplan.experiments.common import save_figure, seed_everything
 from worldplan.experiments.runs import Run
 from worldplan.experiments.tasks import Task
 from worldplan.filters.particle import ParticleFilter, systematic_resample
+from worldplan.planners.control_loop import Transition, run_episodes
 from worldplan.planners.mpc import MPPI
 from worldplan.planners.path import NoPathError, Space, astar, rrt_star, shortcut
 
@@ -283,24 +284,29 @@ def run_episode(env: Navigation2DEnv, config: NavigationConfig, seed: int,
         tracker = PurePursuit(path, config.speed, config.lookahead, env.params.dt)
     pf = OnlineParticleFilter(tm, info["state"], config.n_particles, config.init_std, seed,
                               robot_radius=env.params.radius)
-    estimate = info["state"].copy()
-    true, est, clouds = [info["state"][:2].copy()], [estimate[:2].copy()], []
-    collisions, success, steps = 0, False, 0
-    if snapshots:
-        clouds.append((0, pf.particles.numpy()[:, :2].astype(np.float32)))
-    for step in range(config.max_steps):
-        action = tracker(estimate) if config.tracker == "mppi" else tracker(estimate[:2])
-        obs, _, terminated, truncated, info = env.step(action)
-        estimate, particles = pf.update(action, obs[:k])
-        true.append(info["state"][:2].copy())
-        est.append(estimate[:2].copy())
-        collisions += int(info["collision"])
-        steps = step + 1
+    start = info["state"].copy()
+    clouds = [(0, pf.particles.numpy()[:, :2].astype(np.float32))] if snapshots else []
+
+    def act(estimate: np.ndarray) -> np.ndarray:  # [1, 4] -> [1, 2]
+        mppi = config.tracker == "mppi"
+        return tracker(estimate[0] if mppi else estimate[0, :2])[None]
+
+    def step(action: np.ndarray, _alive: np.ndarray) -> Transition:
+        obs, _, terminated, truncated, info = env.step(action[0])
+        estimate, particles = pf.update(action[0], obs[:k])
         if snapshots:
-            clouds.append((step + 1, particles[:, :2].astype(np.float32)))
-        if terminated:
-            success = True
-            break
+            clouds.append((pf.step_count, particles[:, :2].astype(np.float32)))
+        return Transition(estimate[None], None, np.array([terminated]), np.array([truncated]),
+                          {"true": info["state"][None, :2].copy(),
+                           "collision": np.array([int(info["collision"])])})
+
+    loop = run_episodes(lambda: start[None], step, act, 1, config.max_steps,
+                        record=("true", "next_obs", "collision"))
+    # [T+1, 2]: the start, then the position after every step (max_steps >= 1)
+    true = np.concatenate([start[None, :2], loop.records["true"][:, 0]])
+    est = np.concatenate([start[None, :2], loop.records["next_obs"][:, 0, :2]])
+    collisions = int(loop.records["collision"].sum())
+    success, steps = bool(loop.terminated[0]), int(loop.lengths[0])
     if snapshots:
         pick = np.unique(np.linspace(0, len(clouds) - 1, snapshots).round().astype(int))
         clouds = [clouds[i] for i in pick]
