@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, action="append", default=None,
                    help="run folder to create or continue (twice with show: compare)")
     p.add_argument("--resume", type=Path, default=None,
-                   help="continue RUN_DIR from its checkpoints")
+                   help="continue the existing run RUN_DIR (like --run, which may create it)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes")
@@ -231,8 +231,7 @@ def run_cli(argv: list[str]) -> int:
     if run is not None and run.config_path.exists():
         recorded = load_yaml(task.config_cls, run.config_path)
     config = build_config(task, args, rest, recorded)
-    plan = Plan(task, stages, run, recorded, config, args.resume is not None,
-                 explicit=args.stage != "all")
+    plan = Plan(task, stages, run, recorded, config, explicit=args.stage != "all")
     # -- work -------------------------------------------------------------------------
     new_run = run is None
     created = _missing_parents(path) if new_run else []
@@ -278,10 +277,12 @@ def _run_stages(task: Task, config: Any, run: Run, plan: Plan) -> None:
                      info.get("finished", "earlier"))
             continue
         run.record = None if record == stage else record[len(stage) + 1:]
-        run.resume = action in ("resume", "continue")
-        if action == "continue":
-            log.info("== %s %s: continuing from its checkpoints (--resume) ==", task.name, stage)
-        elif action == "resume":
+        # a stage that runs from the beginning replaces its earlier outputs: the stage
+        # removes its files, and the metrics sections of its earlier completion go here
+        run.resume = action == "resume" and stage in task.resumable
+        if action == "run":
+            run.drop_stage_sections(record)
+        if action == "resume":
             how = ("continuing it from its checkpoints" if stage in task.resumable
                    else "starting it again")
             log.info("== %s %s: interrupted earlier; %s ==", task.name, stage, how)

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -79,6 +80,8 @@ from worldplan.worldmodels.training import train_stochastic  # noqa: E402
 log = logging.getLogger(__name__)
 
 MODELS = ("ensemble", "cvae", "deterministic", "true")
+RANDOM_DATA = "episodes.npz"  # collect's random-action episodes
+LOOP_DATA = "loop_episodes.npz"  # those and the model-based loop's MPC episodes so far
 
 # Per-env defaults (used where a setting is left at 0 / auto / negative), declared by each
 # task's adapter in envs/gym_tasks/ (``GymTaskModel.planning``).
@@ -310,12 +313,32 @@ def _setup(config: MujocoConfig) -> torch.device:
     return resolve_device(config.device)
 
 
+def start_fresh(run: Run, *paths: Path) -> None:
+    """Before a stage runs from the beginning (not continuing an interrupted run of it):
+    remove the files and folders it writes, so none made with earlier settings outlives it.
+    A crash after this leaves the stage interrupted, never a mix of old and new files."""
+    if run.resume:
+        return
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _loop_outputs(run: Run) -> list[Path]:
+    """What train-model writes: the loop's data and state, the models, the curve."""
+    return [run.data / LOOP_DATA, run.path / "loop_state.json", run.checkpoints / "model.pt",
+            *run.checkpoints.glob("round*"), run.figures / "learning_curve.png"]
+
+
 def collect(config: MujocoConfig, run: Run) -> None:
     _setup(config)
+    path = run.data / RANDOM_DATA
+    start_fresh(run, path)
     if config.model == "true":
         log.info("--model true: no data needed")
         return
-    path = run.data / "episodes.npz"
     if run.resume and path.is_file():
         log.info("resume: keeping the collected data in %s", path)
         return
@@ -332,16 +355,22 @@ def collect(config: MujocoConfig, run: Run) -> None:
 def train(config: MujocoConfig, run: Run) -> None:
     """The model-based loop (see the module docstring)."""
     device = _setup(config)
+    start_fresh(run, *_loop_outputs(run))
     if config.model == "true":
         log.info("--model true: nothing to train")
         return
-    data_path = run.data / "episodes.npz"
+    # the collected random data stay as collect wrote them; the loop keeps the random and
+    # MPC episodes it has so far in LOOP_DATA, saved with its state after every round
+    data_path = run.data / LOOP_DATA
     state_path = run.path / "loop_state.json"
-    episodes = load_episodes(data_path)
     state: dict[str, Any] = {"round": 0, "curve": []}
-    if run.resume and state_path.is_file():
+    if run.resume and state_path.is_file() and data_path.is_file():
         state = json.loads(state_path.read_text())
         log.info("resume: continuing the loop at round %d", state["round"])
+    else:
+        data_path = run.data / RANDOM_DATA
+    episodes = load_episodes(data_path)
+    data_path = run.data / LOOP_DATA
     writer = run.writer()
     env = make_env(config.env)
     loop = config.loop
@@ -421,6 +450,8 @@ def _curve_figure(curve: list[dict[str, Any]], config: MujocoConfig, run: Run) -
 def evaluate(config: MujocoConfig, run: Run) -> None:
     """The planner alone over ``episodes`` seeded episodes in one vector env."""
     device = _setup(config)
+    # the video of this record (its name has the planner, which may have changed)
+    start_fresh(run, *run.videos.glob(f"{config.env}_*.mp4"))
     planner = make_planner(config, run, device)
     venv = make_vector_env(config.env, config.episodes)
     ctrl = RecedingHorizonController(planner, device=device)
@@ -478,6 +509,10 @@ TASK = Task(
     stages={"collect": collect, "train-model": train, "evaluate": evaluate},
     description=__doc__.split("Examples::")[0] if __doc__ else "",
     resumable=("collect", "train-model"),
+    # env, model and the seed, listed by none, are read by every stage
+    sections={"collect": ("loop.random_steps", "loop.max_episode_steps"),
+              "train-model": ("loop", "learn", "planner", "mpc"),
+              "evaluate": ("planner", "mpc", "episodes", "max_steps", "video")},
     shown_defaults=shown_defaults,
     help_note="Defaults that depend on the env and planner are shown for --env {config.env} "
               "--planner {config.planner};\ngive those flags with --help to see another's.",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 PLANNERS = ("astar", "rrt_star")
 TRACKERS = ("pursuit", "mppi")
+FIGURES = ("maps_paths.png", "particles.png", "localisation_error.png")
 
 
 @dataclass
@@ -451,11 +452,13 @@ def evaluate(config: NavigationConfig, run: Run) -> dict:
     for key in ("success_rate", "mean_localisation_error_m", "mean_path_length_m"):
         writer.add_scalar(f"navigation/{key}", metrics[key], 0)
     shown = records[: max(1, config.figure_episodes)]
+    for name in FIGURES:  # none of an earlier evaluation outlives this one
+        (run.figures / name).unlink(missing_ok=True)
     if shown:
         with run.optional_artefact("the navigation figures"):
-            save_figure(figure_paths(shown, config.planner), run.figures / "maps_paths.png")
-            save_figure(figure_particles(shown[0]), run.figures / "particles.png")
-            save_figure(figure_errors(records), run.figures / "localisation_error.png")
+            save_figure(figure_paths(shown, config.planner), run.figures / FIGURES[0])
+            save_figure(figure_particles(shown[0]), run.figures / FIGURES[1])
+            save_figure(figure_errors(records), run.figures / FIGURES[2])
     log.info("navigation: success %.0f%% over %d maps, mean localisation error %.3f m",
              100 * metrics["success_rate"], total, metrics["mean_localisation_error_m"])
     return metrics
@@ -475,5 +478,7 @@ TASK = Task(
     presets={"default": _default, "quick": _quick},
     stages={"evaluate": evaluate},
     validate=validate,
+    # one stage, which reads every setting: other settings on a run give it its own record
+    sections={"evaluate": tuple(f.name for f in fields(NavigationConfig))},
     description="plan (A* / RRT*) -> pure pursuit -> particle-filter localisation on random maps",
 )

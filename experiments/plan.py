@@ -24,7 +24,7 @@ class Plan:
     """
 
     def __init__(self, task: Task, stages: list[str], run: Run | None, recorded: Any | None,
-                 config: Any, resume_flag: bool, explicit: bool) -> None:
+                 config: Any, explicit: bool) -> None:
         self.steps: list[tuple[str, str, str]] = []  # (stage, record, action)
         started = set(run.stages_started()) if run is not None else set()
         self.write_config = recorded is None or not started
@@ -53,8 +53,7 @@ class Plan:
                     rerun_from = order.index(stage) if rerun_from is None else rerun_from
                     action = "run"  # its checkpoints were made with the old settings
                 else:
-                    action = ("resume" if state == "interrupted"
-                              else "continue" if resume_flag else "run")
+                    action = "resume" if state == "interrupted" else "run"
                 self.steps.append((stage, stage, action))
             else:
                 record = stage

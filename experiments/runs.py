@@ -9,7 +9,9 @@ Besides the stages' own files a run holds its bookkeeping:
 - ``stages/<record>.started.json`` and ``stages/<record>.done.json``: a stage counts as
   complete only when its ``done`` marker exists and no newer ``started`` marker does. The
   ``done`` marker is written last and atomically, after every output of the stage, so a
-  stage interrupted at any point (Ctrl-C, SIGKILL, an error) is seen as interrupted.
+  stage interrupted at any point (Ctrl-C, SIGKILL, an error) is seen as interrupted. It
+  lists the metrics.json sections the stage wrote (``sections``), so a stage that runs
+  again or is forgotten takes exactly its own sections with it.
 """
 
 from __future__ import annotations
@@ -100,6 +102,9 @@ class Run:
         # Set by the CLI for an evaluation whose settings differ from config.yaml: its
         # metrics sections, figures and videos get this suffix (e.g. "seed424242").
         self.record: str | None = None
+        # metrics.json sections written since the current stage started (its marker lists
+        # them); None outside a stage
+        self._written: set[str] | None = None
 
     # -- creation -----------------------------------------------------------------
     @classmethod
@@ -239,7 +244,32 @@ class Run:
     def start_stage(self, record: str, info: dict[str, Any]) -> dict[str, Any]:
         started = {**info, "started": _now(), "_t0": time.time(), "_cpu0": _cpu_seconds()}
         atomic_write_text(self._marker(record, "started"), json.dumps(started, indent=1) + "\n")
+        self._written = set()
         return started
+
+    def stage_sections(self, record: str) -> list[str]:
+        """The metrics.json sections the completed stage ``record`` wrote, per its ``done``
+        marker (``[record]`` for a marker that does not list them)."""
+        sections = self.stage_info(record).get("sections")
+        if isinstance(sections, list) and all(isinstance(x, str) for x in sections):
+            return sections
+        return [record]
+
+    def drop_stage_sections(self, record: str) -> list[str]:
+        """Remove the metrics.json sections of the completed stage ``record`` before it
+        runs again from the beginning, so no value of the earlier run (a method or key the
+        new settings no longer produce) stays mixed with the new ones. Returns the names
+        removed."""
+        if self.stage_state(record) != "done":
+            return []
+        metrics = self.metrics()
+        gone = [name for name in self.stage_sections(record) if name in metrics]
+        if gone:
+            for name in gone:
+                del metrics[name]
+            atomic_write_text(self.metrics_path,
+                              json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        return gone
 
     def finish_stage(self, record: str, started: dict[str, Any]) -> dict[str, Any]:
         """Mark ``record`` complete: timings in metrics.json, then the ``done`` marker
@@ -247,7 +277,9 @@ class Run:
         t0, cpu0 = started.pop("_t0"), started.pop("_cpu0")
         summary = {**started, "finished": _now(), "seconds": round(time.time() - t0, 2),
                    "cpu_seconds": round(_cpu_seconds() - cpu0, 2),
-                   "loadavg": [round(x, 2) for x in os.getloadavg()]}
+                   "loadavg": [round(x, 2) for x in os.getloadavg()],
+                   "sections": sorted(self._written or ())}
+        self._written = None
         self.update_metrics("stages", {record: summary}, raw_section=True)
         self.normalise_permissions()
         atomic_write_text(self._marker(record, "done"), json.dumps(summary, indent=1) + "\n")
@@ -256,11 +288,14 @@ class Run:
 
     def forget_stage(self, record: str) -> None:
         """Mark ``record`` as never run, for a stage whose inputs or settings changed: its
-        files stay until it runs again, its metrics.json section becomes
-        ``<record>-earlier`` (so no table shows them as the run's current results)."""
+        files stay until it runs again (which replaces them), each metrics.json section it
+        wrote becomes ``<section>-earlier`` (so no table shows them as the run's current
+        results)."""
         metrics = self.metrics()
-        if record in metrics:
-            metrics[f"{record}-earlier"] = metrics.pop(record)
+        moved = [name for name in self.stage_sections(record) if name in metrics]
+        if moved:
+            for name in moved:
+                metrics[f"{name}-earlier"] = metrics.pop(name)
             atomic_write_text(self.metrics_path,
                               json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         for kind in ("done", "started"):
@@ -301,6 +336,8 @@ class Run:
         ``raw_section``) into metrics.json (atomic rewrite)."""
         metrics = self.metrics()
         name = section if raw_section else self.section(section)
+        if self._written is not None and not raw_section:
+            self._written.add(name)
         metrics.setdefault(name, {}).update(self.relative(values))
         atomic_write_text(self.metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         return metrics
