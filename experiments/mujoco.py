@@ -355,22 +355,22 @@ def collect(config: MujocoConfig, run: Run) -> None:
 def train(config: MujocoConfig, run: Run) -> None:
     """The model-based loop (see the module docstring)."""
     device = _setup(config)
-    start_fresh(run, *_loop_outputs(run))
     if config.model == "true":
+        start_fresh(run, *_loop_outputs(run))
         log.info("--model true: nothing to train")
         return
-    # the collected random data stay as collect wrote them; the loop keeps the random and
-    # MPC episodes it has so far in LOOP_DATA, saved with its state after every round
+    # collect's random data stay as it wrote them; the loop keeps the random and MPC
+    # episodes it has so far in LOOP_DATA, saved with its state after every round
     data_path = run.data / LOOP_DATA
     state_path = run.path / "loop_state.json"
     state: dict[str, Any] = {"round": 0, "curve": []}
     if run.resume and state_path.is_file() and data_path.is_file():
         state = json.loads(state_path.read_text())
         log.info("resume: continuing the loop at round %d", state["round"])
+        episodes = load_episodes(data_path)
     else:
-        data_path = run.data / RANDOM_DATA
-    episodes = load_episodes(data_path)
-    data_path = run.data / LOOP_DATA
+        episodes = load_episodes(run.data / RANDOM_DATA)  # inputs before removing outputs
+        start_fresh(run, *_loop_outputs(run))
     writer = run.writer()
     env = make_env(config.env)
     loop = config.loop
@@ -450,9 +450,9 @@ def _curve_figure(curve: list[dict[str, Any]], config: MujocoConfig, run: Run) -
 def evaluate(config: MujocoConfig, run: Run) -> None:
     """The planner alone over ``episodes`` seeded episodes in one vector env."""
     device = _setup(config)
+    planner = make_planner(config, run, device)
     # the video of this record (its name has the planner, which may have changed)
     start_fresh(run, *run.videos.glob(f"{config.env}_*.mp4"))
-    planner = make_planner(config, run, device)
     venv = make_vector_env(config.env, config.episodes)
     ctrl = RecedingHorizonController(planner, device=device)
     probe = make_env(config.env)

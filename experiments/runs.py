@@ -12,6 +12,9 @@ Besides the stages' own files a run holds its bookkeeping:
   stage interrupted at any point (Ctrl-C, SIGKILL, an error) is seen as interrupted. It
   lists the metrics.json sections the stage wrote (``sections``), so a stage that runs
   again or is forgotten takes exactly its own sections with it.
+
+Length: one class, the run folder; its layout, stage markers, metrics and housekeeping
+share the folder's paths and are read together.
 """
 
 from __future__ import annotations

@@ -254,9 +254,9 @@ def stage_train_model(cfg: TruckConfig, run: Run) -> None:
     _threads(cfg)
 
     out = emulator_dir(run)
+    data = _load_data(run)  # inputs first: a command that fails on them changes nothing
     start_fresh(run, out, *(run.figures / name for name in EMULATOR_FIGURES))
     seed_everything(cfg.seed)
-    data = _load_data(run)
     e = cfg.emulator
     model = DeterministicModel(4, 1, ncond=1, hidden=e.hidden, layers=e.layers,
                                dropout=e.dropout)
@@ -348,6 +348,7 @@ def stage_train_policy(cfg: TruckConfig, run: Run) -> None:
     device = resolve_device(cfg.device)
     tm = TruckTaskModel(cfg.params())
     sources = ["emulator"] + (["truth"] if cfg.policy.train_truth else [])
+    emulator = load_emulator(run, device)  # inputs first: a failure changes nothing
     # every source's policy goes: a --no-policy.train-truth run must not keep the truth one
     start_fresh(run, *(policy_path(run, s) for s in POLICY_SOURCES),
                 run.figures / "policy_training.png")
@@ -358,8 +359,7 @@ def stage_train_policy(cfg: TruckConfig, run: Run) -> None:
             log.info("policy %s was trained before the interruption; keeping it", path)
             histories[source] = policy_ckpt.read_policy(path, "truck")["meta"].get("history", {})
             continue
-        emulator = load_emulator(run, device) if source == "emulator" else None
-        dynamics = emulator.step if emulator is not None else tm.step
+        dynamics = emulator.step if source == "emulator" else tm.step
         histories[source] = train_one_policy(cfg, run, source, dynamics, device)
     run.update_metrics("train-policy", {
         source: {"updates": len(h.get("cost", [])),
@@ -409,9 +409,6 @@ def stage_evaluate(cfg: TruckConfig, run: Run) -> None:
     p = cfg.params()
     tm = TruckTaskModel(p)
     starts = evaluation_starts(cfg)
-    # this record's figures and video: the controller they show may have changed
-    start_fresh(run, *run.figures.glob("success_by_method.png"),
-                *run.figures.glob("trajectories_*.png"), *run.videos.glob("docking_*.mp4"))
     controllers: dict[str, object] = {}
     for source in POLICY_SOURCES:
         if policy_path(run, source).exists():
@@ -419,6 +416,11 @@ def stage_evaluate(cfg: TruckConfig, run: Run) -> None:
     if not controllers:
         raise FileNotFoundError(
             f"no policy in {run.checkpoints}: run `worldplan truck train-policy`")
+    emulator = load_emulator(run, torch.device("cpu")) if cfg.mpc.enabled else None
+    # inputs loaded; now this record's figures and video go (the controller they show, the
+    # methods they compare may have changed)
+    start_fresh(run, *run.figures.glob("success_by_method.png"),
+                *run.figures.glob("trajectories_*.png"), *run.videos.glob("docking_*.mp4"))
     controllers["lqr"] = LQRController(p)
     controllers["cascade"] = CascadeController(p)
     results, metrics = {}, {}
@@ -432,7 +434,7 @@ def stage_evaluate(cfg: TruckConfig, run: Run) -> None:
         policy = load_policy(run, "emulator", cfg) if policy_path(run, "emulator").exists() \
             else None
         mpc_results, mpc_metrics = evaluate_rows(
-            cfg.mpc.rows, tm, load_emulator(run, torch.device("cpu")), policy,
+            cfg.mpc.rows, tm, emulator, policy,
             starts[: cfg.mpc.starts], cfg.mpc, cfg.seed, cfg.progress, summarise)
         results.update(mpc_results)
         metrics.update(mpc_metrics)
