@@ -89,6 +89,7 @@ def simulate(
     loop = run_episodes(lambda: state, step, act, n, max_steps, active_only=not full_batch,
                         record=("pose",), progress=progress, desc="simulate")
     outcome[outcome == Outcome.RUNNING] = Outcome.TIMEOUT
-    trajectory = np.concatenate([np.array(starts, dtype=np.float64)[:, None],
-                                 loop.records["pose"].reshape(-1, n, 4).transpose(1, 0, 2)], 1)
+    # [N, T+1, 4], C-ordered (as np.stack makes it: reductions over it sum in that order)
+    frames = [np.array(starts, dtype=np.float64), *loop.records["pose"].reshape(-1, n, 4)]
+    trajectory = np.stack(frames, axis=1)
     return BatchResult(final, outcome, loop.lengths, trajectory)
