@@ -12,12 +12,12 @@ Every stage of every task runs in one skeleton (:func:`run_cli`):
    says which; a stage is complete only once its ``done`` marker is written, last;
 3. ``config.yaml`` records how the run's data and models were made. An evaluation alone
    with other settings writes its own record (``evaluate-seed424242`` in metrics.json,
-   ``figures/evaluate-seed424242/``). A stage that makes data or models refuses other
-   settings, unless its task says which stage reads which settings (``Task.sections``):
-   then a command may change the settings of the stages it runs and of later ones (never
-   those of an earlier stage that made its outputs), config.yaml takes them, a completed
-   stage they concern runs again, and its metrics and marker record them
-   (experiments/plan.py);
+   ``figures/evaluate-seed424242/``). A task says which stage reads which settings
+   (``Task.sections``): a command may change the settings of the stages it runs and of
+   later ones (never those of an earlier stage that made its outputs), config.yaml takes
+   them, a completed stage they concern runs again, replacing its files and metrics
+   sections, and its metrics and marker record them (experiments/plan.py); a task
+   without sections refuses other settings for a stage that makes data or models;
 4. a command that fails leaves no new empty run folder behind, and the end of an
    evaluation prints the summary table (``worldplan <task> show --run R`` prints it again).
 """

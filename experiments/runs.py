@@ -101,7 +101,9 @@ class Run:
         self.path = Path(path)
         self.task = task
         self._writer = None
-        self.resume = False  # set by the CLI: continue training from checkpoints/last
+        # set by the CLI for a resumable stage that continues an interrupted run of itself:
+        # continue from checkpoints/last, keep what it finished; else start from scratch
+        self.resume = False
         # Set by the CLI for an evaluation whose settings differ from config.yaml: its
         # metrics sections, figures and videos get this suffix (e.g. "seed424242").
         self.record: str | None = None
