@@ -277,11 +277,9 @@ def _run_stages(task: Task, config: Any, run: Run, plan: Plan) -> None:
                      info.get("finished", "earlier"))
             continue
         run.record = None if record == stage else record[len(stage) + 1:]
-        # a stage that runs from the beginning replaces its earlier outputs: the stage
-        # removes its files, and the metrics sections of its earlier completion go here
+        # a stage that runs from the beginning replaces its earlier outputs: the stage its
+        # files, the run the metrics sections of its earlier completion
         run.resume = action == "resume" and stage in task.resumable
-        if action == "run":
-            run.drop_stage_sections(record)
         if action == "resume":
             how = ("continuing it from its checkpoints" if stage in task.resumable
                    else "starting it again")
@@ -298,7 +296,7 @@ def _run_stages(task: Task, config: Any, run: Run, plan: Plan) -> None:
         elif stage in plan.changed:
             info["settings"] = {k: b for k, (_a, b) in plan.changed[stage].items()}
             info["previous"] = {k: a for k, (a, _b) in plan.changed[stage].items()}
-        started = run.start_stage(record, info)
+        started = run.start_stage(record, info, fresh=not run.resume)
         task.stages[stage](config, run)
         if "settings" in info:
             run.update_metrics(stage, {"_settings": info["settings"]})

@@ -110,6 +110,8 @@ class Run:
         # metrics.json sections written since the current stage started (its marker lists
         # them); None outside a stage
         self._written: set[str] | None = None
+        # sections of the current stage's earlier completion still to be replaced
+        self._replace: set[str] = set()
 
     # -- creation -----------------------------------------------------------------
     @classmethod
@@ -246,10 +248,17 @@ class Run:
             return []
         return sorted({p.name.split(".")[0] for p in folder.glob("*.json")})
 
-    def start_stage(self, record: str, info: dict[str, Any]) -> dict[str, Any]:
+    def start_stage(self, record: str, info: dict[str, Any], fresh: bool = False
+                    ) -> dict[str, Any]:
+        """Mark ``record`` started. ``fresh``: it runs from the beginning, so the metrics
+        sections of its earlier run (those its ``done`` marker lists; ``record`` without
+        one) are replaced: each one it writes again on its first write, the others when it
+        completes (so a stage that fails early leaves metrics.json as it was, and one that
+        completes leaves nothing of its earlier run beside the new values)."""
+        replace = set(self.stage_sections(record)) if fresh else set()
         started = {**info, "started": _now(), "_t0": time.time(), "_cpu0": _cpu_seconds()}
         atomic_write_text(self._marker(record, "started"), json.dumps(started, indent=1) + "\n")
-        self._written = set()
+        self._written, self._replace = set(), replace
         return started
 
     def stage_sections(self, record: str) -> list[str]:
@@ -260,26 +269,17 @@ class Run:
             return sections
         return [record]
 
-    def drop_stage_sections(self, record: str) -> list[str]:
-        """Remove the metrics.json sections of the completed stage ``record`` before it
-        runs again from the beginning, so no value of the earlier run (a method or key the
-        new settings no longer produce) stays mixed with the new ones. Returns the names
-        removed."""
-        if self.stage_state(record) != "done":
-            return []
-        metrics = self.metrics()
-        gone = [name for name in self.stage_sections(record) if name in metrics]
-        if gone:
-            for name in gone:
-                del metrics[name]
-            atomic_write_text(self.metrics_path,
-                              json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        return gone
-
     def finish_stage(self, record: str, started: dict[str, Any]) -> dict[str, Any]:
         """Mark ``record`` complete: timings in metrics.json, then the ``done`` marker
         (last, atomically), then drop the ``started`` one."""
         t0, cpu0 = started.pop("_t0"), started.pop("_cpu0")
+        stale, self._replace = self._replace, set()
+        metrics = self.metrics()
+        if stale & set(metrics):  # sections of the earlier run that this one did not write
+            for name in stale:
+                metrics.pop(name, None)
+            atomic_write_text(self.metrics_path,
+                              json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         summary = {**started, "finished": _now(), "seconds": round(time.time() - t0, 2),
                    "cpu_seconds": round(_cpu_seconds() - cpu0, 2),
                    "loadavg": [round(x, 2) for x in os.getloadavg()],
@@ -343,6 +343,9 @@ class Run:
         name = section if raw_section else self.section(section)
         if self._written is not None and not raw_section:
             self._written.add(name)
+        if name in self._replace:  # the first write of a fresh stage: the earlier goes
+            self._replace.discard(name)
+            metrics.pop(name, None)
         metrics.setdefault(name, {}).update(self.relative(values))
         atomic_write_text(self.metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         return metrics

@@ -173,6 +173,25 @@ def test_truck_evaluation_setting_replaces_its_metrics(truck_run: Path, capsys) 
     assert evaluation["_settings"] == {"mpc.enabled": False}
 
 
+def test_a_stage_that_fails_on_its_inputs_changes_no_file(truck_run: Path, capsys) -> None:
+    """A stage reads its inputs before it removes its earlier outputs."""
+    (truck_run / "checkpoints" / "policy_emulator.pt").write_bytes(b"PK\x03\x04torn")
+    before = _files(truck_run)
+    code, err = _cli("truck", "evaluate", "--run", str(truck_run), capsys=capsys)
+    assert code == 2, err
+    after = _files(truck_run)  # a started marker is new; every file there is as it was
+    assert {k: after.get(k) for k in before} == before
+    # with new settings the run takes them (config.yaml, markers); its outputs stay
+    (truck_run / "checkpoints" / "emulator" / "best.pt").write_bytes(b"torn")
+    before = {k: v for k, v in _files(truck_run).items()
+              if not k.startswith("stages/") and k not in ("config.yaml", "metrics.json")}
+    code, err = _cli("truck", "train-policy", "--run", str(truck_run), "--policy.lr", "0.01",
+                     capsys=capsys)
+    assert code == 2, err
+    after = _files(truck_run)
+    assert {k: after.get(k) for k in before} == before
+
+
 @pytest.mark.parametrize("args, message", [
     (["train-policy", "--collect.episodes", "50"],
      "made its collect stage with collect.episodes = 40; train-policy cannot change it to 50"),
