@@ -162,11 +162,13 @@ def run_episodes(
             active_rows.append(alive.copy())
             if out.reward is not None:
                 reward = np.asarray(out.reward, dtype=np.float64).reshape(n)
-                returns[alive] += reward[alive]
-            lengths[alive] += 1
-            terminated |= alive & term
-            truncated |= alive & trunc & ~term
-            alive &= ~(term | trunc)
+                # + 0.0 leaves a return unchanged to the bit (a sum from +0.0 is never -0.0)
+                returns += np.where(alive, reward, 0.0)
+            lengths += alive
+            ended = alive & (term | trunc)
+            terminated |= ended & term
+            truncated |= ended & ~term
+            alive &= ~ended
             obs = out.obs
             result.steps += 1
             result.obs = obs
