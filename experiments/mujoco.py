@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -313,19 +312,6 @@ def _setup(config: MujocoConfig) -> torch.device:
     return resolve_device(config.device)
 
 
-def start_fresh(run: Run, *paths: Path) -> None:
-    """Before a stage runs from the beginning (not continuing an interrupted run of it):
-    remove the files and folders it writes, so none made with earlier settings outlives it.
-    A crash after this leaves the stage interrupted, never a mix of old and new files."""
-    if run.resume:
-        return
-    for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
 def _loop_outputs(run: Run) -> list[Path]:
     """What train-model writes: the loop's data and state, the models, the curve."""
     return [run.data / LOOP_DATA, run.path / "loop_state.json", run.checkpoints / "model.pt",
@@ -335,7 +321,7 @@ def _loop_outputs(run: Run) -> list[Path]:
 def collect(config: MujocoConfig, run: Run) -> None:
     _setup(config)
     path = run.data / RANDOM_DATA
-    start_fresh(run, path)
+    run.start_fresh(path)
     if config.model == "true":
         log.info("--model true: no data needed")
         return
@@ -356,7 +342,7 @@ def train(config: MujocoConfig, run: Run) -> None:
     """The model-based loop (see the module docstring)."""
     device = _setup(config)
     if config.model == "true":
-        start_fresh(run, *_loop_outputs(run))
+        run.start_fresh(*_loop_outputs(run))
         log.info("--model true: nothing to train")
         return
     # collect's random data stay as it wrote them; the loop keeps the random and MPC
@@ -370,7 +356,7 @@ def train(config: MujocoConfig, run: Run) -> None:
         episodes = load_episodes(data_path)
     else:
         episodes = load_episodes(run.data / RANDOM_DATA)  # inputs before removing outputs
-        start_fresh(run, *_loop_outputs(run))
+        run.start_fresh(*_loop_outputs(run))
     writer = run.writer()
     env = make_env(config.env)
     loop = config.loop
@@ -452,7 +438,7 @@ def evaluate(config: MujocoConfig, run: Run) -> None:
     device = _setup(config)
     planner = make_planner(config, run, device)
     # the video of this record (its name has the planner, which may have changed)
-    start_fresh(run, *run.videos.glob(f"{config.env}_*.mp4"))
+    run.start_fresh(*run.videos.glob(f"{config.env}_*.mp4"))
     venv = make_vector_env(config.env, config.episodes)
     ctrl = RecedingHorizonController(planner, device=device)
     probe = make_env(config.env)

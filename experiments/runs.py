@@ -306,6 +306,21 @@ class Run:
         for kind in ("done", "started"):
             self._marker(record, kind).unlink(missing_ok=True)
 
+    def start_fresh(self, *paths: Path) -> None:
+        """For a stage that runs from the beginning (``resume`` not set), after it has read
+        its inputs: remove the files and folders it writes, so none made with earlier
+        settings outlives it (a policy the new settings do not train, a figure that cannot
+        be made now). A crash after this leaves the stage interrupted, never a mix of old
+        and new files marked done. Does nothing when the stage continues an interrupted
+        run of itself."""
+        if self.resume:
+            return
+        for path in paths:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
     # -- metrics and logs ---------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
         if not self.metrics_path.exists():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,20 +164,6 @@ def _threads(cfg: TruckConfig) -> None:
         torch.set_num_threads(cfg.threads)
 
 
-def start_fresh(run: Run, *paths: Path) -> None:
-    """Before a stage runs from the beginning (not continuing an interrupted run of it):
-    remove the files and folders it writes, so none made with earlier settings outlives
-    it (a policy the new settings do not train, a figure that cannot be made now). A crash
-    after this leaves the stage interrupted, never a mix of old and new files marked done."""
-    if run.resume:
-        return
-    for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
 def stage_collect(cfg: TruckConfig, run: Run) -> None:
     if run.resume and (run.data / "manifest.json").exists():
         log.info("data set %s is complete; keeping it", run.data)
@@ -255,7 +240,7 @@ def stage_train_model(cfg: TruckConfig, run: Run) -> None:
 
     out = emulator_dir(run)
     data = _load_data(run)  # inputs first: a command that fails on them changes nothing
-    start_fresh(run, out, *(run.figures / name for name in EMULATOR_FIGURES))
+    run.start_fresh(out, *(run.figures / name for name in EMULATOR_FIGURES))
     seed_everything(cfg.seed)
     e = cfg.emulator
     model = DeterministicModel(4, 1, ncond=1, hidden=e.hidden, layers=e.layers,
@@ -350,7 +335,7 @@ def stage_train_policy(cfg: TruckConfig, run: Run) -> None:
     sources = ["emulator"] + (["truth"] if cfg.policy.train_truth else [])
     emulator = load_emulator(run, device)  # inputs first: a failure changes nothing
     # every source's policy goes: a --no-policy.train-truth run must not keep the truth one
-    start_fresh(run, *(policy_path(run, s) for s in POLICY_SOURCES),
+    run.start_fresh(*(policy_path(run, s) for s in POLICY_SOURCES),
                 run.figures / "policy_training.png")
     histories = {}
     for source in sources:
@@ -419,7 +404,7 @@ def stage_evaluate(cfg: TruckConfig, run: Run) -> None:
     emulator = load_emulator(run, torch.device("cpu")) if cfg.mpc.enabled else None
     # inputs loaded; now this record's figures and video go (the controller they show, the
     # methods they compare may have changed)
-    start_fresh(run, *run.figures.glob("success_by_method.png"),
+    run.start_fresh(*run.figures.glob("success_by_method.png"),
                 *run.figures.glob("trajectories_*.png"), *run.videos.glob("docking_*.mp4"))
     controllers["lqr"] = LQRController(p)
     controllers["cascade"] = CascadeController(p)
