@@ -277,8 +277,9 @@ def _run_stages(task: Task, config: Any, run: Run, plan: Plan) -> None:
                      info.get("finished", "earlier"))
             continue
         run.record = None if record == stage else record[len(stage) + 1:]
-        # a stage that runs from the beginning replaces its earlier outputs: the stage its
-        # files, the run the metrics sections of its earlier completion
+        # a stage that does not continue an interrupted run of itself starts from scratch:
+        # it removes its earlier files (Run.start_fresh), and its first write of a metrics
+        # section replaces that of its earlier run (start_stage's fresh)
         run.resume = action == "resume" and stage in task.resumable
         if action == "resume":
             how = ("continuing it from its checkpoints" if stage in task.resumable
