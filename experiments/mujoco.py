@@ -1,9 +1,11 @@
 """``worldplan mujoco <stage>``: MPC on gymnasium tasks with true or learned dynamics.
 
-collect       random-action episodes (the first data of the model-based loop)
+collect       random-action episodes (the first data of the model-based loop;
+              ``data/episodes.npz``)
 train-model   the model-based loop: train the world model (ensemble, cVAE or deterministic)
               on all data, run MPC episodes with it in the real env, add their data,
-              retrain; TensorBoard ``mujoco/return`` against environment steps
+              retrain; TensorBoard ``mujoco/return`` against environment steps; the data
+              so far in ``data/loop_episodes.npz`` (run again, it starts from collect's)
 evaluate      the planner alone over vectorised seeded episodes (``--model true`` plans with
               the task's true dynamics where they exist: Pendulum-v1); metrics.json
               ``mean_return``, ``std_return``, ``env_steps``, planning ms/step; a video
