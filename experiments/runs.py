@@ -6,12 +6,13 @@ Besides the stages' own files a run holds its bookkeeping:
 - ``run.json``: which task the folder belongs to;
 - ``config.yaml``: the configuration its data and models were made with (written once,
   before the first stage; never rewritten by an evaluation with other settings);
-- ``stages/<record>.started.json`` and ``stages/<record>.done.json``: a stage counts as
+- ``stages/<record>.{started,done,forgotten}.json``: a stage counts as
   complete only when its ``done`` marker exists and no newer ``started`` marker does. The
   ``done`` marker is written last and atomically, after every output of the stage, so a
   stage interrupted at any point (Ctrl-C, SIGKILL, an error) is seen as interrupted. It
   lists the metrics.json sections the stage wrote (``sections``), so a stage that runs
-  again or is forgotten takes exactly its own sections with it.
+  again or is forgotten takes exactly its own sections with it. A ``forgotten`` marker
+  says a completed stage was made stale by other settings of an earlier one.
 
 Length: one class, the run folder; its layout, stage markers, metrics and housekeeping
 share the folder's paths and are read together.
@@ -233,10 +234,14 @@ class Run:
         return self.path / STAGES_DIR / f"{record}.{kind}.json"
 
     def stage_state(self, record: str) -> str:
-        """``done``, ``interrupted`` (started, never completed) or ``new``."""
+        """``done``, ``interrupted`` (started, never completed), ``stale`` (completed, then
+        forgotten because its inputs or settings changed: its files are of the earlier
+        settings until it runs again) or ``new``."""
         if self._marker(record, "started").exists():
             return "interrupted"
-        return "done" if self._marker(record, "done").exists() else "new"
+        if self._marker(record, "done").exists():
+            return "done"
+        return "stale" if self._marker(record, "forgotten").exists() else "new"
 
     def stage_info(self, record: str, kind: str = "done") -> dict[str, Any]:
         path = self._marker(record, kind)
@@ -289,12 +294,14 @@ class Run:
         self.normalise_permissions()
         atomic_write_text(self._marker(record, "done"), json.dumps(summary, indent=1) + "\n")
         self._marker(record, "started").unlink(missing_ok=True)
+        self._marker(record, "forgotten").unlink(missing_ok=True)
         return summary
 
     def forget_stage(self, record: str) -> None:
-        """Mark ``record`` as never run, for a stage whose inputs or settings changed: its
-        files stay until it runs again (which replaces them), each metrics.json section it
-        wrote becomes ``<section>-earlier`` (so no table shows them as the run's current
+        """Mark ``record`` as ``stale``, for a completed stage whose inputs or settings
+        changed: no longer complete, its files stay until it runs again (which replaces
+        them; no later stage may build on them before), each metrics.json section it wrote
+        becomes ``<section>-earlier`` (so no table shows them as the run's current
         results)."""
         metrics = self.metrics()
         moved = [name for name in self.stage_sections(record) if name in metrics]
@@ -303,6 +310,8 @@ class Run:
                 metrics[f"{name}-earlier"] = metrics.pop(name)
             atomic_write_text(self.metrics_path,
                               json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self._marker(record, "forgotten"),
+                          json.dumps({"forgotten": _now()}) + "\n")
         for kind in ("done", "started"):
             self._marker(record, kind).unlink(missing_ok=True)
 

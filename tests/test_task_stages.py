@@ -155,8 +155,15 @@ def test_truck_emulator_setting_reruns_the_later_stages(truck_run: Path, capsys)
     assert marker["sections"] == ["emulator", "train-model"]
     assert {"train-policy-earlier", "evaluate-earlier"} <= set(metrics)
     assert not _done(truck_run, "train-policy") and not _done(truck_run, "evaluate")
-    # the policy made through the earlier emulator stays until train-policy replaces it
+    # the policy made through the earlier emulator stays until train-policy replaces it,
+    # and no stage may build on it before
     before = (truck_run / "checkpoints" / "policy_emulator.pt").stat().st_mtime_ns
+    files = _files(truck_run)
+    code, err = _cli("truck", "evaluate", "--run", str(truck_run), capsys=capsys)
+    assert code == 2 and ("stage train-policy of run " in _error(err)
+                          and "was made with earlier settings; run it again first: "
+                          "`worldplan truck train-policy --run " in _error(err))
+    assert _files(truck_run) == files
     code, err = _cli("truck", "all", "--run", str(truck_run), capsys=capsys)
     assert code == 0, err
     assert (truck_run / "checkpoints" / "policy_emulator.pt").stat().st_mtime_ns != before
