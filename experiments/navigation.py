@@ -452,7 +452,7 @@ def evaluate(config: NavigationConfig, run: Run) -> dict:
     for key in ("success_rate", "mean_localisation_error_m", "mean_path_length_m"):
         writer.add_scalar(f"navigation/{key}", metrics[key], 0)
     shown = records[: max(1, config.figure_episodes)]
-    run.start_fresh(*(run.figures / name for name in FIGURES))  # none of an earlier one
+    run.start_fresh(*(run.figures / name for name in FIGURES))  # none of an earlier run
     if shown:
         with run.optional_artefact("the navigation figures"):
             save_figure(figure_paths(shown, config.planner), run.figures / FIGURES[0])
