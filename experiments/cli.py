@@ -12,12 +12,12 @@ Every stage of every task runs in one skeleton (:func:`run_cli`):
    says which; a stage is complete only once its ``done`` marker is written, last;
 3. ``config.yaml`` records how the run's data and models were made. An evaluation alone
    with other settings writes its own record (``evaluate-seed424242`` in metrics.json,
-   ``figures/evaluate-seed424242/``). A stage that makes data or models refuses other
-   settings, unless its task says which stage reads which settings (``Task.sections``):
-   then a command may change the settings of the stages it runs and of later ones (never
-   those of an earlier stage that made its outputs), config.yaml takes them, a completed
-   stage they concern runs again, and its metrics and marker record them
-   (experiments/plan.py);
+   ``figures/evaluate-seed424242/``). A task says which stage reads which settings
+   (``Task.sections``): a command may change the settings of the stages it runs and of
+   later ones (never those of an earlier stage that made its outputs), config.yaml takes
+   them, a completed stage they concern runs again, replacing its files and metrics
+   sections, and its metrics and marker record them (experiments/plan.py); a task
+   without sections refuses other settings for a stage that makes data or models;
 4. a command that fails leaves no new empty run folder behind, and the end of an
    evaluation prints the summary table (``worldplan <task> show --run R`` prints it again).
 """
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, action="append", default=None,
                    help="run folder to create or continue (twice with show: compare)")
     p.add_argument("--resume", type=Path, default=None,
-                   help="continue RUN_DIR from its checkpoints")
+                   help="continue the existing run RUN_DIR (like --run, which may create it)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes")
@@ -231,8 +231,7 @@ def run_cli(argv: list[str]) -> int:
     if run is not None and run.config_path.exists():
         recorded = load_yaml(task.config_cls, run.config_path)
     config = build_config(task, args, rest, recorded)
-    plan = Plan(task, stages, run, recorded, config, args.resume is not None,
-                 explicit=args.stage != "all")
+    plan = Plan(task, stages, run, recorded, config, explicit=args.stage != "all")
     # -- work -------------------------------------------------------------------------
     new_run = run is None
     created = _missing_parents(path) if new_run else []
@@ -278,10 +277,11 @@ def _run_stages(task: Task, config: Any, run: Run, plan: Plan) -> None:
                      info.get("finished", "earlier"))
             continue
         run.record = None if record == stage else record[len(stage) + 1:]
-        run.resume = action in ("resume", "continue")
-        if action == "continue":
-            log.info("== %s %s: continuing from its checkpoints (--resume) ==", task.name, stage)
-        elif action == "resume":
+        # a stage that does not continue an interrupted run of itself starts from scratch:
+        # it removes its earlier files (Run.start_fresh), and its first write of a metrics
+        # section replaces that of its earlier run (start_stage's fresh)
+        run.resume = action == "resume" and stage in task.resumable
+        if action == "resume":
             how = ("continuing it from its checkpoints" if stage in task.resumable
                    else "starting it again")
             log.info("== %s %s: interrupted earlier; %s ==", task.name, stage, how)
@@ -297,7 +297,7 @@ def _run_stages(task: Task, config: Any, run: Run, plan: Plan) -> None:
         elif stage in plan.changed:
             info["settings"] = {k: b for k, (_a, b) in plan.changed[stage].items()}
             info["previous"] = {k: a for k, (a, _b) in plan.changed[stage].items()}
-        started = run.start_stage(record, info)
+        started = run.start_stage(record, info, fresh=not run.resume)
         task.stages[stage](config, run)
         if "settings" in info:
             run.update_metrics(stage, {"_settings": info["settings"]})

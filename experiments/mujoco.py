@@ -1,9 +1,11 @@
 """``worldplan mujoco <stage>``: MPC on gymnasium tasks with true or learned dynamics.
 
-collect       random-action episodes (the first data of the model-based loop)
+collect       random-action episodes (the first data of the model-based loop;
+              ``data/episodes.npz``)
 train-model   the model-based loop: train the world model (ensemble, cVAE or deterministic)
               on all data, run MPC episodes with it in the real env, add their data,
-              retrain; TensorBoard ``mujoco/return`` against environment steps
+              retrain; TensorBoard ``mujoco/return`` against environment steps; the data
+              so far in ``data/loop_episodes.npz`` (run again, it starts from collect's)
 evaluate      the planner alone over vectorised seeded episodes (``--model true`` plans with
               the task's true dynamics where they exist: Pendulum-v1); metrics.json
               ``mean_return``, ``std_return``, ``env_steps``, planning ms/step; a video
@@ -55,6 +57,7 @@ from worldplan.experiments.common import (  # noqa: E402
 from worldplan.experiments.runs import Run  # noqa: E402
 from worldplan.experiments.tasks import Task  # noqa: E402
 from worldplan.experiments.video import write_video  # noqa: E402
+from worldplan.planners.control_loop import Transition, run_episodes  # noqa: E402
 from worldplan.planners.mpc import Planner, RecedingHorizonController  # noqa: E402
 from worldplan.planners.mpc.factory import (  # noqa: E402
     PLANNERS,
@@ -78,6 +81,8 @@ from worldplan.worldmodels.training import train_stochastic  # noqa: E402
 log = logging.getLogger(__name__)
 
 MODELS = ("ensemble", "cvae", "deterministic", "true")
+RANDOM_DATA = "episodes.npz"  # collect's random-action episodes
+LOOP_DATA = "loop_episodes.npz"  # those and the model-based loop's MPC episodes so far
 
 # Per-env defaults (used where a setting is left at 0 / auto / negative), declared by each
 # task's adapter in envs/gym_tasks/ (``GymTaskModel.planning``).
@@ -244,26 +249,32 @@ def random_episodes(env_id: str, steps: int, seed: int, max_episode_steps: int =
     """Uniform random-action episodes totalling ``steps`` environment steps."""
     env = make_env(env_id)
     rng = np.random.default_rng(seed)
+    low, high = env.action_space.low, env.action_space.high
     episodes, done_steps, k = [], 0, 0
+
+    def act(_obs: np.ndarray) -> np.ndarray:
+        return rng.uniform(low, high).astype(np.float32)[None]
+
+    def step(action: np.ndarray, _alive: np.ndarray) -> Transition:
+        obs, r, term, trunc, _ = env.step(action[0])
+        return Transition(np.asarray(obs)[None], np.array([r]), np.array([term]),
+                          np.array([trunc]))
+
     bar = tqdm(total=steps, desc="random data", leave=False)
     while done_steps < steps:
-        obs, _ = env.reset(seed=seed + k)
-        k += 1
-        states, actions, rewards = [obs], [], []
         limit = min(steps - done_steps, max_episode_steps or 10**9)
-        for _ in range(limit):
-            a = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
-            obs, r, term, trunc, _ = env.step(a)
-            states.append(obs)
-            actions.append(a)
-            rewards.append(r)
-            if term or trunc:
-                break
-        done_steps += len(actions)
-        bar.update(len(actions))
-        episodes.append({"states": np.asarray(states, np.float32),
-                         "actions": np.asarray(actions, np.float32),
-                         "costs": -np.asarray(rewards, np.float32)})
+        episode_seed = seed + k
+        k += 1
+        loop = run_episodes(lambda s=episode_seed: np.asarray(env.reset(seed=s)[0])[None],
+                            step, act, 1, limit, record=("obs", "action", "reward", "next_obs"))
+        n = int(loop.lengths[0])
+        done_steps += n
+        bar.update(n)
+        rec = loop.records  # [n, 1, ...]: one episode, at least one step
+        episodes.append({"states": np.concatenate([rec["obs"][:1, 0], rec["next_obs"][:, 0]]
+                                                  ).astype(np.float32),
+                         "actions": rec["action"][:, 0].astype(np.float32),
+                         "costs": -rec["reward"][:, 0].astype(np.float32)})
     bar.close()
     env.close()
     return episodes
@@ -303,12 +314,19 @@ def _setup(config: MujocoConfig) -> torch.device:
     return resolve_device(config.device)
 
 
+def _loop_outputs(run: Run) -> list[Path]:
+    """What train-model writes: the loop's data and state, the models, the curve."""
+    return [run.data / LOOP_DATA, run.path / "loop_state.json", run.checkpoints / "model.pt",
+            *run.checkpoints.glob("round*"), run.figures / "learning_curve.png"]
+
+
 def collect(config: MujocoConfig, run: Run) -> None:
     _setup(config)
+    path = run.data / RANDOM_DATA
+    run.start_fresh(path)
     if config.model == "true":
         log.info("--model true: no data needed")
         return
-    path = run.data / "episodes.npz"
     if run.resume and path.is_file():
         log.info("resume: keeping the collected data in %s", path)
         return
@@ -326,15 +344,21 @@ def train(config: MujocoConfig, run: Run) -> None:
     """The model-based loop (see the module docstring)."""
     device = _setup(config)
     if config.model == "true":
+        run.start_fresh(*_loop_outputs(run))
         log.info("--model true: nothing to train")
         return
-    data_path = run.data / "episodes.npz"
+    # collect's random data stay as it wrote them; the loop keeps the random and MPC
+    # episodes it has so far in LOOP_DATA, saved with its state after every round
+    data_path = run.data / LOOP_DATA
     state_path = run.path / "loop_state.json"
-    episodes = load_episodes(data_path)
     state: dict[str, Any] = {"round": 0, "curve": []}
-    if run.resume and state_path.is_file():
+    if run.resume and state_path.is_file() and data_path.is_file():
         state = json.loads(state_path.read_text())
         log.info("resume: continuing the loop at round %d", state["round"])
+        episodes = load_episodes(data_path)
+    else:
+        episodes = load_episodes(run.data / RANDOM_DATA)  # inputs before removing outputs
+        run.start_fresh(*_loop_outputs(run))
     writer = run.writer()
     env = make_env(config.env)
     loop = config.loop
@@ -415,6 +439,8 @@ def evaluate(config: MujocoConfig, run: Run) -> None:
     """The planner alone over ``episodes`` seeded episodes in one vector env."""
     device = _setup(config)
     planner = make_planner(config, run, device)
+    # the video of this record (its name has the planner, which may have changed)
+    run.start_fresh(*run.videos.glob(f"{config.env}_*.mp4"))
     venv = make_vector_env(config.env, config.episodes)
     ctrl = RecedingHorizonController(planner, device=device)
     probe = make_env(config.env)
@@ -471,6 +497,10 @@ TASK = Task(
     stages={"collect": collect, "train-model": train, "evaluate": evaluate},
     description=__doc__.split("Examples::")[0] if __doc__ else "",
     resumable=("collect", "train-model"),
+    # env, model and the seed, listed by none, are read by every stage
+    sections={"collect": ("loop.random_steps", "loop.max_episode_steps"),
+              "train-model": ("loop", "learn", "planner", "mpc"),
+              "evaluate": ("planner", "mpc", "episodes", "max_steps", "video")},
     shown_defaults=shown_defaults,
     help_note="Defaults that depend on the env and planner are shown for --env {config.env} "
               "--planner {config.planner};\ngive those flags with --help to see another's.",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from worldplan.experiments.common import save_figure, seed_everything
 from worldplan.experiments.runs import Run
 from worldplan.experiments.tasks import Task
 from worldplan.filters.particle import ParticleFilter, systematic_resample
+from worldplan.planners.control_loop import Transition, run_episodes
 from worldplan.planners.mpc import MPPI
 from worldplan.planners.path import NoPathError, Space, astar, rrt_star, shortcut
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 PLANNERS = ("astar", "rrt_star")
 TRACKERS = ("pursuit", "mppi")
+FIGURES = ("maps_paths.png", "particles.png", "localisation_error.png")
 
 
 @dataclass
@@ -283,24 +285,29 @@ def run_episode(env: Navigation2DEnv, config: NavigationConfig, seed: int,
         tracker = PurePursuit(path, config.speed, config.lookahead, env.params.dt)
     pf = OnlineParticleFilter(tm, info["state"], config.n_particles, config.init_std, seed,
                               robot_radius=env.params.radius)
-    estimate = info["state"].copy()
-    true, est, clouds = [info["state"][:2].copy()], [estimate[:2].copy()], []
-    collisions, success, steps = 0, False, 0
-    if snapshots:
-        clouds.append((0, pf.particles.numpy()[:, :2].astype(np.float32)))
-    for step in range(config.max_steps):
-        action = tracker(estimate) if config.tracker == "mppi" else tracker(estimate[:2])
-        obs, _, terminated, truncated, info = env.step(action)
-        estimate, particles = pf.update(action, obs[:k])
-        true.append(info["state"][:2].copy())
-        est.append(estimate[:2].copy())
-        collisions += int(info["collision"])
-        steps = step + 1
+    start = info["state"].copy()
+    clouds = [(0, pf.particles.numpy()[:, :2].astype(np.float32))] if snapshots else []
+
+    def act(estimate: np.ndarray) -> np.ndarray:  # [1, 4] -> [1, 2]
+        mppi = config.tracker == "mppi"
+        return tracker(estimate[0] if mppi else estimate[0, :2])[None]
+
+    def step(action: np.ndarray, _alive: np.ndarray) -> Transition:
+        obs, _, terminated, truncated, info = env.step(action[0])
+        estimate, particles = pf.update(action[0], obs[:k])
         if snapshots:
-            clouds.append((step + 1, particles[:, :2].astype(np.float32)))
-        if terminated:
-            success = True
-            break
+            clouds.append((pf.step_count, particles[:, :2].astype(np.float32)))
+        return Transition(estimate[None], None, np.array([terminated]), np.array([truncated]),
+                          {"true": info["state"][None, :2].copy(),
+                           "collision": np.array([int(info["collision"])])})
+
+    loop = run_episodes(lambda: start[None], step, act, 1, config.max_steps,
+                        record=("true", "next_obs", "collision"))
+    # [T+1, 2]: the start, then the position after every step (max_steps >= 1)
+    true = np.concatenate([start[None, :2], loop.records["true"][:, 0]])
+    est = np.concatenate([start[None, :2], loop.records["next_obs"][:, 0, :2]])
+    collisions = int(loop.records["collision"].sum())
+    success, steps = bool(loop.terminated[0]), int(loop.lengths[0])
     if snapshots:
         pick = np.unique(np.linspace(0, len(clouds) - 1, snapshots).round().astype(int))
         clouds = [clouds[i] for i in pick]
@@ -445,11 +452,12 @@ def evaluate(config: NavigationConfig, run: Run) -> dict:
     for key in ("success_rate", "mean_localisation_error_m", "mean_path_length_m"):
         writer.add_scalar(f"navigation/{key}", metrics[key], 0)
     shown = records[: max(1, config.figure_episodes)]
+    run.start_fresh(*(run.figures / name for name in FIGURES))  # none of an earlier run
     if shown:
         with run.optional_artefact("the navigation figures"):
-            save_figure(figure_paths(shown, config.planner), run.figures / "maps_paths.png")
-            save_figure(figure_particles(shown[0]), run.figures / "particles.png")
-            save_figure(figure_errors(records), run.figures / "localisation_error.png")
+            save_figure(figure_paths(shown, config.planner), run.figures / FIGURES[0])
+            save_figure(figure_particles(shown[0]), run.figures / FIGURES[1])
+            save_figure(figure_errors(records), run.figures / FIGURES[2])
     log.info("navigation: success %.0f%% over %d maps, mean localisation error %.3f m",
              100 * metrics["success_rate"], total, metrics["mean_localisation_error_m"])
     return metrics
@@ -469,5 +477,7 @@ TASK = Task(
     presets={"default": _default, "quick": _quick},
     stages={"evaluate": evaluate},
     validate=validate,
+    # one stage, which reads every setting: other settings on a run give it its own record
+    sections={"evaluate": tuple(f.name for f in fields(NavigationConfig))},
     description="plan (A* / RRT*) -> pure pursuit -> particle-filter localisation on random maps",
 )

@@ -24,7 +24,7 @@ class Plan:
     """
 
     def __init__(self, task: Task, stages: list[str], run: Run | None, recorded: Any | None,
-                 config: Any, resume_flag: bool, explicit: bool) -> None:
+                 config: Any, explicit: bool) -> None:
         self.steps: list[tuple[str, str, str]] = []  # (stage, record, action)
         started = set(run.stages_started()) if run is not None else set()
         self.write_config = recorded is None or not started
@@ -53,8 +53,7 @@ class Plan:
                     rerun_from = order.index(stage) if rerun_from is None else rerun_from
                     action = "run"  # its checkpoints were made with the old settings
                 else:
-                    action = ("resume" if state == "interrupted"
-                              else "continue" if resume_flag else "run")
+                    action = "resume" if state == "interrupted" else "run"
                 self.steps.append((stage, stage, action))
             else:
                 record = stage
@@ -64,7 +63,8 @@ class Plan:
                     record = f"{stage}-{record_name(diff)}"
                 self.steps.append((stage, record, "run"))
         if adopt and run is not None:
-            self.forget = [s for s in order if s not in stages and run.stage_state(s) != "new"
+            self.forget = [s for s in order if s not in stages
+                           and run.stage_state(s) in ("done", "interrupted")
                            and (any(s in task.readers(k) for k in diff) or (
                                rerun_from is not None and order.index(s) > rerun_from))]
         if making_to_run and diff and started and not adopt:
@@ -76,9 +76,12 @@ class Plan:
         if explicit and run is not None:
             first = order.index(stages[0])
             for earlier in order[:first]:
-                if task.makes(earlier) and run.stage_state(earlier) == "interrupted":
+                state = run.stage_state(earlier)
+                if task.makes(earlier) and state in ("interrupted", "stale"):
+                    why = ("was interrupted; finish it first" if state == "interrupted" else
+                           "was made with earlier settings; run it again first")
                     raise RunError(
-                        f"stage {earlier} of run {run.path} was interrupted; finish it first: "
+                        f"stage {earlier} of run {run.path} {why}: "
                         f"`worldplan {task.name} {earlier} --run {run.path}` (or `all`)")
         self.diff = diff if not self.write_config else {}
 

@@ -6,10 +6,16 @@ Besides the stages' own files a run holds its bookkeeping:
 - ``run.json``: which task the folder belongs to;
 - ``config.yaml``: the configuration its data and models were made with (written once,
   before the first stage; never rewritten by an evaluation with other settings);
-- ``stages/<record>.started.json`` and ``stages/<record>.done.json``: a stage counts as
+- ``stages/<record>.{started,done,forgotten}.json``: a stage counts as
   complete only when its ``done`` marker exists and no newer ``started`` marker does. The
   ``done`` marker is written last and atomically, after every output of the stage, so a
-  stage interrupted at any point (Ctrl-C, SIGKILL, an error) is seen as interrupted.
+  stage interrupted at any point (Ctrl-C, SIGKILL, an error) is seen as interrupted. It
+  lists the metrics.json sections the stage wrote (``sections``), so a stage that runs
+  again or is forgotten takes exactly its own sections with it. A ``forgotten`` marker
+  says a completed stage was made stale by other settings of an earlier one.
+
+Length: one class, the run folder; its layout, stage markers, metrics and housekeeping
+share the folder's paths and are read together.
 """
 
 from __future__ import annotations
@@ -96,10 +102,17 @@ class Run:
         self.path = Path(path)
         self.task = task
         self._writer = None
-        self.resume = False  # set by the CLI: continue training from checkpoints/last
+        # set by the CLI for a resumable stage that continues an interrupted run of itself:
+        # continue from checkpoints/last, keep what it finished; else start from scratch
+        self.resume = False
         # Set by the CLI for an evaluation whose settings differ from config.yaml: its
         # metrics sections, figures and videos get this suffix (e.g. "seed424242").
         self.record: str | None = None
+        # metrics.json sections written since the current stage started (its marker lists
+        # them); None outside a stage
+        self._written: set[str] | None = None
+        # sections of the current stage's earlier completion still to be replaced
+        self._replace: set[str] = set()
 
     # -- creation -----------------------------------------------------------------
     @classmethod
@@ -221,10 +234,14 @@ class Run:
         return self.path / STAGES_DIR / f"{record}.{kind}.json"
 
     def stage_state(self, record: str) -> str:
-        """``done``, ``interrupted`` (started, never completed) or ``new``."""
+        """``done``, ``interrupted`` (started, never completed), ``stale`` (completed, then
+        forgotten because its inputs or settings changed: its files are of the earlier
+        settings until it runs again) or ``new``."""
         if self._marker(record, "started").exists():
             return "interrupted"
-        return "done" if self._marker(record, "done").exists() else "new"
+        if self._marker(record, "done").exists():
+            return "done"
+        return "stale" if self._marker(record, "forgotten").exists() else "new"
 
     def stage_info(self, record: str, kind: str = "done") -> dict[str, Any]:
         path = self._marker(record, kind)
@@ -236,35 +253,82 @@ class Run:
             return []
         return sorted({p.name.split(".")[0] for p in folder.glob("*.json")})
 
-    def start_stage(self, record: str, info: dict[str, Any]) -> dict[str, Any]:
+    def start_stage(self, record: str, info: dict[str, Any], fresh: bool = False
+                    ) -> dict[str, Any]:
+        """Mark ``record`` started. ``fresh``: it runs from the beginning, so the metrics
+        sections of its earlier run (those its ``done`` marker lists; ``record`` without
+        one) are replaced: each one it writes again on its first write, the others when it
+        completes (so a stage that fails early leaves metrics.json as it was, and one that
+        completes leaves nothing of its earlier run beside the new values)."""
+        replace = set(self.stage_sections(record)) if fresh else set()
         started = {**info, "started": _now(), "_t0": time.time(), "_cpu0": _cpu_seconds()}
         atomic_write_text(self._marker(record, "started"), json.dumps(started, indent=1) + "\n")
+        self._written, self._replace = set(), replace
         return started
+
+    def stage_sections(self, record: str) -> list[str]:
+        """The metrics.json sections the completed stage ``record`` wrote, per its ``done``
+        marker (``[record]`` for a marker that does not list them)."""
+        sections = self.stage_info(record).get("sections")
+        if isinstance(sections, list) and all(isinstance(x, str) for x in sections):
+            return sections
+        return [record]
 
     def finish_stage(self, record: str, started: dict[str, Any]) -> dict[str, Any]:
         """Mark ``record`` complete: timings in metrics.json, then the ``done`` marker
         (last, atomically), then drop the ``started`` one."""
         t0, cpu0 = started.pop("_t0"), started.pop("_cpu0")
+        stale, self._replace = self._replace, set()
+        metrics = self.metrics()
+        if stale & set(metrics):  # sections of the earlier run that this one did not write
+            for name in stale:
+                metrics.pop(name, None)
+            atomic_write_text(self.metrics_path,
+                              json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         summary = {**started, "finished": _now(), "seconds": round(time.time() - t0, 2),
                    "cpu_seconds": round(_cpu_seconds() - cpu0, 2),
-                   "loadavg": [round(x, 2) for x in os.getloadavg()]}
+                   "loadavg": [round(x, 2) for x in os.getloadavg()],
+                   "sections": sorted(self._written or ())}
+        self._written = None
         self.update_metrics("stages", {record: summary}, raw_section=True)
         self.normalise_permissions()
         atomic_write_text(self._marker(record, "done"), json.dumps(summary, indent=1) + "\n")
         self._marker(record, "started").unlink(missing_ok=True)
+        self._marker(record, "forgotten").unlink(missing_ok=True)
         return summary
 
     def forget_stage(self, record: str) -> None:
-        """Mark ``record`` as never run, for a stage whose inputs or settings changed: its
-        files stay until it runs again, its metrics.json section becomes
-        ``<record>-earlier`` (so no table shows them as the run's current results)."""
+        """Mark ``record`` as ``stale``, for a completed stage whose inputs or settings
+        changed: no longer complete, its files stay until it runs again (which replaces
+        them; no later stage may build on them before), each metrics.json section it wrote
+        becomes ``<section>-earlier`` (so no table shows them as the run's current
+        results)."""
         metrics = self.metrics()
-        if record in metrics:
-            metrics[f"{record}-earlier"] = metrics.pop(record)
+        moved = [name for name in self.stage_sections(record) if name in metrics]
+        if moved:
+            for name in moved:
+                metrics[f"{name}-earlier"] = metrics.pop(name)
             atomic_write_text(self.metrics_path,
                               json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self._marker(record, "forgotten"),
+                          json.dumps({"forgotten": _now()}) + "\n")
         for kind in ("done", "started"):
             self._marker(record, kind).unlink(missing_ok=True)
+
+    def start_fresh(self, *paths: Path) -> None:
+        """For a stage that runs from the beginning (``resume`` not set), after it has read
+        its inputs: remove the files and folders it writes, so none made with earlier
+        settings outlives it (a policy the new settings do not train, a figure that cannot
+        be made now). A crash after this leaves the stage interrupted, never a mix of old
+        and new files marked done. Does nothing when the stage continues an interrupted
+        run of itself."""
+        if self.resume:
+            return
+        for path in paths:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     # -- metrics and logs ---------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
@@ -301,6 +365,11 @@ class Run:
         ``raw_section``) into metrics.json (atomic rewrite)."""
         metrics = self.metrics()
         name = section if raw_section else self.section(section)
+        if self._written is not None and not raw_section:
+            self._written.add(name)
+        if name in self._replace:  # the first write of a fresh stage: the earlier goes
+            self._replace.discard(name)
+            metrics.pop(name, None)
         metrics.setdefault(name, {}).update(self.relative(values))
         atomic_write_text(self.metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         return metrics

@@ -43,8 +43,9 @@ class Task:
     # Value-range checks of the whole config, run before any stage does work (the CLI also
     # calls the config's own ``validate()`` method when it has one).
     validate: Callable[[Any], None] | None = None
-    # Stages that, run again after an interruption with ``run.resume`` set, continue from
-    # their checkpoints; the others start again from the beginning.
+    # Stages that, run again after an interruption, continue from their checkpoints (the
+    # CLI sets ``run.resume`` for them); the others start again from the beginning, as
+    # every stage does when it runs again for other settings.
     resumable: tuple[str, ...] = ()
     # ``config -> config`` with every "use the default" placeholder (0, -1, "auto") replaced
     # by the value the stages will use for that config's environment and planner; ``--help``
@@ -55,8 +56,8 @@ class Task:
     # section, "policy.seeds" one field); a field no stage lists is read by every stage
     # (the seed). With it the CLI lets a command change the settings of the stages it runs
     # (and of later ones) on an existing run, and refuses those of earlier stages that
-    # already made their outputs (experiments/cli.py); without it a stage that makes data or
-    # models refuses any change to a started run.
+    # already made their outputs (experiments/plan.py); without it a stage that makes data
+    # or models refuses any change to a started run.
     sections: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

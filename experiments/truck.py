@@ -165,14 +165,15 @@ def _threads(cfg: TruckConfig) -> None:
 
 
 def stage_collect(cfg: TruckConfig, run: Run) -> None:
-
-    if (run.data / "manifest.json").exists():
-        log.info("data set %s exists; keeping it", run.data)
+    if run.resume and (run.data / "manifest.json").exists():
+        log.info("data set %s is complete; keeping it", run.data)
         return
     rng = seed_everything(cfg.seed)
     episodes = collect_episodes(cfg, rng)
+    # built in a temporary folder and renamed over the earlier data set (atomic)
     write_dataset(run.data, episodes, task=DATASET_TASK, dt=cfg.dt,
-                  config={"collect": vars(cfg.collect), "dt": cfg.dt}, seed=cfg.seed)
+                  config={"collect": vars(cfg.collect), "dt": cfg.dt}, seed=cfg.seed,
+                  overwrite=True)
     steps = sum(len(e["actions"]) for e in episodes)
     log.info("collected %d episodes, %d transitions", len(episodes), steps)
     run.update_metrics("collect", {"episodes": len(episodes), "transitions": steps})
@@ -188,6 +189,10 @@ def _load_data(run: Run):
         raise ValueError(f"data set {run.data} was made for task {data.manifest.get('task')!r}, "
                          f"not {DATASET_TASK!r}")
     return data
+
+
+EMULATOR_FIGURES = ("emulator_training.png", "emulator_error_vs_horizon.png")
+POLICY_SOURCES = ("emulator", "truth")
 
 
 def emulator_dir(run: Run) -> Path:
@@ -234,21 +239,18 @@ def stage_train_model(cfg: TruckConfig, run: Run) -> None:
     _threads(cfg)
 
     out = emulator_dir(run)
-    if (out / "best.pt").exists() and not run.resume:
-        log.info("emulator %s exists; keeping it (use --resume to continue training)", out)
-    else:
-        seed_everything(cfg.seed)
-        data = _load_data(run)
-        e = cfg.emulator
-        model = DeterministicModel(4, 1, ncond=1, hidden=e.hidden, layers=e.layers,
-                                   dropout=e.dropout)
-        train_cfg = TrainConfig(epochs=e.epochs, batch_size=e.batch_size, lr=e.lr, npred=e.npred,
-                                seed=cfg.seed, device=str(resolve_device(cfg.device)))
-        history = train_model(model, data, train_cfg, checkpoint_dir=out, writer=run.writer(),
-                              resume=run.resume, progress=cfg.progress, tag="emulator")
-        with run.optional_artefact("the emulator's training curve"):
-            figures.training_curve(history, run.figures / "emulator_training.png")
-    data = _load_data(run)
+    data = _load_data(run)  # inputs first: a command that fails on them changes nothing
+    run.start_fresh(out, *(run.figures / name for name in EMULATOR_FIGURES))
+    seed_everything(cfg.seed)
+    e = cfg.emulator
+    model = DeterministicModel(4, 1, ncond=1, hidden=e.hidden, layers=e.layers,
+                               dropout=e.dropout)
+    train_cfg = TrainConfig(epochs=e.epochs, batch_size=e.batch_size, lr=e.lr, npred=e.npred,
+                            seed=cfg.seed, device=str(resolve_device(cfg.device)))
+    history = train_model(model, data, train_cfg, checkpoint_dir=out, writer=run.writer(),
+                          resume=run.resume, progress=cfg.progress, tag="emulator")
+    with run.optional_artefact("the emulator's training curve"):
+        figures.training_curve(history, run.figures / EMULATOR_FIGURES[0])
     model = load_emulator(run, torch.device("cpu"))
     errors = horizon_errors(model, data, cfg.emulator.horizon_eval)
     run.update_metrics("emulator", {
@@ -258,7 +260,7 @@ def stage_train_model(cfg: TruckConfig, run: Run) -> None:
         "test_heading_error_deg_30_steps": float(errors["heading_deg"][-1]),
     })
     with run.optional_artefact("the emulator's error figure"):
-        figures.horizon_error(errors, run.figures / "emulator_error_vs_horizon.png")
+        figures.horizon_error(errors, run.figures / EMULATOR_FIGURES[1])
 
 
 # ----------------------------------------------------------------------------- policies
@@ -331,15 +333,18 @@ def stage_train_policy(cfg: TruckConfig, run: Run) -> None:
     device = resolve_device(cfg.device)
     tm = TruckTaskModel(cfg.params())
     sources = ["emulator"] + (["truth"] if cfg.policy.train_truth else [])
+    emulator = load_emulator(run, device)  # inputs first: a failure changes nothing
+    # every source's policy goes: a --no-policy.train-truth run must not keep the truth one
+    run.start_fresh(*(policy_path(run, s) for s in POLICY_SOURCES),
+                run.figures / "policy_training.png")
     histories = {}
     for source in sources:
         path = policy_path(run, source)
-        if path.exists():
-            log.info("policy %s exists; keeping it", path)
+        if path.exists():  # only when continuing an interrupted train-policy
+            log.info("policy %s was trained before the interruption; keeping it", path)
             histories[source] = policy_ckpt.read_policy(path, "truck")["meta"].get("history", {})
             continue
-        emulator = load_emulator(run, device) if source == "emulator" else None
-        dynamics = emulator.step if emulator is not None else tm.step
+        dynamics = emulator.step if source == "emulator" else tm.step
         histories[source] = train_one_policy(cfg, run, source, dynamics, device)
     run.update_metrics("train-policy", {
         source: {"updates": len(h.get("cost", [])),
@@ -390,12 +395,17 @@ def stage_evaluate(cfg: TruckConfig, run: Run) -> None:
     tm = TruckTaskModel(p)
     starts = evaluation_starts(cfg)
     controllers: dict[str, object] = {}
-    for source in ("emulator", "truth"):
+    for source in POLICY_SOURCES:
         if policy_path(run, source).exists():
             controllers[f"bptt_{source}"] = torch_controller(load_policy(run, source, cfg))
     if not controllers:
         raise FileNotFoundError(
             f"no policy in {run.checkpoints}: run `worldplan truck train-policy`")
+    emulator = load_emulator(run, torch.device("cpu")) if cfg.mpc.enabled else None
+    # inputs loaded; now this record's figures and video go (the controller they show, the
+    # methods they compare may have changed)
+    run.start_fresh(*run.figures.glob("success_by_method.png"),
+                *run.figures.glob("trajectories_*.png"), *run.videos.glob("docking_*.mp4"))
     controllers["lqr"] = LQRController(p)
     controllers["cascade"] = CascadeController(p)
     results, metrics = {}, {}
@@ -409,7 +419,7 @@ def stage_evaluate(cfg: TruckConfig, run: Run) -> None:
         policy = load_policy(run, "emulator", cfg) if policy_path(run, "emulator").exists() \
             else None
         mpc_results, mpc_metrics = evaluate_rows(
-            cfg.mpc.rows, tm, load_emulator(run, torch.device("cpu")), policy,
+            cfg.mpc.rows, tm, emulator, policy,
             starts[: cfg.mpc.starts], cfg.mpc, cfg.seed, cfg.progress, summarise)
         results.update(mpc_results)
         metrics.update(mpc_metrics)
@@ -464,4 +474,8 @@ TASK = Task(
     description=(__doc__ or "").split("\n\nLength:")[0],
     validate=validate_config,
     resumable=("collect", "train-model", "train-policy"),
+    # dt and the seed, listed by none, are read by every stage
+    sections={"collect": ("collect",), "train-model": ("emulator",),
+              "train-policy": ("policy",),
+              "evaluate": ("episodes", "mpc", "video_episodes")},
 )

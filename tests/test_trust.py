@@ -89,7 +89,8 @@ def test_a_making_stage_refuses_to_continue_a_run_with_other_settings(tmp_path, 
     before = snapshot(run)
     code, _o, err = run_main(["truck", "train-model", "--run", str(run), "--seed", "5"], capsys)
     line = error_line(err)
-    assert code == 2 and "seed: 0 -> 5" in line and "new --run" in line
+    assert code == 2 and "made its collect stage with seed = 0; train-model cannot change it " \
+        "to 5" in line and "new --run" in line
     assert snapshot(run) == before
     # a completed stage is skipped, and says so
     caplog.set_level("INFO")

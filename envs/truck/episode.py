@@ -17,6 +17,7 @@ from worldplan.envs.truck.kinematics import (
     step_np,
     wall_fraction,
 )
+from worldplan.planners.control_loop import Transition, run_episodes
 
 
 class Outcome(IntEnum):
@@ -65,32 +66,30 @@ def simulate(
     environment's float64 kinematics and episode rules. The controller sees only running
     episodes, or with ``full_batch`` every episode (for planners that keep a warm start
     per episode)."""
-    from tqdm.auto import tqdm
-
     max_steps = max_steps or p.max_steps
     state = np.array(starts, dtype=np.float64)
     n = len(state)
     outcome = np.full(n, Outcome.RUNNING, dtype=np.int64)
-    steps = np.zeros(n, dtype=np.int64)
     final = state.copy()
-    traj = [state.copy()]
-    for _ in tqdm(range(max_steps), desc="simulate", disable=not progress, leave=False):
-        active = outcome == Outcome.RUNNING
-        if not active.any():
-            break
-        if full_batch:
-            phi = np.asarray(controller(state), dtype=np.float64).reshape(-1)[active]
-        else:
-            phi = np.asarray(controller(state[active]), dtype=np.float64).reshape(-1)
-        nxt = step_np(state[active], phi, p)
+
+    def act(states: np.ndarray) -> np.ndarray:
+        return np.asarray(controller(states), dtype=np.float64).reshape(-1)
+
+    def step(phi: np.ndarray, active: np.ndarray) -> Transition:
+        nxt = step_np(state[active], phi[active], p)
         result, pose = classify(state[active], nxt, p)
         idx = np.flatnonzero(active)
         state[idx] = nxt
-        steps[idx] += 1
         outcome[idx] = result
         final[idx] = pose
-        frame = traj[-1].copy()
-        frame[idx] = pose
-        traj.append(frame)
+        return Transition(state, terminated=outcome != Outcome.RUNNING,
+                          info={"pose": final})
+
+    # the controller sees only running episodes unless it keeps a warm start per episode
+    loop = run_episodes(lambda: state, step, act, n, max_steps, active_only=not full_batch,
+                        record=("pose",), progress=progress, desc="simulate")
     outcome[outcome == Outcome.RUNNING] = Outcome.TIMEOUT
-    return BatchResult(final, outcome, steps, np.stack(traj, axis=1))
+    # [N, T+1, 4], C-ordered (as np.stack makes it: reductions over it sum in that order)
+    frames = [np.array(starts, dtype=np.float64), *loop.records["pose"].reshape(-1, n, 4)]
+    trajectory = np.stack(frames, axis=1)
+    return BatchResult(final, outcome, loop.lengths, trajectory)

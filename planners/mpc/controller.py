@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from worldplan.planners.control_loop import Transition, run_episodes
 from worldplan.planners.mpc.base import Planner
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,6 @@ class RecedingHorizonController:
         """
         vector = isinstance(env, gym.vector.VectorEnv)
         n = env.num_envs if vector else 1
-        obs, _ = env.reset(seed=seed)
-        obs = np.asarray(obs, dtype=np.float32).reshape(n, -1)
         space = env.single_action_space if vector else env.action_space
         low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
         if max_steps is None:
@@ -88,20 +86,18 @@ class RecedingHorizonController:
             max_steps = getattr(spec, "max_episode_steps", None) or 1000
             if vector and getattr(env, "spec", None) is None:
                 max_steps = 1000
-        self.planner.reset(seed=seed)
         if rng is None:
             rng = np.random.default_rng(seed)
-        returns = np.zeros(n)
-        lengths = np.zeros(n, dtype=np.int64)
-        alive = np.ones(n, dtype=bool)
-        result = EpisodeResult(returns, lengths)
-        log_rows: dict[str, list[np.ndarray]] = {k: [] for k in
-                                                 ("obs", "action", "next_obs", "reward",
-                                                  "terminated")}
-        if render and not vector:
-            result.frames.append(env.render())
-        bar = tqdm(total=max_steps, desc="mpc episode", disable=not progress, leave=False)
-        for _ in range(max_steps):
+        result = EpisodeResult(np.zeros(n), np.zeros(n, dtype=np.int64))
+
+        def reset() -> np.ndarray:
+            obs, _ = env.reset(seed=seed)
+            self.planner.reset(seed=seed)
+            if render and not vector:
+                result.frames.append(env.render())
+            return np.asarray(obs, dtype=np.float32).reshape(n, -1)
+
+        def act(obs: np.ndarray) -> np.ndarray:
             state = self._state(obs)
             start = time.perf_counter()
             with torch.no_grad():
@@ -110,28 +106,23 @@ class RecedingHorizonController:
             action = action.detach().cpu().numpy().astype(np.float32)
             if self.exploration is not None:
                 action = self.exploration(action, rng)
-            action = np.clip(action, low, high)
+            return np.clip(action, low, high)
+
+        def step(action: np.ndarray, _alive: np.ndarray) -> Transition:
             nxt, reward, terminated, truncated, _ = env.step(action if vector else action[0])
-            nxt = np.asarray(nxt, dtype=np.float32).reshape(n, -1)
-            reward = np.asarray(reward, dtype=np.float64).reshape(n)
-            terminated = np.asarray(terminated, dtype=bool).reshape(n)
-            truncated = np.asarray(truncated, dtype=bool).reshape(n)
-            if record:
-                for key, value in (("obs", obs), ("action", action), ("next_obs", nxt),
-                                   ("reward", reward), ("terminated", terminated)):
-                    log_rows[key].append(value[alive])
-            returns[alive] += reward[alive]
-            lengths[alive] += 1
-            alive &= ~(terminated | truncated)
             if render and not vector:
                 result.frames.append(env.render())
-            bar.update(1)
-            bar.set_postfix(ret=f"{returns.mean():.1f}", ms=f"{result.plan_ms[-1]:.1f}")
-            if not alive.any():
-                break
-            obs = nxt
-        bar.close()
+            return Transition(np.asarray(nxt, dtype=np.float32).reshape(n, -1),
+                              np.asarray(reward, dtype=np.float64).reshape(n),
+                              np.asarray(terminated, dtype=bool).reshape(n),
+                              np.asarray(truncated, dtype=bool).reshape(n))
+
+        loop = run_episodes(
+            reset, step, act, n, max_steps, progress=progress, desc="mpc episode",
+            record=("obs", "action", "next_obs", "reward", "terminated") if record else (),
+            postfix=lambda r: {"ret": f"{r.returns.mean():.1f}",
+                               "ms": f"{result.plan_ms[-1]:.1f}"})
+        result.returns, result.lengths = loop.returns, loop.lengths
         if record:
-            result.transitions = {k: np.concatenate(v) if v else np.zeros((0,))
-                                  for k, v in log_rows.items()}
+            result.transitions = {k: loop.live(k) for k in loop.records}
         return result
