@@ -383,15 +383,15 @@ class ParticleFilter:
                          else torch.addmm(moved, noise, q_chol.mT)).reshape(b, n, s)
             w = None
             if n_obs[t] > 0:
-                obs = observed[t]
+                obs = observed[t] if n_obs[t] < b else None  # None: every track observes
                 ll = self._loglik(parts, z[:, t])
-                if n_obs[t] < b:
+                if obs is not None:
                     ll = torch.where(obs[:, None], ll, torch.zeros_like(ll))
                 new = logw + ll
                 # log-sum-exp by hand so that exp runs once: the shifted exponentials are
-                # also the unnormalised weights
+                # also the unnormalised weights; in place on fresh temporaries (no allocation)
                 peak = new.amax(-1, keepdim=True)  # [B, 1]
-                expo = torch.exp(new - peak)
+                expo = torch.sub(new, peak).exp_()
                 total = expo.sum(-1, keepdim=True)
                 norm = (peak + torch.log(total)).squeeze(-1)  # [B]
                 dead = ~torch.isfinite(norm)
@@ -404,14 +404,15 @@ class ParticleFilter:
                 if _any(dead):
                     parts, new, norm = self._recover(t, dead, parts, logw, new, norm,
                                                      init_parts)
-                    loglik = loglik + torch.where(obs & ~dead, norm, torch.zeros_like(norm))
-                elif n_obs[t] < b:
+                    seen = ~dead if obs is None else obs & ~dead
+                    loglik = loglik + torch.where(seen, norm, torch.zeros_like(norm))
+                elif obs is not None:
                     loglik = loglik + torch.where(obs, norm, torch.zeros_like(norm))
                 else:
                     loglik = loglik + norm
-                logw = new - norm.unsqueeze(-1)
+                logw = new.sub_(norm.unsqueeze(-1))  # new is this step's own tensor
                 if expo is not None:
-                    w = expo / total
+                    w = expo.div_(total)
             if w is None:
                 w = torch.exp(logw)
             means[t], covs[t] = weighted_mean_cov(parts, w)
