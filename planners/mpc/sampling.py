@@ -201,9 +201,13 @@ class MPPI(Planner):
                                 self._sigma_inv.to(like.device, like.dtype))
         return self._cache[key]
 
-    def _scalars(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scalars(self, like: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
         """``(control_cost * lambda, -1 / lambda)`` as 0-dim tensors of ``like``'s dtype: a
-        Python float in a tensor op is wrapped and cast at every call (the same values)."""
+        Python float in a tensor op is wrapped and cast at every call (the same values).
+        Python floats under torch.compile (constants of its kernels; a cache filled while
+        tracing would trigger a recompilation)."""
+        if torch.compiler.is_compiling():
+            return self.control_cost * self.temperature, -1.0 / self.temperature
         key = ("scalars", like.device, like.dtype, self.control_cost, self.temperature)
         if key not in self._cache:
             self._cache[key] = tuple(torch.tensor(v, device=like.device, dtype=like.dtype)
