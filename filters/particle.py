@@ -64,10 +64,12 @@ def systematic_resample(weights: torch.Tensor, generator: torch.Generator) -> to
     """
     b, n = weights.shape
     u0 = torch.rand(b, 1, generator=generator, dtype=weights.dtype, device=weights.device)
-    cdf = torch.cumsum(weights, dim=-1)
-    ends = torch.ceil(cdf * n - u0).clamp_(0, n).long()  # [B, N], non-decreasing
+    # in place on the fresh cumulative sum: the same values as ceil(cdf * n - u0), no
+    # temporaries
+    ends = torch.cumsum(weights, dim=-1).mul_(n).sub_(u0).ceil_().clamp_(0, n).long()
     marks = torch.zeros(b, n + 1, dtype=torch.long, device=weights.device)
-    marks.scatter_add_(1, ends[:, :-1], torch.ones_like(ends[:, :-1]))
+    ones = torch.ones((), dtype=torch.long, device=weights.device).expand(b, n - 1)
+    marks.scatter_add_(1, ends[:, :-1], ones)  # [B, N-1] ends, non-decreasing
     return torch.cumsum(marks[:, :n], dim=-1).clamp_(max=n - 1)
 
 
@@ -421,7 +423,7 @@ class ParticleFilter:
             ess = torch.linalg.vecdot(w, w).reciprocal_()
             ess_all[t] = ess
             need = ess < self.ess_threshold * n
-            n_need = int(need.sum())
+            n_need = int(need) if b == 1 else int(need.sum())  # one track: no reduction
             if n_need > 0:
                 idx = resample(w, gen)
                 if b == 1:  # a row gather is cheaper than gather's per-element indexing
