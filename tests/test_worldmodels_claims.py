@@ -300,3 +300,20 @@ def test_sfc64_masks_have_the_rate_are_fresh_and_follow_the_torch_seed() -> None
     # neighbouring values are independent: P(both dropped) is p^2
     both = float(((a[1:] == 0) & (a[:-1] == 0)).float().mean())
     assert abs(both - 0.01) < 0.002
+
+
+def test_mc_uncertainty_restores_every_dropout_switch() -> None:
+    """mc_uncertainty forces dropout on and leaves each layer's switch, pool and frozen
+    flags as it found them (also a layer switched on by hand)."""
+    from worldplan.worldmodels.base import MCDropout
+
+    m = DeterministicModel(3, 2, hidden=16, dropout=0.2).eval()
+    layers = m.dropout_layers()
+    assert len(layers) == len([d for d in m.modules() if isinstance(d, MCDropout)]) > 1
+    layers[0].force = True
+    s, acts = torch.randn(4, 3), torch.randn(4, 5, 2)
+    for masks in ("step", "trajectory"):
+        u = mc_uncertainty(m, s, acts, n=3, masks=masks)
+        assert (u.var > 0).any()
+        assert [d.force for d in layers] == [True] + [False] * (len(layers) - 1)
+        assert not any(d.pooled or d.frozen or d._queue for d in layers)

@@ -222,12 +222,18 @@ class WorldModel(nn.Module):
             if isinstance(m, MCDropout):
                 m.force = bool(flag)
 
+    def dropout_layers(self) -> list[MCDropout]:
+        """The model's :class:`MCDropout` modules (a walk over every module: callers that
+        switch them several times pass the list to the context managers below)."""
+        return [m for m in self.modules() if isinstance(m, MCDropout)]
+
     @contextlib.contextmanager
-    def frozen_masks(self) -> Iterator[None]:
+    def frozen_masks(self, layers: list[MCDropout] | None = None) -> Iterator[None]:
         """Inside, every dropout layer draws its mask once and reuses it for inputs of the
         same shape: each row of a rollout is one sampled network for the whole
-        trajectory (instead of fresh masks at every step, as PPUU does)."""
-        layers = [m for m in self.modules() if isinstance(m, MCDropout)]
+        trajectory (instead of fresh masks at every step, as PPUU does). ``layers``: the
+        model's :meth:`dropout_layers`, if the caller has them."""
+        layers = self.dropout_layers() if layers is None else layers
         for m in layers:
             m.frozen, m._mask = True, None
         try:
@@ -237,15 +243,17 @@ class WorldModel(nn.Module):
                 m.frozen, m._mask = False, None
 
     @contextlib.contextmanager
-    def pooled_masks(self, calls: int = 32) -> Iterator[None]:
+    def pooled_masks(self, calls: int = 32,
+                     layers: list[MCDropout] | None = None) -> Iterator[None]:
         """Inside, every dropout layer cuts its masks from a pool drawn in bulk
         (:func:`bernoulli_masks`), ``calls`` forward calls' worth at a time (e.g. the
         rollout length): still fresh, independent masks for every row and call, at a
         fraction of the generator calls. The pools are dropped on exit, so that seeding
-        the global generator reproduces a pooled run."""
+        the global generator reproduces a pooled run. ``layers``: the model's
+        :meth:`dropout_layers`, if the caller has them."""
         if not isinstance(calls, int) or calls < 1:
             raise ValueError(f"calls must be an int >= 1, got {calls!r}")
-        layers = [m for m in self.modules() if isinstance(m, MCDropout)]
+        layers = self.dropout_layers() if layers is None else layers
         for m in layers:
             m.pooled, m._pool_calls = True, calls
             m._queue.clear()
