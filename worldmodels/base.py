@@ -51,7 +51,7 @@ def bernoulli_masks(n: int, p: float, like: torch.Tensor,
     fresh allocations page-fault on every call); the previous result is overwritten.
     ``sfc64`` (CPU only): take the random words from numpy's SFC64 generator, seeded with
     one draw of torch's global generator (so ``torch.manual_seed`` still reproduces a
-    run): 2.5x faster than torch's Mersenne twister for the same uniform bits.
+    run): the raw words 2.8x faster than torch's Mersenne twister, the same uniform bits.
     """
     nw = (n + 3) // 4
     drop = round(p * 65536)
@@ -60,7 +60,8 @@ def bernoulli_masks(n: int, p: float, like: torch.Tensor,
         seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
         words = torch.from_numpy(np.random.SFC64(seed).random_raw(nw).view(np.int64))
         out = None if buffers is None else buffers.get("out")
-        if out is None or out.numel() != n or out.dtype != like.dtype:
+        if out is None or out.numel() != n or out.dtype != like.dtype or \
+                out.device.type != "cpu":
             out = torch.empty(n, dtype=like.dtype)
             if buffers is not None:
                 buffers["out"] = out
