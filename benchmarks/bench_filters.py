@@ -1,6 +1,6 @@
 """Filters benchmark against pykalman and filterpy, side by side in one process.
 
-    python benchmarks/bench_filters.py [--quick]
+    python benchmarks/bench_filters.py [--quick] [--only kalman|ukf|particle]
 
 1. Kalman filter (and RTS smoother), 4-D constant velocity, 1,000 tracks x 1,000 steps:
    ours batched over tracks vs pykalman track by track and filterpy's predict/update
@@ -360,6 +360,8 @@ def bench_pf(quick: bool) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and peer tracks")
+    parser.add_argument("--only", choices=("kalman", "ukf", "particle"),
+                        help="run one section (prints it; writes no JSON)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results: dict[str, Any] = {
@@ -368,52 +370,57 @@ def main() -> None:
         "quick": args.quick,
     }
     print(f"load average (1/5/15 min): {os.getloadavg()}")
-    print("Kalman filter, 4-D constant velocity, 1,000 tracks x 1,000 steps")
-    k = bench_kalman(args.quick)
-    results["kalman"] = k
-    ext = k["peers_extrapolated_from_tracks"]
-    print(f"  ours (numpy float64 in)  filter {k['ours_filter_s']:.3f} s "
-          f"(CPU {k['ours_filter_cpu_s']:.3f} s)   smooth "
-          f"{k['ours_smooth_s']:.3f} s   (torch f64 {k['ours_filter_torch64_s']:.3f} s, "
-          f"torch f32 {k['ours_filter_torch32_s']:.3f} s)")
-    print(f"  pykalman track by track  filter {k['pykalman_filter_s']:.1f} s   smooth "
-          f"{k['pykalman_smooth_s']:.1f} s   (timed on {ext['pykalman']} tracks, "
-          f"x{1000 // ext['pykalman']})")
-    print(f"  filterpy predict/update  filter {k['filterpy_filter_s']:.1f} s   "
-          f"(timed on {ext['filterpy']} tracks, x{1000 // ext['filterpy']})")
-    print(f"  speed-up: {k['speedup_vs_pykalman']:.0f}x pykalman (target 100x), "
-          f"{k['speedup_vs_filterpy']:.0f}x filterpy (target 20x); smoother "
-          f"{k['smooth_speedup_vs_pykalman']:.0f}x pykalman")
-    print(f"  max |ours - pykalman| filter {k['max_abs_diff_vs_pykalman']:.1e}, smooth "
-          f"{k['max_abs_diff_smooth_vs_pykalman']:.1e}; |ours - filterpy| "
-          f"{k['max_abs_diff_vs_filterpy']:.1e}")
-    print("\nUKF, large-angle pendulum, 2,000 steps (one track)")
-    uk = bench_ukf(args.quick)
-    results["ukf"] = uk
-    print(f"  {'':10s} {'time (s)':>9s} {'angle RMSE':>11s}")
-    print(f"  {'ours':10s} {uk['ours_s']:9.3f} {uk['rmse_ours']:11.4f}")
-    print(f"  {'pykalman':10s} {uk['pykalman_s']:9.3f} {uk['rmse_pykalman']:11.4f}"
-          f"   ({uk['speedup_vs_pykalman']:.1f}x)")
-    print(f"  {'filterpy':10s} {uk['filterpy_s']:9.3f} {uk['rmse_filterpy']:11.4f}"
-          f"   ({uk['speedup_vs_filterpy']:.1f}x)")
-    print(f"  CPU time: ours {uk['ours_cpu_s']:.3f} s, filterpy {uk['filterpy_cpu_s']:.3f} s "
-          f"({uk['cpu_speedup_vs_filterpy']:.1f}x)")
-    print(f"  {uk['batch_tracks']} tracks: ours batched {uk['ours_batch_s']:.2f} s, filterpy "
-          f"{uk['filterpy_batch_s_extrapolated']:.1f} s (one track x{uk['batch_tracks']}): "
-          f"{uk['batch_speedup_vs_filterpy']:.0f}x")
-    print("\nParticle filter, 10,000 particles x 200 steps, 2-D localisation")
-    pf = bench_pf(args.quick)
-    results["particle"] = pf
-    print(f"  {'':14s} {'wall (s)':>9s} {'CPU (s)':>8s} {'RMSE (m)':>9s}")
-    print(f"  {'ours float64':14s} {pf['ours_float64_s']:9.3f} {pf['ours_float64_cpu_s']:8.3f} "
-          f"{pf['rmse_ours_float64']:9.3f}   ({pf['speedup_float64_vs_filterpy']:.1f}x wall)")
-    print(f"  {'ours float32':14s} {pf['ours_float32_s']:9.3f} {pf['ours_float32_cpu_s']:8.3f} "
-          f"{pf['rmse_ours_float32']:9.3f}   ({pf['speedup_float32_vs_filterpy']:.1f}x wall)"
-          "   target <= 0.2 s")
-    print(f"  {'filterpy loop':14s} {pf['filterpy_loop_s']:9.3f} {pf['filterpy_loop_cpu_s']:8.3f} "
-          f"{pf['rmse_filterpy_loop']:9.3f}")
+    if args.only in (None, "kalman"):
+        print("Kalman filter, 4-D constant velocity, 1,000 tracks x 1,000 steps")
+        k = bench_kalman(args.quick)
+        results["kalman"] = k
+        ext = k["peers_extrapolated_from_tracks"]
+        print(f"  ours (numpy float64 in)  filter {k['ours_filter_s']:.3f} s "
+              f"(CPU {k['ours_filter_cpu_s']:.3f} s)   smooth "
+              f"{k['ours_smooth_s']:.3f} s   (torch f64 {k['ours_filter_torch64_s']:.3f} s, "
+              f"torch f32 {k['ours_filter_torch32_s']:.3f} s)")
+        print(f"  pykalman track by track  filter {k['pykalman_filter_s']:.1f} s   smooth "
+              f"{k['pykalman_smooth_s']:.1f} s   (timed on {ext['pykalman']} tracks, "
+              f"x{1000 // ext['pykalman']})")
+        print(f"  filterpy predict/update  filter {k['filterpy_filter_s']:.1f} s   "
+              f"(timed on {ext['filterpy']} tracks, x{1000 // ext['filterpy']})")
+        print(f"  speed-up: {k['speedup_vs_pykalman']:.0f}x pykalman (target 100x), "
+              f"{k['speedup_vs_filterpy']:.0f}x filterpy (target 20x); smoother "
+              f"{k['smooth_speedup_vs_pykalman']:.0f}x pykalman")
+        print(f"  max |ours - pykalman| filter {k['max_abs_diff_vs_pykalman']:.1e}, smooth "
+              f"{k['max_abs_diff_smooth_vs_pykalman']:.1e}; |ours - filterpy| "
+              f"{k['max_abs_diff_vs_filterpy']:.1e}")
+    if args.only in (None, "ukf"):
+        print("\nUKF, large-angle pendulum, 2,000 steps (one track)")
+        uk = bench_ukf(args.quick)
+        results["ukf"] = uk
+        print(f"  {'':10s} {'time (s)':>9s} {'angle RMSE':>11s}")
+        print(f"  {'ours':10s} {uk['ours_s']:9.3f} {uk['rmse_ours']:11.4f}")
+        print(f"  {'pykalman':10s} {uk['pykalman_s']:9.3f} {uk['rmse_pykalman']:11.4f}"
+              f"   ({uk['speedup_vs_pykalman']:.1f}x)")
+        print(f"  {'filterpy':10s} {uk['filterpy_s']:9.3f} {uk['rmse_filterpy']:11.4f}"
+              f"   ({uk['speedup_vs_filterpy']:.1f}x)")
+        print(f"  CPU time: ours {uk['ours_cpu_s']:.3f} s, filterpy {uk['filterpy_cpu_s']:.3f} s "
+              f"({uk['cpu_speedup_vs_filterpy']:.1f}x)")
+        print(f"  {uk['batch_tracks']} tracks: ours batched {uk['ours_batch_s']:.2f} s, filterpy "
+              f"{uk['filterpy_batch_s_extrapolated']:.1f} s (one track x{uk['batch_tracks']}): "
+              f"{uk['batch_speedup_vs_filterpy']:.0f}x")
+    if args.only in (None, "particle"):
+        print("\nParticle filter, 10,000 particles x 200 steps, 2-D localisation")
+        pf = bench_pf(args.quick)
+        results["particle"] = pf
+        print(f"  {'':14s} {'wall (s)':>9s} {'CPU (s)':>8s} {'RMSE (m)':>9s}")
+        print(f"  {'ours float64':14s} {pf['ours_float64_s']:9.3f} {pf['ours_float64_cpu_s']:8.3f} "
+              f"{pf['rmse_ours_float64']:9.3f}   ({pf['speedup_float64_vs_filterpy']:.1f}x wall)")
+        print(f"  {'ours float32':14s} {pf['ours_float32_s']:9.3f} {pf['ours_float32_cpu_s']:8.3f} "
+              f"{pf['rmse_ours_float32']:9.3f}   ({pf['speedup_float32_vs_filterpy']:.1f}x wall)"
+              "   target <= 0.2 s")
+        print(f"  {'filterpy loop':14s} {pf['filterpy_loop_s']:9.3f} "
+              f"{pf['filterpy_loop_cpu_s']:8.3f} {pf['rmse_filterpy_loop']:9.3f}")
     results["machine"]["load_average_end"] = os.getloadavg()
     print(f"load average (1/5/15 min) at the end: {results['machine']['load_average_end']}")
+    if args.only is not None:
+        return
     path = ROOT / "benchmarks" / "results" / "filters.json"
     atomic_write_text(path, json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {path.relative_to(ROOT)}")

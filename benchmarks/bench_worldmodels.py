@@ -1,7 +1,7 @@
 """World-model benchmark (CPU): training throughput at batch 64 for the vector and the
 image model, and the latency of a 30-step rollout with 10 MC-dropout samples at batch 6.
 
-    python benchmarks/bench_worldmodels.py [--quick]
+    python benchmarks/bench_worldmodels.py [--quick] [--only mc]
 
 The peer is facebookresearch/mbrl-lib (PyPI ``mbrl`` 0.2.0, the PETS ``GaussianMLP``
 ensemble). Its package pins gymnasium 0.26 and hydra 1.0, which would break this
@@ -157,6 +157,8 @@ def step_loop(model: torch.nn.Module, batch: dict, steps: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+    parser.add_argument("--only", choices=("mc",),
+                        help="mc: only the MC-dropout rollout rows (writes no JSON)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -192,34 +194,36 @@ def main() -> None:
 
         return run
 
-    for name, model, k, fused in (
-            ("train vector model (step loop), samples/s", det, 1, False),
-            ("... same, fused_adam=True, samples/s", det, 1, True),
-            ("train ensemble K=5, samples/s", ens, 5, False),
-            ("... same, fused_adam=True, samples/s", ens, 5, True)):
-        t_ours, t_peer = paired(step_loop(model, batch64, steps, fused), peer_trainer(k),
-                                repeats)
-        rows.append({"what": name, "ours": 64 * steps / t_ours,
-                     "peer": 64 * steps / t_peer if t_peer else None,
-                     "peer_name": f"mbrl GaussianMLP (ensemble_size={k})",
-                     "note": f"MLP {HIDDEN} wide, 3 hidden layers, S={S}, A={A}, batch 64"})
-    cfg = TrainConfig(epochs=1, steps=steps * 2, batch_size=64, val_windows=64)
-    h = train_model(DeterministicModel(S, A, hidden=HIDDEN), ds, cfg, progress=False)
-    rows.append({"what": "train vector model (train_model: data, val, all), samples/s",
-                 "ours": h["samples_per_s"]})
+    if args.only is None:  # training throughput (skipped by --only mc)
+        for name, model, k, fused in (
+                ("train vector model (step loop), samples/s", det, 1, False),
+                ("... same, fused_adam=True, samples/s", det, 1, True),
+                ("train ensemble K=5, samples/s", ens, 5, False),
+                ("... same, fused_adam=True, samples/s", ens, 5, True)):
+            t_ours, t_peer = paired(step_loop(model, batch64, steps, fused), peer_trainer(k),
+                                    repeats)
+            rows.append({"what": name, "ours": 64 * steps / t_ours,
+                         "peer": 64 * steps / t_peer if t_peer else None,
+                         "peer_name": f"mbrl GaussianMLP (ensemble_size={k})",
+                         "note": f"MLP {HIDDEN} wide, 3 hidden layers, S={S}, A={A}, batch 64"})
+        cfg = TrainConfig(epochs=1, steps=steps * 2, batch_size=64, val_windows=64)
+        h = train_model(DeterministicModel(S, A, hidden=HIDDEN), ds, cfg, progress=False)
+        rows.append({"what": "train vector model (train_model: data, val, all), samples/s",
+                     "ours": h["samples_per_s"]})
 
     # -- training throughput, image model ----------------------------------------------
     ids = load_dataset(image_dataset(tmp))
-    for ncond in (4, 20):
-        if args.quick and ncond == 20:
-            continue
-        ib = ids.windows("train", ncond, 1).get_batch(np.arange(64))
-        im = ImageModel(S, 2, IMAGE, ncond=ncond, hidden=256)
-        im.set_normalizer(ids.stats)
-        t = best_of(step_loop(im, ib, img_steps), max(1, repeats - 1))
-        rows.append({"what": f"train image model ncond={ncond}, samples/s",
-                     "ours": 64 * img_steps / t,
-                     "note": f"{IMAGE[1]}x{IMAGE[2]}x{IMAGE[0]} frames + {S}-D state"})
+    if args.only is None:
+        for ncond in (4, 20):
+            if args.quick and ncond == 20:
+                continue
+            ib = ids.windows("train", ncond, 1).get_batch(np.arange(64))
+            im = ImageModel(S, 2, IMAGE, ncond=ncond, hidden=256)
+            im.set_normalizer(ids.stats)
+            t = best_of(step_loop(im, ib, img_steps), max(1, repeats - 1))
+            rows.append({"what": f"train image model ncond={ncond}, samples/s",
+                         "ours": 64 * img_steps / t,
+                         "note": f"{IMAGE[1]}x{IMAGE[2]}x{IMAGE[0]} frames + {S}-D state"})
 
     # -- 30-step rollout, 10 MC-dropout samples, batch 6 ---------------------------------
     det.eval()
@@ -305,12 +309,17 @@ def main() -> None:
     for row in rows:
         peer = f"{row['peer']:.1f}" if row.get("peer") else "-"
         ratio = f"{row['ratio_ours_better']:.2f}x" if row.get("ratio_ours_better") else "-"
-        print(f"{row['what']:<72} {row['ours']:>10.1f} {peer:>10} {ratio:>9}")
+        ours = f"{row['ours']:.2f}" if "(x," in row["what"] else f"{row['ours']:.1f}"
+        extra = (f"   ({row['mc_ms']:.2f} / {row['plain_ms']:.2f} ms)" if "mc_ms" in row
+                 else "")
+        print(f"{row['what']:<72} {ours:>10} {peer:>10} {ratio:>9}{extra}")
     print("(ours/peer > 1: ours faster; throughput in samples/s, latency in ms)")
     load = {"start": load_start, "end": _loadavg()}
     print(f"load average (1/5/15 min): {load['start']} at the start, {load['end']} at the end")
     out = {"machine": platform.platform(), "torch": torch.__version__, "threads": 1,
            "quick": args.quick, "rows": rows, "load_average": load}
+    if args.only is not None:
+        return
     path = ROOT / "benchmarks" / "results" / "worldmodels.json"
     atomic_write_text(path, json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}")

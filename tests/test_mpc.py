@@ -231,6 +231,24 @@ def test_warm_start_shift_and_reset() -> None:
     torch.testing.assert_close(p1, p2)
 
 
+def test_plan_is_a_copy_and_act_honours_an_overridden_plan() -> None:
+    """plan() hands out a copy (writing into it leaves the warm start alone); act() skips
+    that copy but still calls a subclass's own plan()."""
+    planner = MPPI(linear, quad, -1.0, 1.0, 5, samples=20, seed=0)
+    plan = planner.plan(X0)
+    kept = planner.warm_start.clone()
+    plan.fill_(0.5)
+    torch.testing.assert_close(planner.warm_start, kept)
+
+    class Fixed(MPPI):
+        def plan(self, state: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
+            return torch.full((state.shape[0], self.horizon, 1), 0.25)
+
+    fixed = Fixed(linear, quad, -1.0, 1.0, 5, samples=20)
+    assert torch.equal(fixed.act(X0), torch.full((3, 1), 0.25))
+    assert torch.equal(fixed.warm_start, torch.full((3, 5, 1), 0.25))
+
+
 def test_latent_mean_and_min_reduce() -> None:
     def noisy(x: torch.Tensor, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return linear(x, u) + 0.3 * z

@@ -279,3 +279,41 @@ def test_training_optimiser_choice_and_the_fast_masks_on_vector_models_only() ->
     torch.testing.assert_close(clip_gradients(params, 1e-3), want)
     opt.step()
     assert any(not torch.equal(a, b) for a, b in zip(before, params, strict=True))
+
+
+def test_sfc64_masks_have_the_rate_are_fresh_and_follow_the_torch_seed() -> None:
+    """The pooled masks' SFC64 words: the dropout rate and unit mean of the torch words,
+    new values at every call, and the same values after reseeding torch's generator."""
+    from worldplan.worldmodels.base import bernoulli_masks
+
+    like = torch.zeros(1)
+    torch.manual_seed(0)
+    a = bernoulli_masks(200_001, 0.1, like, sfc64=True).clone()
+    b = bernoulli_masks(200_001, 0.1, like, {}, sfc64=True).clone()
+    torch.manual_seed(0)
+    torch.testing.assert_close(bernoulli_masks(200_001, 0.1, like, sfc64=True), a)
+    assert not torch.equal(a, b)
+    for m in (a, b):
+        assert abs(float((m == 0).float().mean()) - 0.1) < 0.005
+        assert abs(float(m.mean()) - 1.0) < 0.01
+        assert set(torch.unique(m).tolist()) == {0.0, float(m.max())}
+    # neighbouring values are independent: P(both dropped) is p^2
+    both = float(((a[1:] == 0) & (a[:-1] == 0)).float().mean())
+    assert abs(both - 0.01) < 0.002
+
+
+def test_mc_uncertainty_restores_every_dropout_switch() -> None:
+    """mc_uncertainty forces dropout on and leaves each layer's switch, pool and frozen
+    flags as it found them (also a layer switched on by hand)."""
+    from worldplan.worldmodels.base import MCDropout
+
+    m = DeterministicModel(3, 2, hidden=16, dropout=0.2).eval()
+    layers = m.dropout_layers()
+    assert len(layers) == len([d for d in m.modules() if isinstance(d, MCDropout)]) > 1
+    layers[0].force = True
+    s, acts = torch.randn(4, 3), torch.randn(4, 5, 2)
+    for masks in ("step", "trajectory"):
+        u = mc_uncertainty(m, s, acts, n=3, masks=masks)
+        assert (u.var > 0).any()
+        assert [d.force for d in layers] == [True] + [False] * (len(layers) - 1)
+        assert not any(d.pooled or d.frozen or d._queue for d in layers)

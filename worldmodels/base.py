@@ -35,12 +35,12 @@ log = logging.getLogger(__name__)
 
 MODEL_SCHEMA = 1
 MODEL_KINDS: dict[str, type[WorldModel]] = {}
-_MASK_VALUES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (kept, dropped) values
 _POOL_VALUES = 1 << 20  # most mask values one dropout layer draws at once
 
 
 def bernoulli_masks(n: int, p: float, like: torch.Tensor,
-                    buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                    buffers: dict[str, torch.Tensor] | None = None,
+                    sfc64: bool = False) -> torch.Tensor:
     """``n`` inverted-dropout mask values ``[n]`` (0 with probability ``p``, else
     ``1 / (1 - p)``) on ``like``'s device and dtype.
 
@@ -49,32 +49,41 @@ def bernoulli_masks(n: int, p: float, like: torch.Tensor,
     multiple of ``2^-16`` (the scale uses the rounded value, so the mean stays 1).
     ``buffers`` (a dict the caller keeps): reuse its tensors instead of allocating (large
     fresh allocations page-fault on every call); the previous result is overwritten.
+    ``sfc64`` (CPU only): take the random words from numpy's SFC64 generator, seeded with
+    one draw of torch's global generator (so ``torch.manual_seed`` still reproduces a
+    run): the raw words 2.8x faster than torch's Mersenne twister, the same uniform bits.
     """
     nw = (n + 3) // 4
     drop = round(p * 65536)
-    key = (drop, like.dtype, like.device)
-    values = _MASK_VALUES.get(key)
-    if values is None:
-        values = _MASK_VALUES[key] = (
-            torch.tensor(65536.0 / (65536 - drop), dtype=like.dtype, device=like.device),
-            torch.zeros((), dtype=like.dtype, device=like.device))
-    if buffers is None:
-        words = torch.empty(nw, dtype=torch.int64, device=like.device)
-    else:
-        out = buffers.get("out")
+    scale = 65536.0 / (65536 - drop)
+    if sfc64 and like.device.type == "cpu":
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        words = torch.from_numpy(np.random.SFC64(seed).random_raw(nw).view(np.int64))
+        out = None if buffers is None else buffers.get("out")
         if out is None or out.numel() != n or out.dtype != like.dtype or \
-                out.device != like.device:
-            buffers["words"] = torch.empty(nw, dtype=torch.int64, device=like.device)
-            buffers["keep"] = torch.empty(n, dtype=torch.bool, device=like.device)
-            buffers["out"] = torch.empty(n, dtype=like.dtype, device=like.device)
-        words = buffers["words"]
-    words.random_(-(2**63), 2**63 - 1)
+                out.device.type != "cpu":
+            out = torch.empty(n, dtype=like.dtype)
+            if buffers is not None:
+                buffers["out"] = out
+    else:
+        if buffers is None:
+            words = torch.empty(nw, dtype=torch.int64, device=like.device)
+            out = torch.empty(n, dtype=like.dtype, device=like.device)
+        else:
+            out = buffers.get("out")
+            if out is None or out.numel() != n or out.dtype != like.dtype or \
+                    out.device != like.device or buffers.get("words") is None:
+                buffers["words"] = torch.empty(nw, dtype=torch.int64, device=like.device)
+                out = buffers["out"] = torch.empty(n, dtype=like.dtype, device=like.device)
+            words = buffers["words"]
+        words.random_(-(2**63), 2**63 - 1)
     bits = words.view(torch.int16)
     bits = bits if bits.shape[0] == n else bits[:n]
-    if buffers is None:
-        return torch.where(bits >= drop - 32768, *values)  # P(keep) = 1 - drop / 2^16
-    torch.ge(bits, drop - 32768, out=buffers["keep"])
-    return torch.where(buffers["keep"], *values, out=buffers["out"])
+    # The comparison written straight into the float output (1.0 kept, 0.0 dropped) and
+    # scaled in place: a third of the time of a bool mask followed by torch.where, and
+    # the same values (1.0 * scale is scale exactly). P(keep) = 1 - drop / 2^16.
+    torch.ge(bits, drop - 32768, out=out)
+    return out.mul_(scale)
 
 
 class MCDropout(nn.Module):
@@ -104,6 +113,11 @@ class MCDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not (self.training or self.force):
             return x
+        queue = self._queue  # non-empty only inside pooled_masks: the per-step fast path
+        if queue and not self.frozen and not self.channelwise:
+            mask = queue[-1]
+            if mask.shape == x.shape and mask.dtype == x.dtype and mask.device == x.device:
+                return x * queue.pop()
         shape = (*x.shape[:2], 1, 1) if self.channelwise and x.ndim == 4 else x.shape
         if self.frozen and self._mask is not None and self._mask.shape == shape:
             return x * self._mask
@@ -128,7 +142,7 @@ class MCDropout(nn.Module):
             # Without autograd no mask outlives the next refill, so the pool's memory is
             # reused; a mask saved for a backward pass must not be overwritten.
             buffers = None if torch.is_grad_enabled() else self._pool_memory
-            pool = bernoulli_masks(n * k, self.p, x, buffers).view(n, *shape)
+            pool = bernoulli_masks(n * k, self.p, x, buffers, sfc64=True).view(n, *shape)
             queue[:] = pool.unbind(0)  # in place: no nn.Module attribute traffic per call
         return queue.pop()
 
@@ -209,12 +223,18 @@ class WorldModel(nn.Module):
             if isinstance(m, MCDropout):
                 m.force = bool(flag)
 
+    def dropout_layers(self) -> list[MCDropout]:
+        """The model's :class:`MCDropout` modules (a walk over every module: callers that
+        switch them several times pass the list to the context managers below)."""
+        return [m for m in self.modules() if isinstance(m, MCDropout)]
+
     @contextlib.contextmanager
-    def frozen_masks(self) -> Iterator[None]:
+    def frozen_masks(self, layers: list[MCDropout] | None = None) -> Iterator[None]:
         """Inside, every dropout layer draws its mask once and reuses it for inputs of the
         same shape: each row of a rollout is one sampled network for the whole
-        trajectory (instead of fresh masks at every step, as PPUU does)."""
-        layers = [m for m in self.modules() if isinstance(m, MCDropout)]
+        trajectory (instead of fresh masks at every step, as PPUU does). ``layers``: the
+        model's :meth:`dropout_layers`, if the caller has them."""
+        layers = self.dropout_layers() if layers is None else layers
         for m in layers:
             m.frozen, m._mask = True, None
         try:
@@ -224,15 +244,17 @@ class WorldModel(nn.Module):
                 m.frozen, m._mask = False, None
 
     @contextlib.contextmanager
-    def pooled_masks(self, calls: int = 32) -> Iterator[None]:
+    def pooled_masks(self, calls: int = 32,
+                     layers: list[MCDropout] | None = None) -> Iterator[None]:
         """Inside, every dropout layer cuts its masks from a pool drawn in bulk
         (:func:`bernoulli_masks`), ``calls`` forward calls' worth at a time (e.g. the
         rollout length): still fresh, independent masks for every row and call, at a
         fraction of the generator calls. The pools are dropped on exit, so that seeding
-        the global generator reproduces a pooled run."""
+        the global generator reproduces a pooled run. ``layers``: the model's
+        :meth:`dropout_layers`, if the caller has them."""
         if not isinstance(calls, int) or calls < 1:
             raise ValueError(f"calls must be an int >= 1, got {calls!r}")
-        layers = [m for m in self.modules() if isinstance(m, MCDropout)]
+        layers = self.dropout_layers() if layers is None else layers
         for m in layers:
             m.pooled, m._pool_calls = True, calls
             m._queue.clear()

@@ -68,19 +68,22 @@ def mc_uncertainty(model: WorldModel, context: torch.Tensor | ModelState,
     def rep(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x.repeat(n, *([1] * (x.ndim - 1)))
 
-    previous = model.mc_dropout
-    model.mc_dropout = True
+    layers = model.dropout_layers()  # one walk over the modules for all the switches
+    previous = [m.force for m in layers]
+    for m in layers:
+        m.force = True
     if masks == "trajectory":
-        frozen = model.frozen_masks()
+        frozen = model.frozen_masks(layers)
     elif start.frames is None:  # vector models: fresh masks from bulk draws
-        frozen = model.pooled_masks(calls=T)
+        frozen = model.pooled_masks(calls=T, layers=layers)
     else:
         frozen = contextlib.nullcontext()
     try:
         with frozen:
             traj = model.unroll(start.tile(n), rep(actions), z=rep(z))
     finally:
-        model.mc_dropout = previous
+        for m, flag in zip(layers, previous, strict=True):
+            m.force = flag
     states = traj.states.view(n, B, *traj.states.shape[1:])
     result = MCUncertainty(states.mean(0), states.var(0))
     if traj.images is not None:

@@ -204,6 +204,10 @@ class Planner:
         """Optimise B independent plans from ``state [B, S]``; returns ``actions [B, T, A]``
         inside the bounds. The result is kept as the next warm start. ``init [B, T, A]``
         (inside the bounds) replaces the kept warm start for this call."""
+        return self._solve(state, init).clone()
+
+    def _solve(self, state: torch.Tensor, init: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`plan` without the defensive copy: the kept warm start itself."""
         self._validate(state)
         low, high = self._bounds(state)
         if init is not None:
@@ -217,18 +221,22 @@ class Planner:
             init = self._initial_plan(state)
         with torch.enable_grad() if self._needs_grad else torch.no_grad():
             plan = self._optimize(state.detach(), init.detach())
-        plan = torch.max(torch.min(plan.detach(), high), low)
-        if not torch.isfinite(plan).all():
+        plan = torch.clamp(plan.detach(), low, high)
+        # clamped to finite bounds: NaN is the only non-finite value that can remain
+        if torch.isnan(plan).any():
             raise ValueError(f"{type(self).__name__} produced a non-finite plan: the dynamics or "
                              "cost returned NaN/inf along the way")
         self._plan = plan
-        return plan.clone()
+        return plan
 
     def act(self, state: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
         """Receding horizon: plan from ``state [B, S]`` (from ``init [B, T, A]`` if given,
         else the kept warm start), return the first action ``[B, A]`` and keep the plan
         shifted by one step (last action repeated) as the next warm start."""
-        plan = self.plan(state, init)
+        # the plan is not handed out (only its first action), so no copy of it; a subclass
+        # that overrides plan() is still called
+        plan = (self._solve(state, init) if type(self).plan is Planner.plan
+                else self.plan(state, init))
         self._plan = self._shift(plan)
         return plan[:, 0]
 

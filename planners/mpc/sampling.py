@@ -48,6 +48,13 @@ def colored_noise(beta: float, shape: tuple[int, ...], horizon: int, *,
     return (series / sigma).transpose(-1, -2).contiguous()
 
 
+def _clip_(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """``x`` clipped to ``[low, high]`` (``[A]`` tensors) in place; returns ``x``. On a large
+    batch minimum/maximum into ``x`` take a third of the time of ``torch.clamp`` with
+    tensor bounds (the same values: ``low < high``, NaN stays NaN)."""
+    return torch.maximum(torch.minimum(x, high, out=x), low, out=x)
+
+
 class CEM(Planner):
     """Cross-entropy method with the iCEM refinements (Pinneri et al. 2020).
 
@@ -113,12 +120,12 @@ class CEM(Planner):
         for it in range(self.iterations):
             noise = colored_noise(self.beta, (b, self.samples, a), t, generator=g,
                                   device=state.device, dtype=state.dtype)
-            cand = mean[:, None] + std[:, None] * noise
+            cand = (std[:, None] * noise).add_(mean[:, None])  # in place: one temporary
             if it == self.iterations - 1:
                 cand[:, 0] = mean  # iCEM: the mean itself is a candidate in the last iteration
             if kept is not None:
                 cand = torch.cat([cand, kept], dim=1)
-            cand = torch.max(torch.min(cand, high), low)
+            cand = _clip_(cand, low, high)
             costs = self._rollout_cost(state, cand).nan_to_num(float("inf"))  # [B, N]
             order = costs.topk(self.elites, dim=1, largest=False).indices
             elite = torch.gather(cand, 1, order[..., None, None].expand(-1, -1, t, a))
@@ -194,12 +201,26 @@ class MPPI(Planner):
                                 self._sigma_inv.to(like.device, like.dtype))
         return self._cache[key]
 
+    def _scalars(self, like: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """``(control_cost * lambda, -1 / lambda)`` as 0-dim tensors of ``like``'s dtype: a
+        Python float in a tensor op is wrapped and cast at every call (the same values).
+        Python floats under torch.compile (constants of its kernels; a cache filled while
+        tracing would trigger a recompilation)."""
+        if torch.compiler.is_compiling():
+            return self.control_cost * self.temperature, -1.0 / self.temperature
+        key = ("scalars", like.device, like.dtype, self.control_cost, self.temperature)
+        if key not in self._cache:
+            self._cache[key] = tuple(torch.tensor(v, device=like.device, dtype=like.dtype)
+                                     for v in (self.control_cost * self.temperature,
+                                               -1.0 / self.temperature))
+        return self._cache[key]
+
     def _optimize(self, state: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
         low, high = self._bounds(state)
         chol, sigma_inv = self._mats(state)
         b, t, a = init.shape
         g = self.generator(state.device)
-        plan = init.clone()
+        plan = init  # _update never writes into its plan argument
         update = self._update
         if self.compile:  # fuse the whole update (noise shaping, rollout, weights) into one
             if self._compiled_update is None:
@@ -228,19 +249,25 @@ class MPPI(Planner):
         """One MPPI update of ``plan [B, T, A]`` with standard-normal ``white [B, K, T, A]``;
         returns the new plan and whether every problem had a finite-cost sample."""
         b, k, t, a = white.shape
+        ctrl_weight, neg_inv_temp = self._scalars(white)
         eps = white * chol.diagonal() if self._diagonal else white @ chol.T
         if self.include_mean:  # sample 0 is the unperturbed plan
             eps[:, 0] = 0
-        cand = torch.clamp(plan[:, None] + eps, low, high)
+        # in place on this call's own temporaries: no extra allocations
+        cand = _clip_(torch.add(plan[:, None], eps), low, high)
         eps = torch.sub(cand, plan[:, None], out=eps)  # the noise actually applied
         costs = self._rollout_cost(state, cand, allow_compile=False)  # [B, K]
         flat = eps.view(b, k, t * a)
         if self.control_cost > 0:  # lambda * sum_t U_t^T Sigma^-1 eps_t, one batched product
-            ctrl = torch.bmm(flat, (plan @ sigma_inv).reshape(b, t * a, 1)).view(b, k)
-            costs = costs + (self.control_cost * self.temperature) * ctrl
+            # a diagonal Sigma^-1 scales each action: the matmul's one non-zero product
+            scaled = plan * sigma_inv.diagonal() if self._diagonal else plan @ sigma_inv
+            ctrl = torch.bmm(flat, scaled.reshape(b, t * a, 1)).view(b, k)
+            costs = costs + ctrl_weight * ctrl
         costs = costs.nan_to_num(float("inf"))
-        finite = torch.isfinite(costs).any(dim=1).all()
+        # after nan_to_num only a NaN (now +inf) is non-finite: a row is usable when its
+        # cheapest sample is finite
+        finite = (costs.amin(dim=1) < float("inf")).all()
         # softmax subtracts the row maximum itself: no separate shift by the minimum cost
-        weights = torch.softmax(costs * (-1.0 / self.temperature), dim=1)
-        plan = plan + torch.bmm(weights[:, None], flat).view(b, t, a)
-        return torch.clamp(plan, low, high), finite
+        weights = torch.softmax(costs * neg_inv_temp, dim=1)
+        plan = torch.bmm(weights[:, None], flat).view(b, t, a).add_(plan)
+        return plan.clamp_(low, high), finite
