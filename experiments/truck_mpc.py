@@ -106,10 +106,7 @@ def feedback_plan(feedback: Feedback, dynamics: Callable, state: torch.Tensor, h
 
 def cascade_feedback(p: TruckParams) -> Feedback:
     """The pure-pursuit cascade as a torch feedback law (docking geometry, nothing learned)."""
-    cascade = CascadeController(p)
-    law = lambda x: cascade(x)  # noqa: E731
-    law.cascade = cascade  # type: ignore[attr-defined]  # what the adjoint reads
-    return law
+    return CascadeController(p)  # callable on torch states; the adjoint reads its gains
 
 
 def policy_feedback(policy: torch.nn.Module) -> Feedback:
@@ -132,7 +129,7 @@ def make_planner(kind: str, tm: TruckTaskModel, dynamics: Callable, cfg: MPCConf
     args = (tm.stop_at_wall(dynamics), tm.cost, low, high, cfg.horizon)
     common = {"terminal_cost": tm.terminal_cost, "state_dim": tm.state_dim, "seed": seed}
     if kind == "gradient":
-        cascade = getattr(feedback, "cascade", None)
+        cascade = feedback if isinstance(feedback, CascadeController) else None
         if cfg.gradient == "adjoint" and (feedback is None or cascade is not None):
             adjoint = TruckAdjoint(tm, adjoint_model(model, tm), cascade, float(low[0]),
                                    float(high[0]))
