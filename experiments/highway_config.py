@@ -119,6 +119,13 @@ class PolicyConfig:
     # MPUR measures the plan-aware U at every u_every-th step of its horizon only (the
     # head's passes are most of an update's cost; experiments/highway_plan.py)
     u_every: int = 1
+    # what MPUR's U measures in the plan-head world: "head" = the head ensemble's spread,
+    # which grows with the ego's offset from its recorded pose whatever the traffic;
+    # "scene" = the spread of ``scene_samples`` trunk scenes (prior z and MC-dropout
+    # masks) seen from the ego's pose: large only near cars whose future the model is
+    # unsure of (experiments/highway_plan.py)
+    u_source: str = "head"
+    scene_samples: int = 4
     # BPTT: no gradient through the policy's image input (halves the backward pass;
     # the cost and the state inputs still carry it); planners/policy/mpur.py
     detach_frames: bool = True
@@ -242,6 +249,7 @@ def check_methods(methods: tuple[str, ...], allowed: tuple[str, ...], where: str
 
 PROXIMITY_FORMS = ("max", "front-rear")
 WORLDS = ("trunk", "plan-head")
+U_SOURCES = ("head", "scene")
 
 
 def policy_ncond(config: HighwayConfig) -> int:
@@ -271,6 +279,12 @@ def validate_config(config: HighwayConfig) -> None:
                          f"model's context (model.ncond {config.model.ncond}); 0 takes it")
     if config.policy.u_every < 1:
         raise ValueError(f"policy.u_every must be >= 1, got {config.policy.u_every}")
+    if config.policy.u_source not in U_SOURCES:
+        raise ValueError(f"policy.u_source must be one of {U_SOURCES}, got "
+                         f"{config.policy.u_source!r}")
+    if config.policy.scene_samples < 2:
+        raise ValueError(f"policy.scene_samples must be >= 2 (a spread needs two scenes), "
+                         f"got {config.policy.scene_samples}")
     if config.policy.burn_in < 0 or config.policy.oracle_burn_in < 0:
         raise ValueError(f"policy.burn_in and policy.oracle_burn_in must be >= 0, got "
                          f"{config.policy.burn_in}, {config.policy.oracle_burn_in}")

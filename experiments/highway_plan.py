@@ -13,10 +13,20 @@ ego's pose and the ego's offset from the pose the trunk's scene was predicted in
   traffic): the drive's true frames are the targets, the scene is the trunk's rollout
   from the recorded context under the recorded actions, exactly what a policy's BPTT
   loop sees when it drives off the recording.
-- U in PPUU's form (:class:`~worldmodels.plan_uncertainty.ZScoreHinge`): three variances
-  per step over the ensemble's members (the cars channel's mean pixel variance, the
-  same under the proximity mask, and the variance of the proximity cost), each z-scored
-  per step against expert rollouts, ``relu(z - 0.5)``, summed.
+- U in PPUU's form (:class:`~worldmodels.plan_uncertainty.ZScoreHinge`): variances per
+  step, each z-scored per step against expert rollouts, ``relu(z - 0.5)``, summed. Two
+  sources (``u_source``):
+
+  - ``"head"``: three variances over the head ensemble's members (the cars channel's
+    mean pixel variance, the same under the proximity mask, the variance of the
+    proximity cost). They grow with the ego's offset from its recorded pose wherever
+    it drives, so their gradient pulls a policy back to the recorded speeds even on an
+    empty road.
+  - ``"scene"``: two variances over several trunk scenes (each with its own prior z and
+    MC-dropout masks) seen from the ego's pose: the pixel variance under the proximity
+    mask and the variance of the proximity cost. They are large only where a car the
+    model is unsure of is close to the ego, so the policy pays for driving close to
+    cars whose future it cannot predict, not for leaving the recorded path.
 """
 
 from __future__ import annotations
@@ -30,12 +40,13 @@ from worldplan.envs.highway.costs import masks_torch
 from worldplan.envs.highway.kinematics import MAX_ACCEL
 from worldplan.envs.highway.oracle import ReplayOracle
 from worldplan.envs.highway.render import View
-from worldplan.worldmodels.ego_motion import headings
+from worldplan.worldmodels.ego_motion import headings, warp_frames
 from worldplan.worldmodels.images import to_unit
 from worldplan.worldmodels.plan_uncertainty import PlanHeadEnsemble, ZScoreHinge
 
 OFFSET_DIM = 4  # along, across (m), speed (m/s), heading (rad)
-N_VARIANCES = 3
+U_SOURCES = ("head", "scene")
+N_VARIANCES = {"head": 3, "scene": 2}
 
 
 def ego_offsets(states: torch.Tensor, ref: torch.Tensor, min_speed: float = 0.2) -> torch.Tensor:
@@ -70,6 +81,25 @@ def scene_rollout(trunk, context: torch.Tensor, frames: torch.Tensor, actions: t
     return trunk.rollout(context[:, -k:], actions, z=z, images=to_unit(frames[:, -k:]))
 
 
+@torch.no_grad()
+def scene_samples(trunk, context: torch.Tensor, frames: torch.Tensor, actions: torch.Tensor,
+                  samples: int, latent: str = "prior") -> torch.Tensor:
+    """The cars channel ``[B, samples, T, 1, H, W]`` of ``samples`` trunk scenes under
+    ``actions`` ``[B, T, 2]``, each with its own latents and MC-dropout masks (their ego
+    states are all the same: the ego's motion is exact kinematics)."""
+    if samples < 2:
+        raise ValueError(f"samples must be >= 2 (a spread needs two scenes), got {samples}")
+    c = trunk.cars_channel
+    was = trunk.mc_dropout
+    trunk.mc_dropout = True
+    try:
+        out = [scene_rollout(trunk, context, frames, actions, latent)[1][:, :, c:c + 1]
+               for _ in range(samples)]
+    finally:
+        trunk.mc_dropout = was
+    return torch.stack(out, 1)
+
+
 def _oracle(trunk, frames: torch.Tensor, states: torch.Tensor) -> ReplayOracle:
     return ReplayOracle(frames, states, trunk.res, trunk.dt, trunk.ego_length,
                         trunk.ego_channel, trunk.cars_channel, trunk.min_speed)
@@ -98,17 +128,28 @@ class PlanHeadWorld:
 
     def __init__(self, trunk, head: PlanHeadEnsemble, scene_states: torch.Tensor,
                  scene_frames: torch.Tensor, view: View, residual: bool = False,
-                 uncertainty: str = "always", every: int = 1) -> None:
+                 uncertainty: str = "always", every: int = 1, source: str = "head",
+                 samples: torch.Tensor | None = None) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if uncertainty not in UNCERTAINTY_MODES:
             raise ValueError(f"uncertainty must be one of {UNCERTAINTY_MODES}, "
                              f"got {uncertainty!r}")
+        if source not in U_SOURCES:
+            raise ValueError(f"source must be one of {U_SOURCES}, got {source!r}")
+        if source == "scene" and uncertainty != "never" and (
+                samples is None or samples.ndim != 6
+                or samples.shape[0] != scene_states.shape[0]
+                or samples.shape[2] != scene_states.shape[1]):
+            raise ValueError("source 'scene' needs samples [B, K, T, 1, H, W] of the "
+                             "scene's batch and steps")
         self.trunk, self.head, self.view = trunk, head, view
         self.scene_states = scene_states
         self.oracle = _oracle(trunk, scene_frames, scene_states)
         self.c = trunk.cars_channel
         self.residual, self.uncertainty, self.every = residual, uncertainty, every
+        self.source, self.samples = source, samples
+        self.n_variances = N_VARIANCES[source]
         self._vars: list[torch.Tensor] = []
 
     def parameters(self):
@@ -126,7 +167,10 @@ class PlanHeadWorld:
             and (t + 1) % self.every == 0)
         if not run_head:
             if self.uncertainty == "with-grad":
-                self._vars.append(state.new_zeros(state.shape[0], N_VARIANCES))
+                self._vars.append(state.new_zeros(state.shape[0], self.n_variances))
+            return state, base
+        if self.source == "scene" and not self.residual:
+            self._vars.append(self._scene_variances(t, state))
             return state, base
         c = self.c
         offset = ego_offsets(state, self.scene_states[:, t], self.trunk.min_speed)
@@ -136,8 +180,27 @@ class PlanHeadWorld:
         if self.residual:
             frame = torch.cat([base[:, :c], (cars + mean).clamp(0.0, 1.0), base[:, c + 1:]], 1)
         if self.uncertainty != "never":
-            self._vars.append(self._variances(cars + members, var, state))
+            self._vars.append(self._scene_variances(t, state) if self.source == "scene"
+                              else self._variances(cars + members, var, state))
         return state, frame
+
+    def _scene_variances(self, t: int, state: torch.Tensor) -> torch.Tensor:
+        """``[B, 2]``: over the scene samples seen from ``state`` ``[B, 4]``, the mean pixel
+        variance of the cars under the proximity mask and the variance of the proximity
+        cost (the max of the mask times the cars)."""
+        b, k = self.samples.shape[:2]
+        rec = self.scene_states[:, t]
+        cars = self.samples[:, :, t].flatten(0, 1).float()  # [B K, 1, H, W]
+        rep = lambda x: x.repeat_interleave(k, 0)  # noqa: E731
+        ms = self.trunk.min_speed
+        warped = warp_frames(cars, rep(rec[:, :2]), rep(headings(rec[:, 2:], ms)),
+                             rep(state[:, :2]), rep(headings(state[:, 2:], ms)),
+                             self.trunk.res, padding="zeros").view(b, k, *cars.shape[1:])
+        mask = masks_torch(state.detach(), self.view)["proximity"]  # [B, H, W]
+        near = mask[:, None] * warped[:, :, 0]  # [B, K, H, W]
+        local = (mask * warped[:, :, 0].var(1)).flatten(1).sum(1) \
+            / mask.flatten(1).sum(1).clamp_min(1.0)
+        return torch.stack([local, near.flatten(2).amax(2).var(1)], 1)
 
     def _variances(self, member_cars: torch.Tensor, var: torch.Tensor, state: torch.Tensor
                    ) -> torch.Tensor:
@@ -180,14 +243,16 @@ class LastSteps:
 
 
 def plan_world_fn(trunk, head: PlanHeadEnsemble, view: View, latent: str = "prior",
-                  uncertainty: str = "always", residual: bool = False, every: int = 1
+                  uncertainty: str = "always", residual: bool = False, every: int = 1,
+                  source: str = "head", samples: int = 4
                   ) -> tuple[Callable[[dict], PlanHeadWorld], Callable]:
     """``(model_fn, uncertainty_fn)`` for :func:`planners.policy.mpur.train_mpur`: the
     model of each batch (its scene rolled out under the batch's recorded actions) and
-    the variances ``[B, T, 3]`` of the last model built (the learner calls it after the
-    rollout through that model); ``uncertainty``, ``residual`` and ``every`` as in
-    :class:`PlanHeadWorld`."""
+    the variances ``[B, T, K]`` of the last model built (the learner calls it after the
+    rollout through that model); ``uncertainty``, ``residual``, ``every`` and ``source``
+    as in :class:`PlanHeadWorld`; ``samples``: the scenes of source "scene"."""
     holder: dict[str, PlanHeadWorld] = {}
+    wants_samples = source == "scene" and uncertainty != "never"
 
     def model_fn(batch: dict[str, torch.Tensor]) -> PlanHeadWorld:
         if "scene_states" in batch:  # cached by scene_pool
@@ -195,8 +260,14 @@ def plan_world_fn(trunk, head: PlanHeadEnsemble, view: View, latent: str = "prio
         else:
             states, frames = scene_rollout(trunk, batch["context"], batch["context_images"],
                                            batch["actions"], latent)
+        cars = None
+        if wants_samples:
+            cars = batch.get("scene_samples")
+            if cars is None:
+                cars = scene_samples(trunk, batch["context"], batch["context_images"],
+                                     batch["actions"], samples, latent)
         holder["world"] = PlanHeadWorld(trunk, head, states, frames, view, residual,
-                                        uncertainty, every)
+                                        uncertainty, every, source, cars)
         return holder["world"]
 
     def uncertainty_fn(context, frames, actions, z) -> torch.Tensor:
@@ -206,17 +277,22 @@ def plan_world_fn(trunk, head: PlanHeadEnsemble, view: View, latent: str = "prio
 
 
 def scene_pool(trunk, sample, rng: np.random.Generator, windows: int, latent: str = "prior",
-               batch: int = 32):
+               batch: int = 32, samples: int = 0):
     """A sampler over ``windows`` windows drawn once from ``sample`` whose trunk scenes
-    (``scene_states`` ``[T, 4]``, ``scene_frames`` ``[T, C, H, W]`` float16) are rolled out
-    once: the scene does not depend on the policy, so a learner's update then costs only
-    the policy, the warps and the head."""
+    (``scene_states`` ``[T, 4]``, ``scene_frames`` ``[T, C, H, W]`` float16 and, with
+    ``samples`` >= 2, the cars channel of that many sampled scenes ``scene_samples``
+    ``[samples, T, 1, H, W]`` float16) are rolled out once: the scene does not depend on
+    the policy, so a learner's update then costs only the policy, the warps and U."""
     parts: list[dict[str, torch.Tensor]] = []
     for start in range(0, windows, batch):
         b = sample(rng, min(batch, windows - start))
         states, frames = scene_rollout(trunk, b["context"], b["context_images"], b["actions"],
                                        latent)
-        parts.append({**b, "scene_states": states, "scene_frames": frames.half()})
+        part = {**b, "scene_states": states, "scene_frames": frames.half()}
+        if samples:
+            part["scene_samples"] = scene_samples(trunk, b["context"], b["context_images"],
+                                                  b["actions"], samples, latent).half()
+        parts.append(part)
     pool = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     n = len(pool["context"])
 
@@ -325,10 +401,11 @@ def pair_sampler(pairs: dict[str, torch.Tensor]):
 # ------------------------------------------------------------------ U along given actions
 @torch.no_grad()
 def variances_under(trunk, head: PlanHeadEnsemble, view: View, batch: dict[str, torch.Tensor],
-                    actions: torch.Tensor, latent: str = "prior") -> torch.Tensor:
-    """``[B, T, 3]`` variances along ``actions`` ``[B, T, 2]`` (open loop) from the
+                    actions: torch.Tensor, latent: str = "prior", source: str = "head",
+                    samples: int = 4) -> torch.Tensor:
+    """``[B, T, K]`` variances along ``actions`` ``[B, T, 2]`` (open loop) from the
     batch's context, the scene rolled out under the batch's recorded actions."""
-    model_fn, u_fn = plan_world_fn(trunk, head, view, latent)
+    model_fn, u_fn = plan_world_fn(trunk, head, view, latent, source=source, samples=samples)
     world = model_fn(batch)
     ctx = batch["context"]
     for t in range(actions.shape[1]):
@@ -352,18 +429,19 @@ def unusual_actions(actions: torch.Tensor, rng: np.random.Generator, accel: floa
 
 
 def fit_hinge(trunk, head: PlanHeadEnsemble, view: View, sample, rng: np.random.Generator,
-              batches: int = 8, batch_size: int = 16) -> ZScoreHinge:
+              batches: int = 8, batch_size: int = 16, source: str = "head",
+              samples: int = 4) -> ZScoreHinge:
     """PPUU's per-step z-scores from ``batches x batch_size`` expert windows (the
     variances along the recorded actions)."""
     rows = []
     for _ in range(batches):
         b = sample(rng, batch_size)
-        rows.append(variances_under(trunk, head, view, b, b["actions"]))
+        rows.append(variances_under(trunk, head, view, b, b["actions"], source=source,
+                                    samples=samples))
     return ZScoreHinge.fit(torch.cat(rows, 0))
 
 
-__all__ = ["N_VARIANCES", "OFFSET_DIM", "LastSteps", "PlanHeadWorld", "drive_references",
-           "ego_offsets",
-           "fit_hinge", "head_pairs", "pair_sampler", "plan_world_fn", "scene_pool",
-           "scene_rollout",
-           "unusual_actions", "variances_under"]
+__all__ = ["N_VARIANCES", "OFFSET_DIM", "U_SOURCES", "LastSteps", "PlanHeadWorld",
+           "drive_references", "ego_offsets", "fit_hinge", "head_pairs", "pair_sampler",
+           "plan_world_fn", "scene_pool", "scene_rollout", "scene_samples", "unusual_actions",
+           "variances_under"]

@@ -178,8 +178,11 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                 latent = "zero" if method == "vg" else "prior"
                 model_fn, u_fn = plan_world_fn(plan["trunk"], plan["head"], view, latent,
                                                "with-grad" if lam > 0 else "never",
-                                               every=p.u_every)
-                pool = scene_pool(plan["trunk"], plan_sample, rng, p.scene_windows, latent)
+                                               every=p.u_every, source=p.u_source,
+                                               samples=p.scene_samples)
+                pool = scene_pool(plan["trunk"], plan_sample, rng, p.scene_windows, latent,
+                                  samples=p.scene_samples
+                                  if lam > 0 and p.u_source == "scene" else 0)
                 hist = train_mpur(policy, None, pool, cost,
                                   MPURConfig(steps=p.bptt_steps, batch_size=p.batch_size,
                                              horizon=p.horizon, lr=p.lr, lam=lam,
@@ -249,7 +252,8 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
     head.eval()
     for q in head.parameters():
         q.requires_grad_(False)
-    hinge = fit_hinge(trunk, head, view, sample, hrng)
+    hinge = fit_hinge(trunk, head, view, sample, hrng, source=p.u_source,
+                      samples=p.scene_samples)
     # AUROC of U (the hinge summed over the rollout) between the recorded actions and
     # unusual ones, on validation windows
     val = sampler(ds.windows("val", ncond, max(p.horizon, 1),
@@ -257,11 +261,12 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
     u_in, u_out = [], []
     for _ in range(4):
         b = val(hrng, 32)
-        u_in.append(hinge.hinge(variances_under(trunk, head, view, b, b["actions"])).sum(1))
-        odd = unusual_actions(b["actions"], hrng)
-        u_out.append(hinge.hinge(variances_under(trunk, head, view, b, odd)).sum(1))
+        for rows, acts in ((u_in, b["actions"]), (u_out, unusual_actions(b["actions"], hrng))):
+            rows.append(hinge.hinge(variances_under(trunk, head, view, b, acts,
+                                                    source=p.u_source,
+                                                    samples=p.scene_samples)).sum(1))
     ui, uo = torch.cat(u_in), torch.cat(u_out)
-    metrics = {**metrics, "auroc_unusual_vs_recorded": auroc(ui, uo),
+    metrics = {**metrics, "u_source": p.u_source, "auroc_unusual_vs_recorded": auroc(ui, uo),
                "u_recorded": float(ui.mean()), "u_unusual": float(uo.mean())}
     log.info("plan head: %s", metrics)
     return {"trunk": trunk, "head": head, "hinge": hinge, "metrics": metrics}
@@ -279,7 +284,8 @@ def _policy_plan_u(policy, plan: dict, view: View, p: PolicyConfig, ds, ncond: i
     us = []
     for _ in range(4):
         b = val(rng, 16)
-        model_fn, u_fn = plan_world_fn(plan["trunk"], plan["head"], view)
+        model_fn, u_fn = plan_world_fn(plan["trunk"], plan["head"], view,
+                                       source=p.u_source, samples=p.scene_samples)
         world = model_fn(b)
         policy_rollout(policy, world, b["context"], b["context_images"], p.horizon)
         us.append(plan["hinge"].hinge(world.variances()).sum(1))

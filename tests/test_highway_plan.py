@@ -141,7 +141,9 @@ def test_policy_options_are_checked_before_any_work():
 
     for field, value, match in (("world", "dream", "policy.world"),
                                 ("init_from", "dagger", "policy.init_from"),
-                                ("oracle_burn_in", -1, "burn_in")):
+                                ("oracle_burn_in", -1, "burn_in"),
+                                ("u_source", "dream", "policy.u_source"),
+                                ("scene_samples", 1, "policy.scene_samples")):
         cfg = default_config()
         setattr(cfg.policy, field, value)
         with pytest.raises(ValueError, match=match):
@@ -251,3 +253,78 @@ def test_sparse_uncertainty_keeps_the_hinge_mean_of_the_measured_steps():
         ctx = torch.cat([ctx[:, 1:], s[:, None]], 1)
     measured = (world.variances() != 0).any(-1).any(0)
     assert measured.tolist() == [False, False, True, False, False, True]
+
+
+def _scene_world(samples: torch.Tensor, source: str = "scene", prior_scale: float = 1.0):
+    from worldplan.experiments.highway_plan import PlanHeadWorld
+
+    trunk, b = _trunk(), _batch()
+    states, frames = scene_rollout(trunk, b["context"], b["context_images"], b["actions"],
+                                   latent="zero")
+    head = PlanHeadEnsemble(1, 4, [1.0, 0.5, 1.0, 0.02], k=3, width=4, prior_scale=prior_scale)
+    return PlanHeadWorld(trunk, head, states, frames, VIEW, source=source,
+                         samples=samples), b
+
+
+def _variances(world, b, actions: torch.Tensor) -> torch.Tensor:
+    ctx = b["context"]
+    for t in range(actions.shape[1]):
+        s, _ = world.step(ctx, actions[:, t])
+        ctx = torch.cat([ctx[:, 1:], s[:, None]], 1)
+    return world.variances()
+
+
+def test_scene_uncertainty_sees_uncertain_cars_near_the_ego_not_the_offset():
+    from worldplan.envs.highway.costs import masks_torch
+
+    b0 = _batch()
+    mask = masks_torch(b0["context"][:, -1], VIEW)["proximity"][0]  # [H, W], the ego's
+    near, far = mask > 0.5, mask == 0
+    assert near.any() and far.any()
+    empty = torch.zeros(3, 3, 4, 1, 117, 24)
+    # sampled scenes that disagree only far from the ego, or only close to it
+    far_only, near_only = empty.clone(), empty.clone()
+    far_only[:, 0, :, 0, far] = 1.0
+    near_only[:, 0, :, 0, near] = 1.0
+    rec, odd = b0["actions"], unusual_actions(b0["actions"], np.random.default_rng(0))
+    for samples, acts, expect_zero in ((empty, odd, True), (far_only, rec, True),
+                                       (near_only, rec, False)):
+        world, b = _scene_world(samples)
+        var = _variances(world, b, acts)
+        assert var.shape == (3, 4, 2)
+        if expect_zero:
+            assert var.abs().max() < 1e-6
+        else:
+            assert (var[:, 0] > 0.1).all()  # both variances, from the first step
+    # the head's spread grows with the offset from the recorded pose on the same empty road
+    world, b = _scene_world(empty, source="head")
+    assert (_variances(world, b, odd)[:, -1, 0] > 0).all()
+
+
+def test_scene_uncertainty_passes_gradients_to_the_plan():
+    samples = torch.zeros(3, 3, 4, 1, 117, 24)
+    samples[:, 0, :, 0, 40:80] = 1.0  # one sample has cars ahead of and beside the ego
+    world, b = _scene_world(samples)
+    acts = torch.zeros(3, 4, 2, requires_grad=True)
+    _variances(world, b, acts).sum().backward()
+    assert acts.grad[:, :, 0].abs().sum() > 0
+
+
+def test_scene_samples_differ_and_leave_the_trunk_as_it_was():
+    from worldplan.experiments.highway_plan import scene_pool, scene_samples
+
+    trunk, b = _trunk(), _batch()
+    cars = scene_samples(trunk, b["context"], b["context_images"], b["actions"], 3)
+    assert cars.shape == (3, 3, 4, 1, 117, 24)
+    assert (cars[:, 0] - cars[:, 1]).abs().max() > 0  # own latents and dropout masks
+    assert not trunk.mc_dropout and not trunk.training
+    with pytest.raises(ValueError, match="samples"):
+        scene_samples(trunk, b["context"], b["context_images"], b["actions"], 1)
+
+    def sample(rng, n):
+        return {k: v[:n] for k, v in b.items()}
+
+    pooled = scene_pool(trunk, sample, np.random.default_rng(0), 3, samples=2)(
+        np.random.default_rng(1), 2)
+    assert pooled["scene_samples"].shape == (2, 2, 4, 1, 117, 24)
+    assert pooled["scene_samples"].dtype == torch.float16
