@@ -40,6 +40,7 @@ from worldplan.envs.highway.costs import masks_torch
 from worldplan.envs.highway.kinematics import MAX_ACCEL
 from worldplan.envs.highway.oracle import ReplayOracle
 from worldplan.envs.highway.render import View
+from worldplan.worldmodels.contract import ModelState
 from worldplan.worldmodels.ego_motion import headings, warp_frames
 from worldplan.worldmodels.images import to_unit
 from worldplan.worldmodels.plan_uncertainty import PlanHeadEnsemble, ZScoreHinge
@@ -183,6 +184,12 @@ class PlanHeadWorld:
             self._vars.append(self._scene_variances(t, state) if self.source == "scene"
                               else self._variances(cars + members, var, state))
         return state, frame
+
+    def advance(self, ms: ModelState, action: torch.Tensor,
+                z: torch.Tensor | None = None) -> ModelState:
+        """The model-state contract's step (worldmodels/contract.py): ``ms`` moved on by
+        :meth:`step`."""
+        return ms.then(*self.step(ms.context, action))
 
     def _scene_variances(self, t: int, state: torch.Tensor) -> torch.Tensor:
         """``[B, 2]``: over the scene samples seen from ``state`` ``[B, 4]``, the mean pixel

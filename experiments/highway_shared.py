@@ -26,6 +26,7 @@ from worldplan.experiments.runs import Run
 from worldplan.planners.policy.checkpoint import check_policy, load_policy, read_policy
 from worldplan.planners.policy.imitation import ContextPolicy
 from worldplan.worldmodels.base import load_model
+from worldplan.worldmodels.contract import ModelState
 from worldplan.worldmodels.dataset import load_dataset
 from worldplan.worldmodels.images import ImageModel, to_unit
 from worldplan.worldmodels.uncertainty import mc_uncertainty
@@ -158,8 +159,9 @@ def posterior_fn(model):
 
 
 class LastContext:
-    """A world model fed only the last ``model.ncond`` entries of a longer policy context
-    (``step`` and ``_features`` slice; everything else passes through)."""
+    """A world model fed only the last ``model.ncond`` entries of a longer policy context:
+    ``reset`` and ``_features`` slice, ``advance`` moves the long window on by the
+    model's step from its last entries; everything else passes through."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -167,10 +169,18 @@ class LastContext:
     def __getattr__(self, name: str):
         return getattr(self.model, name)
 
-    def step(self, context, action, z=None, image=None):
+    def _last(self, ms: ModelState) -> ModelState:
         k = self.model.ncond
-        return self.model.step(context[:, -k:], action, z=z,
-                               image=None if image is None else image[:, -k:])
+        return ModelState(ms.context[:, -k:], None if ms.frames is None else ms.frames[:, -k:])
+
+    def reset(self, context: torch.Tensor, frames: torch.Tensor | None = None) -> ModelState:
+        k = self.model.ncond
+        return self.model.reset(context[:, -k:], None if frames is None else frames[:, -k:])
+
+    def advance(self, ms: ModelState, action: torch.Tensor,
+                z: torch.Tensor | None = None) -> ModelState:
+        nxt = self.model.advance(self._last(ms), action, z)
+        return ms.then(nxt.state, nxt.image)
 
     def _features(self, context, frames):
         k = self.model.ncond

@@ -328,3 +328,74 @@ def test_scene_samples_differ_and_leave_the_trunk_as_it_was():
         np.random.default_rng(1), 2)
     assert pooled["scene_samples"].shape == (2, 2, 4, 1, 117, 24)
     assert pooled["scene_samples"].dtype == torch.float16
+
+
+def _policy(ncond: int = 3) -> ContextPolicy:
+    torch.manual_seed(1)
+    return ContextPolicy(4, 2, (4, 117, 24), ncond, torch.zeros(4), torch.full((4,), 5.0),
+                         torch.zeros(2), torch.tensor([1.0, 0.01]), hidden=16, channels=(4, 4),
+                         history_channels=(1,))
+
+
+def _world(kind: str, b: dict[str, torch.Tensor]):
+    from worldplan.experiments.highway_shared import LastContext
+
+    trunk = _trunk()
+    if kind == "trunk":
+        return LastContext(trunk)
+    if kind == "oracle":
+        return ReplayOracle(b["target_images"], b["targets"], VIEW.res)
+    head = PlanHeadEnsemble(1, 4, [1.0, 0.5, 1.0, 0.02], k=3, width=4)
+    source = kind.split("-")[1]
+    model_fn, _ = plan_world_fn(trunk, head, VIEW, "zero", source=source, samples=2)
+    return model_fn(b)
+
+
+def _with_future(b: dict[str, torch.Tensor], t: int = 4) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    n, k = b["context"].shape[:2]
+    targets = torch.zeros(n, t, 4)
+    targets[..., 0] = 0.8 * (k + torch.arange(t))
+    targets[..., 2] = 8.0
+    images = (torch.rand(n, t, 4, 117, 24, generator=g) > 0.9).to(torch.uint8) * 255
+    return {**b, "targets": targets, "target_images": images}
+
+
+@pytest.mark.parametrize("kind", ["trunk", "oracle", "plan-head", "plan-scene"])
+def test_the_learners_drive_every_highway_world_through_the_model_state_contract(kind):
+    """policy_rollout (policy_unroll and each world's ``advance``) gives what stepping the
+    world by hand gives, and the cost's gradient reaches the policy."""
+    b = _with_future(_batch())
+    policy = _policy()
+    z = torch.zeros(3, 4, 2) if kind == "trunk" else None
+    states, frames, actions = policy_rollout(policy, _world(kind, b), b["context"],
+                                             b["context_images"], 4, z)
+    world, ctx = _world(kind, b), b["context"]
+    fr = b["context_images"].float() / 255
+    for t in range(4):
+        a = policy(ctx, fr)
+        if kind == "trunk":
+            s, img = world.model.step(ctx[:, -2:], a, z=z[:, t], image=fr[:, -2:])
+        else:
+            s, img = world.step(ctx, a)
+        torch.testing.assert_close(a, actions[:, t])
+        torch.testing.assert_close(s, states[:, t])
+        torch.testing.assert_close(img, frames[:, t])
+        ctx = torch.cat([ctx[:, 1:], s[:, None]], 1)
+        fr = torch.cat([fr[:, 1:], img[:, None]], 1)
+    frames[:, :, 1].mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
+
+
+def test_mper_learns_through_a_model_with_a_shorter_context_than_the_policy():
+    from worldplan.experiments.highway_shared import LastContext, posterior_fn
+    from worldplan.planners.policy.mper import MPERConfig, train_mper
+
+    b = _with_future(_batch(b=4))
+    model, policy = LastContext(_trunk()), _policy(3)  # the model's context is 2 frames
+    before = [p.detach().clone() for p in policy.parameters()]
+    losses = train_mper(policy, model, lambda rng, n: b, posterior_fn(model), torch.ones(4),
+                        MPERConfig(steps=2, batch_size=4, horizon=3, lr=1e-3),
+                        np.random.default_rng(0), progress=False)
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert any(not torch.equal(a, p) for a, p in zip(before, policy.parameters(), strict=True))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from worldplan.envs.highway.kinematics import step_state_torch
+from worldplan.worldmodels.contract import ModelState
 from worldplan.worldmodels.ego_motion import headings, warp_frames
 from worldplan.worldmodels.images import to_unit
 
@@ -65,6 +66,12 @@ class ReplayOracle:
         t, self.t = self.t, self.t + 1
         state = step_state_torch(context[:, -1], action, self.ego_length, self.dt)
         return state, self.frame(t, state)
+
+    def advance(self, ms: ModelState, action: torch.Tensor,
+                z: torch.Tensor | None = None) -> ModelState:
+        """The model-state contract's step (worldmodels/contract.py): ``ms`` moved on by
+        :meth:`step`."""
+        return ms.then(*self.step(ms.context, action))
 
     def frame(self, t: int, state: torch.Tensor) -> torch.Tensor:
         """Recorded frame ``t`` seen from ``state`` ``[B, 4]``."""

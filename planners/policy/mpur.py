@@ -1,8 +1,8 @@
 """Model-predictive policy learning with uncertainty regularisation (MPUR, PPUU) and its
 ablations VG / SVG, by backprop through time through a frozen world model.
 
-The policy is rolled out in closed loop through the model (``model.step(state, action,
-z=..., image=frames)`` returning the next state and frame); the per-step task cost of
+The policy is rolled out in closed loop through the model (the model-state contract's
+``model.advance(ms, action, z)``, worldmodels/contract.py); the per-step task cost of
 the predicted frames (``cost_fn(images [B, C, H, W], states [B, S]) -> [B]``) is summed;
 MPUR adds ``lam`` times the epistemic uncertainty of the model along the policy's
 actions (``uncertainty_fn(context, frames, actions, z) -> [B, T]``, e.g. MC-dropout
@@ -28,7 +28,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from worldplan.planners.policy.closed_loop import policy_unroll
 from worldplan.planners.policy.imitation import BatchSampler, unit_frames
+from worldplan.worldmodels.contract import ModelState
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +43,21 @@ LatentFn = Callable[[int, int], torch.Tensor | None]
 def policy_rollout(policy: nn.Module, model: Any, context: torch.Tensor, frames: torch.Tensor,
                    horizon: int, z: torch.Tensor | None = None, detach_frames: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Closed loop through the model: states ``[B, T, S]``, frames ``[B, T, C, H, W]`` and
-    actions ``[B, T, A]`` from context states ``[B, ncond, S]`` and frames
-    ``[B, ncond, C, H, W]``; ``z`` ``[B, T, Z]`` or None. ``detach_frames``: the policy's
-    image input carries no gradient back to earlier actions (the cost and the state
-    inputs still do); the backward pass then skips the input gradient of the policy's
-    convolutions, its most expensive part on a CPU."""
-    ctx, fr = context, unit_frames(frames)
-    states, images, actions = [], [], []
-    for t in range(horizon):
-        a = policy(ctx, fr.detach() if detach_frames else fr)
-        zt = None if z is None else z[:, t]
-        s, img = model.step(ctx, a, z=zt, image=fr)
-        states.append(s)
-        images.append(img)
-        actions.append(a)
-        ctx = torch.cat([ctx[:, 1:], s[:, None]], 1)
-        fr = torch.cat([fr[:, 1:], img[:, None]], 1)
-    return torch.stack(states, 1), torch.stack(images, 1), torch.stack(actions, 1)
+    """Closed loop through the model (:func:`~planners.policy.closed_loop.policy_unroll`,
+    any model with the model-state contract's ``advance``): states ``[B, T, S]``, frames
+    ``[B, T, C, H, W]`` and actions ``[B, T, A]`` from context states ``[B, ncond, S]``
+    and frames ``[B, ncond, C, H, W]``; ``z`` ``[B, T, Z]`` or None. The policy is called
+    as ``policy(context, frames)``. ``detach_frames``: the policy's image input carries no
+    gradient back to earlier actions (the cost and the state inputs still do); the
+    backward pass then skips the input gradient of the policy's convolutions, its most
+    expensive part on a CPU."""
+
+    def drive(ms: ModelState) -> torch.Tensor:
+        return policy(ms.context, ms.frames.detach() if detach_frames else ms.frames)
+
+    traj, actions = policy_unroll(drive, model, ModelState(context, unit_frames(frames)),
+                                  horizon, z)
+    return traj.states, traj.images, actions
 
 
 @torch.no_grad()
