@@ -8,10 +8,6 @@ grow along +y, columns along +x. World points are ``(x, y)`` pairs; cells are
 
 Length: one class, the occupancy grid, with its conversions (world <-> cells, images,
 inflation, distance maps); splitting it would scatter the frame conventions above.
-
-Length: one class, the grid, with its frame conversions, collision queries, inflation
-and map generators: they all rest on the same cell and world conventions, and every path
-planner and the navigation task import only this module.
 """
 
 from __future__ import annotations

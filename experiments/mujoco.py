@@ -17,10 +17,6 @@ Examples::
 
 Length: the task's config, its planner and model construction and its three stages read
 as one page; the reusable parts live in planners/mpc/factory.py and worldmodels/.
-
-Length: the gymnasium/MuJoCo task's config, model settings, data collection, training,
-planner construction and evaluation stages belong to one task module, as the task
-registry expects.
 """
 
 from __future__ import annotations

@@ -16,10 +16,6 @@ paths, tracked and estimated trajectories and particle clouds to figures/.
 Length: the task's stages, its config and the three pieces they run together (the
 planner of the path, the tracking MPC, the particle-filter localiser) are read as one
 story; each piece is a small class.
-
-Length: the task's config, its controllers (pure pursuit, MPPI tracker, online particle
-filter), the episode, the figures and the stage functions are small and used only here;
-one module keeps the task readable in one place.
 """
 
 from __future__ import annotations

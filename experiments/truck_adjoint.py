@@ -28,11 +28,6 @@ of the normalised correction, the best plan seen kept, exactly as ``GradientMPC`
 Length: a forward pass and its reverse must be read side by side (every cached
 intermediate, every kink), so the models, the rollout, its adjoint and the planner that
 steps on it are one module.
-
-Length: the hand-written adjoint mirrors the emulator, the kinematics and the wall stop
-layer by layer, with the tape that links them; its tests compare every part against
-autograd, and splitting the forward from the reverse pass would separate code that must
-change together.
 """
 
 from __future__ import annotations

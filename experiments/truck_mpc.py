@@ -26,10 +26,6 @@ rows of :class:`MPCConfig` in its ``evaluate`` stage.
 
 Length: the truck's pre-stabilised MPC (its dynamics wrapper, the planners' rows, the
 evaluation on three start sets and its command) is one experiment read top to bottom.
-
-Length: the truck's MPC rows (settings, warm starts, the controller, the batched
-evaluation over start sets, its table and command line) form one experiment; the
-planners themselves live in planners/mpc and the adjoint in truck_adjoint.py.
 """
 
 from __future__ import annotations

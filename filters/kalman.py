@@ -21,9 +21,6 @@ covariance arrays are broadcast views (stride 0 over tracks): treat them as read
 
 Length: the filter, the RTS smoother and EM share the model's parameters, their checks
 and the batched numerics; EM calls both of the others on every iteration.
-
-Length: one class (filter, smoother, likelihood, sampling and EM) over one set of
-batched matrix helpers; EM calls the smoother's internals, so they stay together.
 """
 
 from __future__ import annotations

@@ -10,9 +10,6 @@ out on the measurements' device and dtype. ``controls[:, t]`` drives the step ``
 
 Length: the EKF and the UKF share the Gaussian filter's loop, checks and smoother; each
 adds only its predict and update.
-
-Length: the EKF and the UKF share the Gaussian filter base, the RTS smoother and the
-likelihood; they differ only in how they propagate the moments.
 """
 
 from __future__ import annotations

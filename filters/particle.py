@@ -8,10 +8,6 @@ from a ``torch.Generator`` seeded with ``seed``, so a call is reproducible.
 
 Length: the bootstrap filter, its four resamplers, degeneracy recovery and the batched
 per-track bookkeeping share one step loop and its checks.
-
-Length: the four resampling schemes and the weighted statistics are the particle
-filter's own parts, exported for tests and benchmarks; a module per scheme would split
-one algorithm across files.
 """
 
 from __future__ import annotations

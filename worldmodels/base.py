@@ -7,11 +7,6 @@ first). Models work internally on normalised quantities (statistics held as buff
 
 Length: what every model kind shares (normalisation, MC-dropout masks, the model-state
 contract, the tensor calls, checkpoints) must stay in the one base class.
-
-Length: the base class holds the whole model contract (normalisation, MC-dropout
-switches, the tensor and model-state calls, shape checks, checkpoints) that every model
-kind inherits; split, a model kind would have to be read across several files to see
-what it must provide.
 """
 
 from __future__ import annotations

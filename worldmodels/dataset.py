@@ -14,10 +14,6 @@ sibling and renamed, so a crash never leaves a half-written data set.
 
 Length: the on-disk format (manifest, shards, splits, statistics), its writer, its reader
 and the window sampler share the format's invariants, which are checked in one place.
-
-Length: the on-disk format (writing, atomic saves, the manifest), reading episodes,
-normalisation statistics and the window sampler are one format; a split would spread its
-invariants over several files.
 """
 
 from __future__ import annotations

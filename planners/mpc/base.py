@@ -16,10 +16,6 @@ Conventions (every planner):
 Length: every planner's shared machinery (argument checks, the fused and plain rollouts,
 warm start, validation of the user's callables once per shape) is what a planner
 subclass relies on; splitting it would spread one contract over several files.
-
-Length: the Planner base class is the contract every MPC planner shares (argument
-checks, bounds, rollouts, warm start, receding horizon); most of its length is
-validation with one-line errors.
 """
 
 from __future__ import annotations

@@ -16,10 +16,6 @@ current best once a solution exists.
 
 Length: RRT, RRT*, informed RRT* and PRM* share the space, the nearest-neighbour search,
 the batched collision checks and the rewiring; each planner is a function of them.
-
-Length: RRT, RRT*, informed RRT* and PRM share the space, the tree, collision checking
-along segments and the shortcutting of results; each planner is a short function over
-them.
 """
 
 from __future__ import annotations
