@@ -27,6 +27,11 @@ ego's pose and the ego's offset from the pose the trunk's scene was predicted in
     mask and the variance of the proximity cost. They are large only where a car the
     model is unsure of is close to the ego, so the policy pays for driving close to
     cars whose future it cannot predict, not for leaving the recorded path.
+
+Length: the plan-aware world is one piece: the scene it caches, the world that re-warps
+it, its two uncertainty sources, the head's training pairs and the hinge's fit share the
+window, pose and offset conventions stated above; the generic head and hinge live in
+worldmodels/plan_uncertainty.py.
 """
 
 from __future__ import annotations
