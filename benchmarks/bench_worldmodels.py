@@ -138,9 +138,10 @@ def image_dataset(root: Path, episodes: int = 6, T: int = 40) -> Path:
 def step_loop(model: torch.nn.Module, batch: dict, steps: int,
               fused: bool = False) -> Callable[[], None]:
     """``steps`` Adam steps on one in-memory batch (forward, backward, clip, step), with
-    ``train_model``'s optimiser (``fused``: ``TrainConfig.fused_adam``)."""
+    ``train_model``'s optimiser on one process (the flat foreach Adam; ``fused``:
+    ``TrainConfig.fused_adam``)."""
     params = list(model.parameters())
-    opt = make_optimizer(params, lr=1e-4, fused=fused)
+    opt = make_optimizer(params, lr=1e-4, fused=fused, flat=not fused)
     model.train()
 
     def run() -> None:
@@ -148,7 +149,7 @@ def step_loop(model: torch.nn.Module, batch: dict, steps: int,
             loss = model(batch)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            clip_gradients(params, 1.0)
+            clip_gradients(params, 1.0, opt)
             opt.step()
 
     return run
