@@ -162,3 +162,39 @@ def test_train_model_gives_the_results_of_the_per_parameter_adam(tmp_path: Path,
     assert hist_flat["step_loss"] == hist["step_loss"]
     assert hist_flat["val_loss"] == hist["val_loss"]
     assert all(torch.equal(w[k], w_flat[k]) for k in w)
+
+
+@pytest.mark.parametrize("kind, layers, batch_size", [
+    ("deterministic", 2, 16), ("deterministic", 1, 7), ("ensemble", 2, 16)])
+def test_masks_drawn_at_once_are_the_masks_drawn_layer_by_layer(kind: str, layers: int,
+                                                                batch_size: int) -> None:
+    """A training forward draws all its dropout masks in one call and rolls out without
+    the model-state bookkeeping: the same values (and the generator left in the same
+    state, so the bootstrap weights agree) as each layer drawing its own through
+    ``rollout``; 7 x 32 values is no multiple of the 4 masks in a random word."""
+    def fresh() -> torch.nn.Module:
+        torch.manual_seed(1)
+        if kind == "ensemble":
+            return Ensemble(3, 2, ncond=2, k=3, hidden=32, layers=layers).train()
+        return DeterministicModel(3, 2, ncond=2, hidden=32, layers=layers).train()
+
+    batch = {k: v[:batch_size] for k, v in _batch().items()}
+    at_once, one_by_one = fresh(), fresh()
+    one_by_one._drops = []  # each layer draws its own masks
+    one_by_one._open_loop = one_by_one.rollout  # and the loss rolls out through rollout
+    runs = [_train(m, make_optimizer(m.parameters(), 1e-2), batch, 6, 1.0)
+            + [torch.rand(()).item()] for m in (at_once, one_by_one)]
+    assert runs[0] == runs[1]
+    sa, sb = at_once.state_dict(), one_by_one.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert all(not m._queue for m in at_once._drops)
+
+
+def test_a_forward_that_leaves_masks_unused_is_an_error() -> None:
+    from worldplan.worldmodels.deterministic import drawn_masks
+
+    m = DeterministicModel(3, 2, hidden=8).train()
+    with pytest.raises(RuntimeError, match="4 dropout layers left masks unused"):
+        with drawn_masks(m._drops, (4, 8), 2, torch.zeros(1)):
+            m.step(torch.zeros(4, 3), torch.zeros(4, 2))  # one step of two
+    assert all(not d._queue for d in m._drops)
