@@ -189,8 +189,19 @@ class FlatAdam:
         self._ptrs = [p.data_ptr() for p in self.params]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """As ``Adam.zero_grad`` (a plain loop: its bookkeeping costs more than the work)."""
         self._gathered = False
-        self.adam.zero_grad(set_to_none=set_to_none)
+        for p in self.params:
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
+                if p.grad.grad_fn is not None:
+                    p.grad.detach_()
+                else:
+                    p.grad.requires_grad_(False)
+                p.grad.zero_()
 
     def _gather(self) -> bool:
         """The gradients into the flat buffer; False when a parameter has none."""
