@@ -98,8 +98,8 @@ def test_drive_gives_the_per_episode_results_of_its_earlier_loop(
         pinned: dict[str, dict]) -> None:
     """Outcomes, collision kinds, distances, step counts, controller calls, the mean U and
     the video of every pinned drive are those recorded before the evaluation ran on
-    planners/control_loop.py (tests/data/highway_eval_episodes.json, same machine)."""
-    expected = json.loads((Path(__file__).parent / "data" / "highway_eval_episodes.json")
+    planners/control_loop.py (tests/fixtures/highway_eval_episodes.json, same machine)."""
+    expected = json.loads((Path(__file__).parent / "fixtures" / "highway_eval_episodes.json")
                           .read_text())
     assert list(pinned) == list(expected)
     for name, want in expected.items():
