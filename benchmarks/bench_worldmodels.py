@@ -1,7 +1,7 @@
 """World-model benchmark (CPU): training throughput at batch 64 for the vector and the
 image model, and the latency of a 30-step rollout with 10 MC-dropout samples at batch 6.
 
-    python benchmarks/bench_worldmodels.py [--quick] [--only mc]
+    python benchmarks/bench_worldmodels.py [--quick] [--only mc] [--repeats N]
 
 The peer is facebookresearch/mbrl-lib (PyPI ``mbrl`` 0.2.0, the PETS ``GaussianMLP``
 ensemble). Its package pins gymnasium 0.26 and hydra 1.0, which would break this
@@ -138,9 +138,10 @@ def image_dataset(root: Path, episodes: int = 6, T: int = 40) -> Path:
 def step_loop(model: torch.nn.Module, batch: dict, steps: int,
               fused: bool = False) -> Callable[[], None]:
     """``steps`` Adam steps on one in-memory batch (forward, backward, clip, step), with
-    ``train_model``'s optimiser (``fused``: ``TrainConfig.fused_adam``)."""
+    ``train_model``'s optimiser on one process (the flat foreach Adam; ``fused``:
+    ``TrainConfig.fused_adam``)."""
     params = list(model.parameters())
-    opt = make_optimizer(params, lr=1e-4, fused=fused)
+    opt = make_optimizer(params, lr=1e-4, fused=fused, flat=not fused)
     model.train()
 
     def run() -> None:
@@ -148,7 +149,7 @@ def step_loop(model: torch.nn.Module, batch: dict, steps: int,
             loss = model(batch)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            clip_gradients(params, 1.0)
+            clip_gradients(params, 1.0, opt)
             opt.step()
 
     return run
@@ -157,6 +158,9 @@ def step_loop(model: torch.nn.Module, batch: dict, steps: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="interleaved repeats of the training rows against the peer "
+                             "(default 3, 2 with --quick)")
     parser.add_argument("--only", choices=("mc",),
                         help="mc: only the MC-dropout rollout rows (writes no JSON)")
     args = parser.parse_args()
@@ -164,6 +168,9 @@ def main() -> None:
     torch.manual_seed(0)
     load_start = _loadavg()
     steps, repeats = (20, 2) if args.quick else (100, 3)
+    if args.repeats < 0:
+        raise ValueError(f"--repeats must be >= 0, got {args.repeats}")
+    train_repeats = args.repeats or repeats
     img_steps = 3 if args.quick else 10
     rows: list[dict] = []
     mbrl = load_mbrl()
@@ -201,7 +208,7 @@ def main() -> None:
                 ("train ensemble K=5, samples/s", ens, 5, False),
                 ("... same, fused_adam=True, samples/s", ens, 5, True)):
             t_ours, t_peer = paired(step_loop(model, batch64, steps, fused), peer_trainer(k),
-                                    repeats)
+                                    train_repeats)
             rows.append({"what": name, "ours": 64 * steps / t_ours,
                          "peer": 64 * steps / t_peer if t_peer else None,
                          "peer_name": f"mbrl GaussianMLP (ensemble_size={k})",
@@ -317,7 +324,8 @@ def main() -> None:
     load = {"start": load_start, "end": _loadavg()}
     print(f"load average (1/5/15 min): {load['start']} at the start, {load['end']} at the end")
     out = {"machine": platform.platform(), "torch": torch.__version__, "threads": 1,
-           "quick": args.quick, "rows": rows, "load_average": load}
+           "quick": args.quick, "train_repeats": train_repeats, "rows": rows,
+           "load_average": load}
     if args.only is not None:
         return
     path = ROOT / "benchmarks" / "results" / "worldmodels.json"

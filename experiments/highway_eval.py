@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from worldplan.envs.highway.render import View
 from worldplan.envs.highway.replay import COLLISION, HITS, OFFROAD, SUCCESS, TIMEOUT, ReplayBatch
 from worldplan.envs.highway.traffic import TrafficConfig
 from worldplan.experiments.video import write_video as shared_write_video
+from worldplan.planners.control_loop import Transition, run_episodes
 
 log = logging.getLogger(__name__)
 
@@ -83,37 +85,58 @@ def eval_recording(seed: int, seconds: float, warmup: float, max_cars: int,
     return HeldOut(f"seed{seed}", rec, cars, starts)
 
 
+class Context(NamedTuple):
+    """What a method sees: the newest ``K`` states ``[E, K, 4]`` float32 and frames
+    ``[E, K, C, H, W]`` uint8 of every episode."""
+
+    states: torch.Tensor
+    frames: torch.Tensor
+
+
 def drive(held: HeldOut, act: Act, ncond: int, context: int, view: View, max_steps: int,
           uncertainty: Callable | None = None, u_every: int = 10, record: int = -1,
           predict: Callable | None = None) -> dict[str, np.ndarray | list]:
     """Drive every car of ``held`` at once (see the module doc); per-episode results.
 
-    ``uncertainty(states, frames, actions) -> [E]`` is averaged every ``u_every`` steps
-    while PPUU's episode runs; ``record`` >= 0 keeps that episode's frames (beside
+    The episodes run on :func:`worldplan.planners.control_loop.run_episodes`: the reset
+    replays each car's first ``max(ncond, context)`` recorded steps (a car whose replay
+    already ended is never driven), the controller is ``act`` on the newest ``context``
+    states and frames, and an episode ends when its outcome with rear hits forgiven is
+    decided. ``uncertainty(states, frames, actions) -> [E]`` is averaged every ``u_every``
+    steps while PPUU's episode runs; ``record`` >= 0 keeps that episode's frames (beside
     ``predict(states, frames, actions) -> frames``) for a video.
     """
     warm = max(ncond, context)
     rec, cars = held.rec, held.cars
     batch = ReplayBatch(rec, cars, held.starts, view, CostConfig(), max_steps + warm,
                         ignore_rear=True, all_costs=False)
-    imgs, states = batch.observe()
-    frames, sts = [np.moveaxis(imgs, -1, 1)], [states]
-    for _ in range(warm - 1):
-        imgs, states, _ = batch.step(rec.action[np.minimum(batch.ego.time, rec.steps - 1), cars])
-        frames.append(np.moveaxis(imgs, -1, 1))
-        sts.append(states)
-    replay_failed = batch.outcome != 0
-    start_x = batch.ego.pos[:, 0].copy()
-    fr = torch.as_tensor(np.stack(frames[-context:], 1))
-    st = torch.as_tensor(np.stack(sts[-context:], 1), dtype=torch.float32)
     u_sum, u_n = np.zeros(batch.size), np.zeros(batch.size)
     video: list[tuple[np.ndarray, torch.Tensor | None]] = []
-    for step in range(max_steps):
-        if batch.done.all():
-            break
-        action = np.asarray(act(batch, st, fr), np.float64)
+    # the context the controller saw last and the loop's step count, kept between calls
+    now: dict[str, Any] = {"step": 0}
+
+    def reset() -> Transition:
+        imgs, states = batch.observe()
+        frames, sts = [np.moveaxis(imgs, -1, 1)], [states]
+        for _ in range(warm - 1):
+            imgs, states, _ = batch.step(rec.action[np.minimum(batch.ego.time, rec.steps - 1),
+                                                    cars])
+            frames.append(np.moveaxis(imgs, -1, 1))
+            sts.append(states)
+        now.update(replay_failed=batch.outcome != 0, start_x=batch.ego.pos[:, 0].copy(),
+                   ctx=Context(torch.as_tensor(np.stack(sts[-context:], 1),
+                                               dtype=torch.float32),
+                               torch.as_tensor(np.stack(frames[-context:], 1))))
+        return Transition(now["ctx"], terminated=batch.done)
+
+    def controller(ctx: Context) -> np.ndarray:
+        return np.asarray(act(batch, ctx.states, ctx.frames), np.float64)
+
+    def step(action: np.ndarray, alive: np.ndarray) -> Transition:
+        st, fr = now["ctx"]
+        # PPUU's episode (the first event) may end before the loop's (rear hits forgiven)
         first_running = batch.outcome == 0
-        if uncertainty is not None and step % u_every == 0 and first_running.any():
+        if uncertainty is not None and now["step"] % u_every == 0 and first_running.any():
             with torch.no_grad():
                 u = uncertainty(st, fr, torch.as_tensor(action, dtype=torch.float32))
             u_sum[first_running] += u.cpu().numpy()[first_running]
@@ -128,14 +151,18 @@ def drive(held: HeldOut, act: Act, ncond: int, context: int, view: View, max_ste
             video.append((imgs[record], pred))
         fr = torch.cat([fr[:, 1:], torch.as_tensor(np.moveaxis(imgs, -1, 1))[:, None]], 1)
         st = torch.cat([st[:, 1:], torch.as_tensor(states, dtype=torch.float32)[:, None]], 1)
+        now["ctx"], now["step"] = Context(st, fr), now["step"] + 1
+        return Transition(now["ctx"], terminated=batch.done)
+
+    run_episodes(reset, step, controller, batch.size, max_steps)
     outcome = np.where(batch.outcome == 0, TIMEOUT, batch.outcome)
     no_rear = np.where(batch.outcome_no_rear == 0, TIMEOUT, batch.outcome_no_rear)
     distance = np.where(np.isnan(batch.event_distance), batch.distance(), batch.event_distance)
-    distance = distance - (start_x - batch.start_x)  # from the take-over
+    distance = distance - (now["start_x"] - batch.start_x)  # from the take-over
     return {"outcome": outcome.tolist(), "outcome_no_rear": no_rear.tolist(),
             "hit": batch.hit.tolist(), "distance": distance.tolist(),
             "uncertainty": np.where(u_n > 0, u_sum / np.maximum(u_n, 1), np.nan).tolist(),
-            "replay_failed": replay_failed.tolist(), "set": [held.name] * batch.size,
+            "replay_failed": now["replay_failed"].tolist(), "set": [held.name] * batch.size,
             "video": video}
 
 

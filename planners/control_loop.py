@@ -7,15 +7,20 @@ What is specific to a task (its simulator, its episode rules, a filter between t
 observation and the controller) lives in the ``reset`` / ``step`` / ``controller``
 callables its caller passes in, so this module imports no environment and no task: the
 truck's batched simulator (``envs/truck/episode.py``), the MPC controller
-(``planners/mpc/controller.py``), the navigation episodes and the random-data collection
-of the gym tasks all go through it.
+(``planners/mpc/controller.py``), the navigation episodes, the random-data collection
+of the gym tasks and the highway evaluation (``experiments/highway_eval.py``) all go
+through it.
 
 Conventions (every array is numpy, batch-first):
 
-- ``reset() -> obs``: observations ``[N, ...]`` of the ``N`` new episodes;
+- ``reset() -> obs``: observations ``[N, ...]`` of the ``N`` new episodes, or a
+  ``Transition`` whose ``terminated`` / ``truncated`` mark episodes already over when the
+  loop starts (one that ended in a scripted warm-up, say: it is never stepped and keeps
+  length 0; the reset's reward and info are not used);
 - ``controller(obs) -> action``: ``[N, A]`` (or ``[N]``) for ``obs [N, ...]``; with
   ``active_only`` it sees only the running episodes, ``obs[alive]`` ``[M, ...]``, and
-  returns ``[M, ...]`` (the loop scatters it into a zero-filled ``[N, ...]``);
+  returns ``[M, ...]`` (the loop scatters it into a zero-filled ``[N, ...]``); without
+  ``active_only``, ``obs`` may be any object (a tuple of context tensors, say);
 - ``step(action [N, ...], alive [N]) -> Transition``: the next observations, rewards and
   done flags of every episode (rows of episodes that ended earlier are ignored).
 """
@@ -110,8 +115,9 @@ def run_episodes(
 ) -> LoopResult:
     """Run ``n`` episodes in closed loop for at most ``max_steps`` steps.
 
-    Each iteration: stop if no episode runs; ``action = controller(obs)`` (of the
-    running episodes only with ``active_only``); ``step(action, alive)``; record the
+    Each iteration: stop if no episode runs (episodes that a ``reset`` returning a
+    ``Transition`` marks done never run); ``action = controller(obs)`` (of the running
+    episodes only with ``active_only``); ``step(action, alive)``; record the
     keys in ``record`` (``obs``, ``action``, ``next_obs``, ``reward``, ``terminated``,
     ``truncated`` or a key of the step's ``info``), every row; add the rewards of the
     running episodes to their returns and count their steps; an episode that terminates
@@ -136,6 +142,13 @@ def run_episodes(
     result = LoopResult(returns, lengths, terminated, truncated, 0, None,
                         np.zeros((0, n), dtype=bool))
     obs = reset()
+    if isinstance(obs, Transition):
+        # episodes over before the first step: done from the start, never stepped
+        term, trunc = _flags(obs.terminated, n), _flags(obs.truncated, n)
+        terminated |= term
+        truncated |= trunc & ~term
+        alive &= ~(term | trunc)
+        obs = obs.obs
     result.obs = obs
     bar = tqdm(total=max_steps, desc=desc, disable=not progress, leave=False)
     try:

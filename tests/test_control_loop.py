@@ -97,6 +97,44 @@ def test_a_full_batch_controller_sees_every_episode_and_steps_without_reward() -
     assert (result.returns == 0).all() and isinstance(result, LoopResult)
 
 
+def test_episodes_a_reset_marks_done_never_run() -> None:
+    """A reset that returns a Transition (episodes that ended in a warm-up): those are
+    done from the start, never stepped nor shown to an active-only controller."""
+    env = Countdown([2, 3, 4])
+    seen: list[int] = []
+
+    def reset() -> Transition:
+        return Transition(env.reset(), terminated=np.array([False, True, False]),
+                          truncated=np.array([False, True, True]))
+
+    def controller(obs: np.ndarray) -> np.ndarray:
+        seen.append(len(obs))
+        return np.ones(len(obs))
+
+    result = run_episodes(reset, env.step, controller, 3, 10, active_only=True,
+                          record=("t",))
+    assert seen == [1, 1]  # only the first episode runs, for its 2 steps
+    assert result.steps == 2 and result.lengths.tolist() == [2, 0, 0]
+    assert result.returns.tolist() == [2.0, 0.0, 0.0]
+    # terminated wins over truncated, as at a step
+    assert result.terminated.tolist() == [True, True, False]
+    assert result.truncated.tolist() == [False, False, True]
+    assert result.active.tolist() == [[True, False, False], [True, False, False]]
+    assert [m.tolist() for m in env.stepped] == result.active.tolist()
+    assert result.live("t").tolist() == [1, 2]
+    # every episode over at the start: no step, no controller call; the obs is unwrapped
+    calls: list[int] = []
+    over = run_episodes(lambda: Transition(np.zeros((2, 1)), truncated=np.ones(2, bool)),
+                        env.step, lambda obs: calls.append(1) or np.ones(len(obs)), 2, 5)
+    assert calls == [] and over.steps == 0 and over.active.shape == (0, 2)
+    assert over.truncated.all() and not over.terminated.any()
+    assert over.lengths.tolist() == [0, 0] and over.obs.shape == (2, 1)
+    # a full-batch controller may take any observation object, here a tuple
+    pair = run_episodes(lambda: (np.zeros(2), "ctx"), lambda a, alive: Transition(
+        (a, "ctx"), terminated=np.ones(2, bool)), lambda obs: obs[0] + 1, 2, 3)
+    assert pair.steps == 1 and pair.obs[0].tolist() == [1.0, 1.0]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"n": 0}, "n must be a positive number of episodes"),
     ({"n": True}, "n must be"),

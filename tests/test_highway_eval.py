@@ -1,7 +1,11 @@
 """The highway evaluation: Wilson intervals, collision sides, forgiving rear hits, fresh
-held-out recordings, privileged drivers, and the oracle world model."""
+held-out recordings, privileged drivers, per-episode results pinned to the numbers of the
+evaluation's earlier loop, and the oracle world model."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +31,90 @@ from worldplan.experiments.highway_eval import (
 @pytest.fixture(scope="module")
 def recording() -> Recording:
     return record_traffic(steps=650, warmup=250, seed=5, progress=False)
+
+
+# ------------------------------------------------------------- pinned per-episode results
+def context_act(batch: ReplayBatch, st: torch.Tensor, fr: torch.Tensor) -> np.ndarray:
+    """A deterministic stand-in for a learned policy that reads its whole context: brake
+    while the cars channel of the newest frame shows a car just ahead, else restore the
+    speed of the oldest context state; steer against the newest lateral velocity."""
+    ahead = (fr[:, -1, 1, 30:55, 8:16] > 0).flatten(1).sum(1)  # [E] int, no rounding
+    speed = st[:, :, 2].double()  # [E, K]
+    accel = torch.where(ahead > 0, -2.0, 0.5 * (speed[:, 0] - speed[:, -1]))
+    steer = -0.001 * st[:, -1, 3].double()
+    return torch.stack([accel, steer], 1).numpy()
+
+
+def _pinned_drives(r: Recording) -> dict[str, dict]:
+    """Per-episode results of several methods (with the recorder's step counts and the
+    number of controller calls) on fixed cars of the module's recording."""
+    cars = r.complete_cars()[:10]
+    held = HeldOut("t", r, cars, np.array([r.span(c)[0] for c in cars]))
+    # the first car starts 4 steps before it leaves: its replay ends during the warm-up
+    late = HeldOut("late", r, cars[:3], np.array([r.span(cars[0])[1] - 4,
+                                                  *[r.span(c)[0] for c in cars[1:3]]]))
+    alone = HeldOut("alone", r, cars[:1], late.starts[:1])
+
+    def u_fn(st: torch.Tensor, fr: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return (fr[:, -1, 1] > 0).flatten(1).sum(1).double() + a[:, 0].abs().double()
+
+    def predict(st: torch.Tensor, fr: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return fr[:, -1].float() / 255.0
+
+    runs = {
+        "none": (held, no_action, (20, 1, 800), {}),
+        "expert": (held, expert_act, (20, 1, 800), {}),
+        "idm": (held, privileged_act(IDMDriver()), (20, 1, 800), {}),
+        "context": (held, context_act, (5, 3, 300),
+                    {"uncertainty": u_fn, "u_every": 7, "record": 0, "predict": predict}),
+        "late": (late, expert_act, (10, 1, 60), {}),
+        "alone": (alone, expert_act, (10, 1, 60), {}),
+    }
+    out = {}
+    for name, (h, act, (ncond, context, steps), kw) in runs.items():
+        seen: dict = {"calls": 0}
+
+        def counted(batch, st, fr, act=act, seen=seen):
+            seen["calls"] += 1
+            seen["batch"] = batch
+            return act(batch, st, fr)
+
+        res = drive(h, counted, ncond, context, View(), steps, **kw)
+        video = res.pop("video")
+        res["steps"] = seen["batch"].steps.tolist() if "batch" in seen else None
+        res["calls"] = seen["calls"]
+        res["video"] = [len(video), sum(int(img.sum()) for img, _ in video),
+                        sum(float(p.sum()) for _, p in video)]
+        out[name] = res
+    return out
+
+
+@pytest.fixture(scope="module")
+def pinned(recording: Recording) -> dict[str, dict]:
+    return _pinned_drives(recording)
+
+
+def test_drive_gives_the_per_episode_results_of_its_earlier_loop(
+        pinned: dict[str, dict]) -> None:
+    """Outcomes, collision kinds, distances, step counts, controller calls, the mean U and
+    the video of every pinned drive are those recorded before the evaluation ran on
+    planners/control_loop.py (tests/fixtures/highway_eval_episodes.json, same machine)."""
+    expected = json.loads((Path(__file__).parent / "fixtures" / "highway_eval_episodes.json")
+                          .read_text())
+    assert list(pinned) == list(expected)
+    for name, want in expected.items():
+        got = pinned[name]
+        for key in ("outcome", "outcome_no_rear", "hit", "replay_failed", "steps", "calls",
+                    "set"):
+            assert got[key] == want[key], (name, key)
+        assert got["distance"] == pytest.approx(want["distance"], rel=1e-12), name
+        assert got["uncertainty"] == pytest.approx(want["uncertainty"], rel=1e-9,
+                                                   nan_ok=True), name
+        assert got["video"][:2] == want["video"][:2], name
+        assert got["video"][2] == pytest.approx(want["video"][2], rel=1e-6), name
+    # a replay that ends during the warm-up is never driven; alone, nothing is
+    assert pinned["late"]["replay_failed"] == [True, False, False]
+    assert pinned["alone"]["calls"] == 0
 
 
 def test_wilson_interval_matches_the_formula_and_stays_in_unit_range() -> None:
@@ -83,15 +171,8 @@ def test_fresh_recording_without_a_held_out_car_is_refused(tmp_path) -> None:
     assert len(held.cars) == 5 and len(list(tmp_path.glob("eval-recording-seed7-*"))) == 2
 
 
-def test_reference_drivers_order_as_expected(recording: Recording) -> None:
-    r = recording
-    cars = r.complete_cars()[:10]
-    held = HeldOut("t", r, cars, np.array([r.span(c)[0] for c in cars]))
-    view = View()
-    rows = {name: summarise({k: v for k, v in drive(held, act, 20, 1, view, 800).items()
-                             if k != "video"})
-            for name, act in (("expert", expert_act), ("none", no_action),
-                              ("idm", privileged_act(IDMDriver())))}
+def test_reference_drivers_order_as_expected(pinned: dict[str, dict]) -> None:
+    rows = {name: summarise(pinned[name]) for name in ("expert", "none", "idm")}
     assert rows["expert"]["success_rate"] == 1.0
     assert rows["idm"]["success_rate"] > rows["none"]["success_rate"] + 0.3
     none = rows["none"]

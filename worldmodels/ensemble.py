@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from worldplan.worldmodels.base import MCDropout, WorldModel
+from worldplan.worldmodels.deterministic import drawn_masks
 
 
 class BatchedLinear(nn.Module):
@@ -79,6 +80,7 @@ class Ensemble(WorldModel):
             _batched_mlp(k, hidden, hidden, layers - 1, dropout, out=self.state_dim),
         )
         self.use_fast_masks()
+        self._drops = self.dropout_layers()  # in the order a step calls them
 
     def config(self) -> dict[str, Any]:
         return {"state_dim": self.state_dim, "action_dim": self.action_dim, "ncond": self.ncond,
@@ -120,7 +122,10 @@ class Ensemble(WorldModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Sum over members of their (bootstrap-weighted) rollout MSE, in delta-std units."""
-        pred = self.rollout_members(batch["context"], batch["actions"])  # [K, B, T, S]
+        actions = batch["actions"]
+        with drawn_masks(self._drops if self.training else [],
+                         (self.k, actions.shape[0], self.hidden), actions.shape[1], actions):
+            pred = self.rollout_members(batch["context"], actions)  # [K, B, T, S]
         err = (((pred - batch["targets"]) / self.delta_std) ** 2).mean(dim=(2, 3))  # [K, B]
         if self.bootstrap and self.training:
             w = torch.poisson(torch.ones_like(err))

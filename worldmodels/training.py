@@ -115,29 +115,197 @@ def check_compatible(model: WorldModel, dataset: Dataset) -> None:
         )
 
 
-# ------------------------------------------------------------------------ distributed
+# ------------------------------------------------------------------------ optimiser
+class FlatAdam:
+    """Adam over one flat buffer: the foreach Adam of :func:`make_optimizer`, to the bit,
+    with one call per operation instead of one per parameter.
+
+    Every parameter (``[*shape]`` each, all of one dtype and device) becomes a view into
+    one contiguous buffer ``[N]``; after the backward pass the gradients are gathered
+    into one buffer ``[N]`` (one ``cat``), clipped there (:meth:`clip_grad_norm`, the
+    norms computed per parameter as ``clip_grad_norm_`` does) and Adam's moments live in
+    two more ``[N]`` buffers. Each element gets the same operations with the same scalars
+    as under ``torch.optim.Adam(foreach=True)``, which is why the results are identical
+    (tests/test_worldmodels.py checks it). On a small model the per-parameter calls, not
+    the arithmetic, are what an Adam step costs on CPU.
+
+    A step where some parameter has no gradient falls back to the per-parameter Adam
+    (which skips it and keeps its own step count), on the same state. ``param_groups``,
+    ``zero_grad``, ``state_dict`` and ``load_state_dict`` are those of that Adam, so a
+    checkpoint has the layout of ``torch.optim.Adam`` and loads into either.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float,
+                 weight_decay: float = 0.0) -> None:
+        self.params = [p for p in params]
+        if not self.params:
+            raise ValueError("params must hold at least one parameter")
+        first = self.params[0]
+        if any(p.dtype != first.dtype or p.device != first.device or p.is_sparse
+               or not p.is_floating_point() for p in self.params):
+            raise ValueError("params must be dense floating-point tensors of one dtype and "
+                             "device")
+        self.adam = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay,
+                                     foreach=True)
+        self._sizes = [p.numel() for p in self.params]
+        n = sum(self._sizes)
+        kw = {"dtype": first.dtype, "device": first.device}
+        self.flat = torch.empty(n, **kw)
+        self.grad = torch.empty(n, **kw)
+        self.exp_avg = torch.zeros(n, **kw)
+        self.exp_avg_sq = torch.zeros(n, **kw)
+        self._denom = torch.empty(n, **kw)
+        # one step count per parameter (what the per-parameter Adam keeps), as 0-dim
+        # views of one tensor so that the flat step advances them all with one call
+        self.steps = torch.zeros(len(self.params), dtype=torch.float32)
+        self._grad_views = list(self.grad.split(self._sizes))
+        self._link()
+        for i, p in enumerate(self.params):
+            self.adam.state[p] = {"step": self.steps[i],
+                                  "exp_avg": self._view(self.exp_avg, i),
+                                  "exp_avg_sq": self._view(self.exp_avg_sq, i)}
+        self._uniform = True  # every parameter has taken every step (flat steps allowed)
+        self._gathered = False  # self.grad holds this step's (clipped) gradients
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The Adam's groups (one): set ``lr`` here (a loaded state replaces the list)."""
+        return self.adam.param_groups
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self.adam.defaults
+
+    def _view(self, buf: torch.Tensor, i: int) -> torch.Tensor:
+        o = sum(self._sizes[:i])
+        return buf[o:o + self._sizes[i]].view_as(self.params[i])
+
+    def _link(self) -> None:
+        """Copy the parameters' values into the flat buffer and make each a view of it."""
+        with torch.no_grad():
+            torch.cat([p.detach().reshape(-1) for p in self.params], out=self.flat)
+        for i, p in enumerate(self.params):
+            p.data = self._view(self.flat, i)
+        self._ptrs = [p.data_ptr() for p in self.params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As ``Adam.zero_grad`` (a plain loop: its bookkeeping costs more than the work)."""
+        self._gathered = False
+        for p in self.params:
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
+                if p.grad.grad_fn is not None:
+                    p.grad.detach_()
+                else:
+                    p.grad.requires_grad_(False)
+                p.grad.zero_()
+
+    def _gather(self) -> bool:
+        """The gradients into the flat buffer; False when a parameter has none."""
+        grads = [p.grad for p in self.params]
+        if any(g is None for g in grads):
+            return False
+        torch.cat([g.reshape(-1) for g in grads], out=self.grad)
+        self._gathered = True
+        return True
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """``clip_grad_norm_(params, max_norm, foreach=True)`` (the same norm and factor,
+        to the bit) on the flat gradient; returns the norm before clipping."""
+        if not self._uniform or not self._gather():
+            return torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
+        norms = torch._foreach_norm(self._grad_views, 2.0)
+        total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
+        self.grad.mul_(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+        return total
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One Adam step (the flat one when every parameter has a gradient)."""
+        if self._ptrs != [p.data_ptr() for p in self.params]:
+            self._link()  # a parameter was given new storage (``.to``, ``.data = ``)
+        if not self._uniform or not (self._gathered or self._gather()):
+            self._uniform = False
+            self.adam.step()
+            return
+        group = self.param_groups[0]
+        lr, (beta1, beta2) = group["lr"], group["betas"]
+        eps, wd = group["eps"], group["weight_decay"]
+        # as torch.optim.adam._multi_tensor_adam (capturable=False, no amsgrad)
+        self.steps.add_(torch.tensor(1.0), alpha=1.0)
+        step = self.steps[0].item()
+        grad = self.grad if wd == 0 else torch.add(self.grad, self.flat, alpha=wd)
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2)
+        self.exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
+        step_size = (lr / (1 - beta1 ** step)) * -1
+        denom = torch.sqrt(self.exp_avg_sq, out=self._denom)
+        denom.div_((1 - beta2 ** step) ** 0.5)
+        denom.add_(eps)
+        self.flat.addcdiv_(self.exp_avg, denom, value=step_size)
+        self._gathered = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.adam.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A ``torch.optim.Adam`` state (of these parameters, in order) into the buffers."""
+        self.adam.load_state_dict(state)
+        with torch.no_grad():
+            for i, p in enumerate(self.params):
+                st = self.adam.state.get(p, {})
+                m, v = self._view(self.exp_avg, i), self._view(self.exp_avg_sq, i)
+                if "exp_avg" in st:
+                    m.copy_(st["exp_avg"])
+                    v.copy_(st["exp_avg_sq"])
+                    self.steps[i] = float(st["step"])
+                else:  # never stepped: Adam's initial state
+                    m.zero_()
+                    v.zero_()
+                    self.steps[i] = 0.0
+                self.adam.state[p] = {"step": self.steps[i], "exp_avg": m, "exp_avg_sq": v}
+        self._uniform = bool((self.steps == self.steps[0]).all())
+        self._gathered = False
+
+
 def make_optimizer(params: Any, lr: float, weight_decay: float = 0.0,
-                   fused: bool = False) -> torch.optim.Adam:
+                   fused: bool = False, flat: bool = False) -> torch.optim.Adam | FlatAdam:
     """Adam as the world models train with it: the multi-tensor ("foreach")
     implementation, or with ``fused`` the fused kernel (one pass over all parameters per
     step, on CPU too; falls back to foreach where this torch build has none). The two
     round differently, so a training run is reproduced bit for bit only with the same
-    choice; foreach is the default every stored result was trained with."""
+    choice; foreach is the default every stored result was trained with. ``flat`` (not
+    with ``fused``): the same foreach Adam on one flat buffer (:class:`FlatAdam`, equal
+    to the bit, faster on small models; the parameters become views of its buffer)."""
     params = list(params)
     if fused:
         try:
             return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
         except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
             log.info("no fused Adam for these parameters; using the foreach implementation")
+    if flat:
+        try:
+            return FlatAdam(params, lr, weight_decay)
+        except ValueError as exc:  # mixed dtypes or devices: the per-parameter Adam
+            log.info("no flat Adam (%s); using the foreach implementation", exc)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
-def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+def clip_gradients(params: list[torch.Tensor], max_norm: float,
+                   optimizer: Any = None) -> torch.Tensor:
     """``clip_grad_norm_`` over ``params`` (a list, gathered once rather than walking the
-    module tree every step) with the multi-tensor norm; returns the norm before clipping."""
+    module tree every step) with the multi-tensor norm; returns the norm before clipping.
+    With a :class:`FlatAdam` ``optimizer`` over those parameters, clipped in its flat
+    buffer (the same norm and result)."""
+    if isinstance(optimizer, FlatAdam):
+        return optimizer.clip_grad_norm(max_norm)
     return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
 
 
+# ------------------------------------------------------------------------ distributed
 def _dist_setup() -> tuple[int, int]:
     """(rank, world size); initialises the process group under torchrun (gloo on CPU)."""
     if dist.is_available() and not dist.is_initialized() and int(
@@ -216,7 +384,9 @@ def train_model(
              "best_val": math.inf, "seconds": 0.0}
     history: dict[str, Any] = {"train_loss": [], "val_loss": [], "step_loss": []}
     params = list(model.parameters())
-    optimizer = make_optimizer(params, config.lr, config.weight_decay, config.fused_adam)
+    # the flat Adam (equal to the bit) on one process; DDP manages the gradients itself
+    optimizer = make_optimizer(params, config.lr, config.weight_decay, config.fused_adam,
+                               flat=world == 1)
     rng_state: torch.Tensor | None = None
     partial: list[float] = []  # losses of the current epoch before a mid-epoch checkpoint
     last_path = ckpt_dir / "last.pt" if ckpt_dir else None
@@ -301,7 +471,7 @@ def train_model(
                         group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                gnorm = clip_gradients(params, config.grad_clip)
+                gnorm = clip_gradients(params, config.grad_clip, optimizer)
                 bad = torch.tensor(float(not (torch.isfinite(loss) and torch.isfinite(gnorm))))
                 bad = _all_mean(bad, world)
                 mean_loss = float(_all_mean(loss.detach().cpu(), world))
