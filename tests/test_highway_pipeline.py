@@ -163,6 +163,10 @@ class _ToyModel(torch.nn.Module):
         img[:, 1, 40:50, 10:14] = torch.sigmoid(s[:, 2:3, None] - 2.0)
         return s, img
 
+    def advance(self, ms, action, z=None):
+        # the model-state contract the learners drive (worldmodels/contract.py)
+        return ms.then(*self.step(ms.context, action, z, ms.frames))
+
 
 def test_bptt_learner_lowers_the_predicted_cost_and_needs_uncertainty_for_lam() -> None:
     torch.manual_seed(1)
