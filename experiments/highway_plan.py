@@ -168,10 +168,11 @@ class PlanHeadWorld:
              image: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.oracle.t
         state, base = self.oracle.step(context, action)
-        run_head = self.residual or self.uncertainty == "always" or (
+        # measure U here (and run the head, unless U comes from the scene samples)
+        measure = self.residual or self.uncertainty == "always" or (
             self.uncertainty == "with-grad" and torch.is_grad_enabled()
             and (t + 1) % self.every == 0)
-        if not run_head:
+        if not measure:
             if self.uncertainty == "with-grad":
                 self._vars.append(state.new_zeros(state.shape[0], self.n_variances))
             return state, base
@@ -203,11 +204,13 @@ class PlanHeadWorld:
         b, k = self.samples.shape[:2]
         rec = self.scene_states[:, t]
         cars = self.samples[:, :, t].flatten(0, 1).float()  # [B K, 1, H, W]
-        rep = lambda x: x.repeat_interleave(k, 0)  # noqa: E731
         ms = self.trunk.min_speed
-        warped = warp_frames(cars, rep(rec[:, :2]), rep(headings(rec[:, 2:], ms)),
-                             rep(state[:, :2]), rep(headings(state[:, 2:], ms)),
-                             self.trunk.res, padding="zeros").view(b, k, *cars.shape[1:])
+        # every sample of a row is seen from that row's pose: poses repeated k times
+        pos_from, head_from, pos_to, head_to = (
+            x.repeat_interleave(k, 0) for x in (rec[:, :2], headings(rec[:, 2:], ms),
+                                                state[:, :2], headings(state[:, 2:], ms)))
+        warped = warp_frames(cars, pos_from, head_from, pos_to, head_to, self.trunk.res,
+                             padding="zeros").view(b, k, *cars.shape[1:])
         mask = masks_torch(state.detach(), self.view)["proximity"]  # [B, H, W]
         near = mask[:, None] * warped[:, :, 0]  # [B, K, H, W]
         local = (mask * warped[:, :, 0].var(1)).flatten(1).sum(1) \
