@@ -126,6 +126,12 @@ class PolicyConfig:
     # unsure of (experiments/highway_plan.py)
     u_source: str = "head"
     scene_samples: int = 4
+    # the other cars the learners' cost sees in the plan-head world: "one" = the trunk's
+    # scene with a prior z; "envelope" = the pixelwise max of that scene and the
+    # ``scene_samples`` sampled scenes, so a car is wherever one plausible future puts it
+    # (the single scene is optimistic about the cars the ego closes in on;
+    # experiments/highway_plan.py scene_pool)
+    scene_cars: str = "one"
     # BPTT: no gradient through the policy's image input (halves the backward pass;
     # the cost and the state inputs still carry it); planners/policy/mpur.py
     detach_frames: bool = True
@@ -250,6 +256,7 @@ def check_methods(methods: tuple[str, ...], allowed: tuple[str, ...], where: str
 PROXIMITY_FORMS = ("max", "front-rear")
 WORLDS = ("trunk", "plan-head")
 U_SOURCES = ("head", "scene")
+SCENE_CARS = ("one", "envelope")
 
 
 def policy_ncond(config: HighwayConfig) -> int:
@@ -282,6 +289,9 @@ def validate_config(config: HighwayConfig) -> None:
     if config.policy.u_source not in U_SOURCES:
         raise ValueError(f"policy.u_source must be one of {U_SOURCES}, got "
                          f"{config.policy.u_source!r}")
+    if config.policy.scene_cars not in SCENE_CARS:
+        raise ValueError(f"policy.scene_cars must be one of {SCENE_CARS}, got "
+                         f"{config.policy.scene_cars!r}")
     if config.policy.scene_samples < 2:
         raise ValueError(f"policy.scene_samples must be >= 2 (a spread needs two scenes), "
                          f"got {config.policy.scene_samples}")

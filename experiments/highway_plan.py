@@ -292,21 +292,32 @@ def plan_world_fn(trunk, head: PlanHeadEnsemble, view: View, latent: str = "prio
 
 
 def scene_pool(trunk, sample, rng: np.random.Generator, windows: int, latent: str = "prior",
-               batch: int = 32, samples: int = 0):
+               batch: int = 32, samples: int = 0, envelope: int = 0):
     """A sampler over ``windows`` windows drawn once from ``sample`` whose trunk scenes
     (``scene_states`` ``[T, 4]``, ``scene_frames`` ``[T, C, H, W]`` float16 and, with
     ``samples`` >= 2, the cars channel of that many sampled scenes ``scene_samples``
     ``[samples, T, 1, H, W]`` float16) are rolled out once: the scene does not depend on
-    the policy, so a learner's update then costs only the policy, the warps and U."""
+    the policy, so a learner's update then costs only the policy, the warps and U.
+    ``envelope`` >= 2: the scene's cars channel is the pixelwise max of the scene and
+    that many sampled scenes (a car is wherever one plausible future puts it)."""
+    if envelope == 1 or samples == 1:
+        raise ValueError("samples and envelope need 0 or >= 2 scenes")
+    c = trunk.cars_channel
     parts: list[dict[str, torch.Tensor]] = []
     for start in range(0, windows, batch):
         b = sample(rng, min(batch, windows - start))
         states, frames = scene_rollout(trunk, b["context"], b["context_images"], b["actions"],
                                        latent)
+        drawn = None
+        if samples or envelope:
+            drawn = scene_samples(trunk, b["context"], b["context_images"], b["actions"],
+                                  max(samples, envelope), latent)
+        if envelope:
+            frames[:, :, c:c + 1] = torch.maximum(frames[:, :, c:c + 1],
+                                                  drawn[:, :envelope].amax(1))
         part = {**b, "scene_states": states, "scene_frames": frames.half()}
         if samples:
-            part["scene_samples"] = scene_samples(trunk, b["context"], b["context_images"],
-                                                  b["actions"], samples, latent).half()
+            part["scene_samples"] = drawn[:, :samples].half()
         parts.append(part)
     pool = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     n = len(pool["context"])

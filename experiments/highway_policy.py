@@ -182,7 +182,9 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                                samples=p.scene_samples)
                 pool = scene_pool(plan["trunk"], plan_sample, rng, p.scene_windows, latent,
                                   samples=p.scene_samples
-                                  if lam > 0 and p.u_source == "scene" else 0)
+                                  if lam > 0 and p.u_source == "scene" else 0,
+                                  envelope=p.scene_samples if p.scene_cars == "envelope"
+                                  else 0)
                 hist = train_mpur(policy, None, pool, cost,
                                   MPURConfig(steps=p.bptt_steps, batch_size=p.batch_size,
                                              horizon=p.horizon, lr=p.lr, lam=lam,

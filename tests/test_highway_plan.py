@@ -143,7 +143,8 @@ def test_policy_options_are_checked_before_any_work():
                                 ("init_from", "dagger", "policy.init_from"),
                                 ("oracle_burn_in", -1, "burn_in"),
                                 ("u_source", "dream", "policy.u_source"),
-                                ("scene_samples", 1, "policy.scene_samples")):
+                                ("scene_samples", 1, "policy.scene_samples"),
+                                ("scene_cars", "all", "policy.scene_cars")):
         cfg = default_config()
         setattr(cfg.policy, field, value)
         with pytest.raises(ValueError, match=match):
@@ -328,6 +329,33 @@ def test_scene_samples_differ_and_leave_the_trunk_as_it_was():
         np.random.default_rng(1), 2)
     assert pooled["scene_samples"].shape == (2, 2, 4, 1, 117, 24)
     assert pooled["scene_samples"].dtype == torch.float16
+
+
+def test_scene_envelope_holds_every_sampled_car_and_leaves_the_rest():
+    from worldplan.experiments.highway_plan import scene_pool
+
+    trunk, b = _trunk(), _batch()
+
+    def sample(rng, n):
+        return {k: v[:n] for k, v in b.items()}
+
+    def pool(**kw):
+        # the same generator state for both pools: the same prior scene and samples
+        torch.manual_seed(3)
+        return scene_pool(trunk, sample, np.random.default_rng(0), 3, **kw)(
+            np.random.default_rng(1), 3)
+
+    one, env = pool(samples=3), pool(samples=3, envelope=3)
+    c = trunk.cars_channel
+    cars, env_cars = one["scene_frames"][:, :, c:c + 1], env["scene_frames"][:, :, c:c + 1]
+    # the pixelwise max of the prior scene and every sampled one (float16 storage)
+    torch.testing.assert_close(env_cars, torch.maximum(cars, one["scene_samples"].amax(1)))
+    assert (env_cars > cars).any()  # the samples add cars the single scene lacks
+    others = [i for i in range(one["scene_frames"].shape[2]) if i != c]
+    torch.testing.assert_close(env["scene_frames"][:, :, others],
+                               one["scene_frames"][:, :, others])
+    with pytest.raises(ValueError, match="envelope"):
+        scene_pool(trunk, sample, np.random.default_rng(0), 3, envelope=1)
 
 
 def _policy(ncond: int = 3) -> ContextPolicy:
