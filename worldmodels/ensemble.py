@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from worldplan.worldmodels.base import MCDropout, WorldModel
-from worldplan.worldmodels.deterministic import drawn_masks
+from worldplan.worldmodels.deterministic import drawn_masks, mask_block
 
 
 class BatchedLinear(nn.Module):
@@ -86,12 +86,14 @@ def _mlp_forward(x: torch.Tensor, u: torch.Tensor, n_enc: int,
 
 
 def _mlp_backward(g: torch.Tensor, n_enc: int, saved: list[torch.Tensor] | tuple,
-                  weights: tuple[torch.Tensor, ...], need_x: bool, need_u: bool
+                  weights: tuple[torch.Tensor, ...], need_x: bool, need_u: bool,
+                  out: list[torch.Tensor] | None = None
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor]]:
     """The gradients of :func:`_mlp_forward` for the output gradient ``g [K, B, S]``
     (may be overwritten): ``(x, u, weights)`` with the operations autograd runs for the
     layers' forward (so the same values): ``[K, B, ...]`` input gradients, None where not
-    ``need_x`` / ``need_u``."""
+    ``need_x`` / ``need_u``. ``out``: tensors (shaped as ``weights``) to write the weight
+    gradients into."""
     n_lin = len(weights) // 2 - 1  # the linear layers without the action embedding
     ue, inputs, outs = saved[0], saved[1:1 + n_lin], saved[1 + n_lin:1 + 2 * n_lin]
     ms = list(saved[1 + 2 * n_lin:]) or [None] * n_lin
@@ -99,8 +101,9 @@ def _mlp_backward(g: torch.Tensor, n_enc: int, saved: list[torch.Tensor] | tuple
     gx = gu = None
     for j in range(n_lin - 1, -1, -1):
         w = 2 * j if j < n_enc else 2 * j + 2  # the layer's (W, b); the embedding first
-        grads[w] = inputs[j].transpose(1, 2).bmm(g)
-        grads[w + 1] = g.sum(1, keepdim=True)
+        grads[w] = torch.bmm(inputs[j].transpose(1, 2), g,
+                             out=None if out is None else out[w])
+        grads[w + 1] = torch.sum(g, 1, keepdim=True, out=None if out is None else out[w + 1])
         if j == 0:
             if need_x:
                 gx = g.bmm(weights[0].transpose(1, 2))
@@ -111,8 +114,9 @@ def _mlp_backward(g: torch.Tensor, n_enc: int, saved: list[torch.Tensor] | tuple
         g = _relu_drop_grad(g, outs[o], ms[o], own=True)
         if o == n_enc:  # the sum encoder + embedding, then the encoder's last block
             a = 2 * n_enc
-            grads[a] = ue.transpose(1, 2).bmm(g)
-            grads[a + 1] = g.sum(1, keepdim=True)
+            grads[a] = torch.bmm(ue.transpose(1, 2), g, out=None if out is None else out[a])
+            grads[a + 1] = torch.sum(g, 1, keepdim=True,
+                                     out=None if out is None else out[a + 1])
             if need_u:
                 gu = g.bmm(weights[a].transpose(1, 2))
             g = _relu_drop_grad(g, outs[n_enc - 1], ms[n_enc - 1], own=True)
@@ -160,7 +164,7 @@ class _StepLoss(torch.autograd.Function):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         x = model.norm_state(context).flatten(-2)
         out, saved = _mlp_forward(x, model.norm_action(action), model.layers, masks, weights)
-        pred = torch.stack([context[:, -1] + model.denorm_delta(out)], dim=2)  # [K, B, 1, S]
+        pred = (context[:, -1] + model.denorm_delta(out)).unsqueeze(2)  # [K, B, 1, S]
         diff = (pred - target) / model.delta_std
         err = (diff ** 2).mean(dim=(2, 3))  # [K, B]
         if w is not None:
@@ -191,7 +195,16 @@ class _StepLoss(torch.autograd.Function):
         g_sq = g_err[:, :, None, None].expand(diff.shape) / (diff.shape[2] * diff.shape[3])
         g_diff = g_sq * (2.0 * diff)
         g_out = (g_diff / fctx.std)[:, :, 0] * fctx.std
-        _, _, grads = _mlp_backward(g_out, fctx.n_enc, saved[:n], weights, False, False)
+        # the weight gradients in one buffer, in the parameters' order: a flat optimiser
+        # (training.FlatAdam) takes them from there without gathering them
+        flat = torch.empty(sum(t.numel() for t in weights), dtype=g_out.dtype,
+                           device=g_out.device)
+        views, o = [], 0
+        for t in weights:
+            views.append(flat[o:o + t.numel()].view(t.shape))
+            o += t.numel()
+        _, _, grads = _mlp_backward(g_out, fctx.n_enc, saved[:n], weights, False, False,
+                                    views)
         return (None, None, None, None, None, None, *grads)
 
 
@@ -325,20 +338,29 @@ class Ensemble(WorldModel):
         """Sum over members of their (bootstrap-weighted) rollout MSE, in delta-std units."""
         actions, context, targets = batch["actions"], batch["context"], batch["targets"]
         boot = self.bootstrap and self.training
-        with drawn_masks(self._drops if self.training else [],
-                         (self.k, actions.shape[0], self.hidden), actions.shape[1], actions):
-            masks = self._fused_masks(actions.shape[1])
-            if masks is not None and actions.shape[1] == 1 and context.ndim == 3 and \
-                    not (context.requires_grad or actions.requires_grad
-                         or targets.requires_grad):
-                # one step from data (the usual window): the whole loss is one node
-                self._check_window(context, actions, targets)
+        shape = (self.k, actions.shape[0], self.hidden)
+        if actions.ndim == 3 and actions.shape[1] == 1 and context.ndim == 3 and \
+                not (context.requires_grad or actions.requires_grad or targets.requires_grad):
+            # one step from data (the usual window): the whole loss as one autograd node
+            self._check_window(context, actions, targets)
+            masks: list[torch.Tensor] | None = None
+            fused = not any(m.p > 0.0 and (m.training or m.force) for m in self._mask_layers)
+            if not fused and self.training and len(self._drops) == len(self._mask_layers):
+                block = mask_block(self._drops, shape, 1, actions)  # [1, L, n]
+                if block is not None:
+                    n = math.prod(shape)
+                    masks = [block[0, i, :n].view(shape) for i in range(block.shape[1])]
+                    fused = True
+            if fused:
                 w = torch.poisson(torch.ones(self.k, actions.shape[0], dtype=actions.dtype,
                                              device=actions.device)) if boot else None
                 weights = [t for m in self._linears for t in (m.weight, m.bias)]
-                loss, err = _StepLoss.apply(self, context, actions[:, 0], targets, w,
-                                            masks[0], *weights)
+                loss, err = _StepLoss.apply(self, context, actions[:, 0], targets, w, masks,
+                                            *weights)
                 return {"loss": loss, "mse": err.mean()}
+        with drawn_masks(self._drops if self.training else [], shape, actions.shape[1],
+                         actions):
+            masks = self._fused_masks(actions.shape[1])
             if masks is None:
                 pred = self.rollout_members(context, actions)  # [K, B, T, S]
             else:

@@ -159,6 +159,10 @@ class FlatAdam:
         # views of one tensor so that the flat step advances them all with one call
         self.steps = torch.zeros(len(self.params), dtype=torch.float32)
         self._grad_views = list(self.grad.split(self._sizes))
+        self._offsets = [sum(self._sizes[:i]) for i in range(len(self._sizes))]
+        # this step's flat gradient and its per-parameter views: self.grad, or the buffer
+        # the backward pass wrote the gradients into when they lie in this layout already
+        self._g, self._gviews = self.grad, self._grad_views
         self._link()
         for i, p in enumerate(self.params):
             self.adam.state[p] = {"step": self.steps[i],
@@ -208,18 +212,40 @@ class FlatAdam:
         grads = [p.grad for p in self.params]
         if any(g is None for g in grads):
             return False
-        torch.cat([g.reshape(-1) for g in grads], out=self.grad)
+        flat = self._flat_of(grads)
+        if flat is None:
+            torch.cat([g.reshape(-1) for g in grads], out=self.grad)
+            self._g, self._gviews = self.grad, self._grad_views
+        else:  # already one buffer in this layout (a fused backward wrote them so)
+            self._g, self._gviews = flat, [g.view(-1) for g in grads]
         self._gathered = True
         return True
+
+    def _flat_of(self, grads: list[torch.Tensor]) -> torch.Tensor | None:
+        """The flat ``[N]`` tensor the gradients are views of, parameter after parameter
+        in one storage; None when they are not (then they are gathered by a copy)."""
+        g0 = grads[0]
+        if g0.dtype != self.flat.dtype or g0.device != self.flat.device:
+            return None
+        storage = g0.untyped_storage()
+        base, size = g0.data_ptr(), g0.element_size()
+        if (g0.storage_offset() + self.flat.numel()) * size > storage.nbytes():
+            return None
+        for g, o in zip(grads, self._offsets, strict=True):
+            if g.dtype != g0.dtype or not g.is_contiguous() or \
+                    g.data_ptr() != base + o * size or \
+                    g.untyped_storage().data_ptr() != storage.data_ptr():
+                return None
+        return g0.new_empty(0).set_(storage, g0.storage_offset(), (self.flat.numel(),))
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         """``clip_grad_norm_(params, max_norm, foreach=True)`` (the same norm and factor,
         to the bit) on the flat gradient; returns the norm before clipping."""
         if not self._uniform or not self._gather():
             return torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
-        norms = torch._foreach_norm(self._grad_views, 2.0)
+        norms = torch._foreach_norm(self._gviews, 2.0)
         total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
-        self.grad.mul_(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+        self._g.mul_(torch.clamp(max_norm / (total + 1e-6), max=1.0))
         return total
 
     @torch.no_grad()
@@ -237,7 +263,7 @@ class FlatAdam:
         # as torch.optim.adam._multi_tensor_adam (capturable=False, no amsgrad)
         self.steps.add_(torch.tensor(1.0), alpha=1.0)
         step = self.steps[0].item()
-        grad = self.grad if wd == 0 else torch.add(self.grad, self.flat, alpha=wd)
+        grad = self._g if wd == 0 else torch.add(self._g, self.flat, alpha=wd)
         self.exp_avg.lerp_(grad, 1 - beta1)
         self.exp_avg_sq.mul_(beta2)
         self.exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
