@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._utils import _unflatten_dense_tensors as unflatten_dense_tensors
 
 from worldplan.worldmodels.base import MCDropout, WorldModel
 from worldplan.worldmodels.deterministic import drawn_masks, mask_block
@@ -51,7 +52,9 @@ def _relu_drop_grad(g: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
     overwritten."""
     if mask is not None:
         g = g.mul_(mask) if own else g * mask
-    return torch.ops.aten.threshold_backward(g, y, 0)
+    elif not own:
+        g = g.clone()
+    return torch.ops.aten.threshold_backward.grad_input(g, y, 0, grad_input=g)
 
 
 def _mlp_forward(x: torch.Tensor, u: torch.Tensor, n_enc: int,
@@ -174,6 +177,7 @@ class _StepLoss(torch.autograd.Function):
             wsum = None
             loss = err.mean(1).sum()
         fctx.n_enc, fctx.n_saved, fctx.wsum = model.layers, len(saved), wsum
+        fctx.n_params = sum(t.numel() for t in weights)
         fctx.std = model.delta_std
         fctx.save_for_backward(*saved, *weights, diff, w if w is not None else diff)
         fctx.mark_non_differentiable(err)
@@ -197,12 +201,8 @@ class _StepLoss(torch.autograd.Function):
         g_out = (g_diff / fctx.std)[:, :, 0] * fctx.std
         # the weight gradients in one buffer, in the parameters' order: a flat optimiser
         # (training.FlatAdam) takes them from there without gathering them
-        flat = torch.empty(sum(t.numel() for t in weights), dtype=g_out.dtype,
-                           device=g_out.device)
-        views, o = [], 0
-        for t in weights:
-            views.append(flat[o:o + t.numel()].view(t.shape))
-            o += t.numel()
+        flat = torch.empty(fctx.n_params, dtype=g_out.dtype, device=g_out.device)
+        views = unflatten_dense_tensors(flat, weights)
         _, _, grads = _mlp_backward(g_out, fctx.n_enc, saved[:n], weights, False, False,
                                     views)
         return (None, None, None, None, None, None, *grads)

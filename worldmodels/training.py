@@ -217,7 +217,7 @@ class FlatAdam:
             torch.cat([g.reshape(-1) for g in grads], out=self.grad)
             self._g, self._gviews = self.grad, self._grad_views
         else:  # already one buffer in this layout (a fused backward wrote them so)
-            self._g, self._gviews = flat, [g.view(-1) for g in grads]
+            self._g, self._gviews = flat, flat.split(self._sizes)
         self._gathered = True
         return True
 
@@ -229,12 +229,12 @@ class FlatAdam:
             return None
         storage = g0.untyped_storage()
         base, size = g0.data_ptr(), g0.element_size()
-        if (g0.storage_offset() + self.flat.numel()) * size > storage.nbytes():
+        # consecutive contiguous views inside one allocation that holds all N values
+        if base - storage.data_ptr() + self.flat.numel() * size > storage.nbytes():
             return None
         for g, o in zip(grads, self._offsets, strict=True):
-            if g.dtype != g0.dtype or not g.is_contiguous() or \
-                    g.data_ptr() != base + o * size or \
-                    g.untyped_storage().data_ptr() != storage.data_ptr():
+            if g.data_ptr() != base + o * size or not g.is_contiguous() or \
+                    g.dtype != g0.dtype:
                 return None
         return g0.new_empty(0).set_(storage, g0.storage_offset(), (self.flat.numel(),))
 
