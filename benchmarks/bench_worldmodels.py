@@ -141,7 +141,7 @@ def step_loop(model: torch.nn.Module, batch: dict, steps: int,
     ``train_model``'s optimiser on one process (the flat foreach Adam; ``fused``:
     ``TrainConfig.fused_adam``)."""
     params = list(model.parameters())
-    opt = make_optimizer(params, lr=1e-4, fused=fused, flat=not fused)
+    opt = make_optimizer(params, lr=1e-4, fused=fused, flat=True)
     model.train()
 
     def run() -> None:

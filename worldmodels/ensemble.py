@@ -192,11 +192,12 @@ class _StepLoss(torch.autograd.Function):
         weights = saved[n:-2]
         K, B = diff.shape[:2]
         # autograd's backward of the loss expression, node by node
+        # (broadcasting where autograd expands: the same values)
         if fctx.wsum is not None:
-            g_err = (g.expand(K) / fctx.wsum).unsqueeze(1).expand(K, B) * w
+            g_err = (g / fctx.wsum).unsqueeze(1) * w
         else:
-            g_err = g.expand(K).unsqueeze(1).expand(K, B) / B
-        g_sq = g_err[:, :, None, None].expand(diff.shape) / (diff.shape[2] * diff.shape[3])
+            g_err = g.expand(K, B) / B
+        g_sq = g_err.view(K, B, 1, 1) / (diff.shape[2] * diff.shape[3])
         g_diff = g_sq * (2.0 * diff)
         g_out = (g_diff / fctx.std)[:, :, 0] * fctx.std
         # the weight gradients in one buffer, in the parameters' order: a flat optimiser
@@ -349,7 +350,8 @@ class Ensemble(WorldModel):
                 block = mask_block(self._drops, shape, 1, actions)  # [1, L, n]
                 if block is not None:
                     n = math.prod(shape)
-                    masks = [block[0, i, :n].view(shape) for i in range(block.shape[1])]
+                    masks = list((block[0] if block.shape[2] == n else block[0, :, :n])
+                                 .view(-1, *shape).unbind(0))
                     fused = True
             if fused:
                 w = torch.poisson(torch.ones(self.k, actions.shape[0], dtype=actions.dtype,

@@ -129,6 +129,10 @@ class FlatAdam:
     (tests/test_worldmodels.py checks it). On a small model the per-parameter calls, not
     the arithmetic, are what an Adam step costs on CPU.
 
+    ``fused``: the fused Adam kernel in one call over the flat buffers (one pass instead
+    of the foreach Adam's seven); :func:`make_optimizer` uses it where its values are
+    those of ``torch.optim.Adam(fused=True)``, to the bit.
+
     A step where some parameter has no gradient falls back to the per-parameter Adam
     (which skips it and keeps its own step count), on the same state. ``param_groups``,
     ``zero_grad``, ``state_dict`` and ``load_state_dict`` are those of that Adam, so a
@@ -136,7 +140,7 @@ class FlatAdam:
     """
 
     def __init__(self, params: list[torch.Tensor], lr: float,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, fused: bool = False) -> None:
         self.params = [p for p in params]
         if not self.params:
             raise ValueError("params must hold at least one parameter")
@@ -145,8 +149,13 @@ class FlatAdam:
                or not p.is_floating_point() for p in self.params):
             raise ValueError("params must be dense floating-point tensors of one dtype and "
                              "device")
-        self.adam = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay,
-                                     foreach=True)
+        if fused:  # raises where this torch build has no fused kernel for these
+            self.adam = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay,
+                                         fused=True)
+        else:
+            self.adam = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay,
+                                         foreach=True)
+        self.fused = bool(fused)
         self._sizes = [p.numel() for p in self.params]
         n = sum(self._sizes)
         kw = {"dtype": first.dtype, "device": first.device}
@@ -245,7 +254,9 @@ class FlatAdam:
             return torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
         norms = torch._foreach_norm(self._gviews, 2.0)
         total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
-        self._g.mul_(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+        factor = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        if factor.item() != 1.0:  # a product with 1.0 changes nothing: skip the pass
+            self._g.mul_(factor)
         return total
 
     @torch.no_grad()
@@ -260,6 +271,14 @@ class FlatAdam:
         group = self.param_groups[0]
         lr, (beta1, beta2) = group["lr"], group["betas"]
         eps, wd = group["eps"], group["weight_decay"]
+        if self.fused:  # as torch.optim.adam._fused_adam, on the flat buffers
+            self.steps.add_(1.0)
+            torch._fused_adam_([self.flat], [self._g], [self.exp_avg], [self.exp_avg_sq], [],
+                               [self.steps[:1]], amsgrad=False, lr=lr, beta1=beta1,
+                               beta2=beta2, weight_decay=wd, eps=eps, maximize=False,
+                               grad_scale=None, found_inf=None)
+            self._gathered = False
+            return
         # as torch.optim.adam._multi_tensor_adam (capturable=False, no amsgrad)
         self.steps.add_(torch.tensor(1.0), alpha=1.0)
         step = self.steps[0].item()
@@ -303,10 +322,18 @@ def make_optimizer(params: Any, lr: float, weight_decay: float = 0.0,
     implementation, or with ``fused`` the fused kernel (one pass over all parameters per
     step, on CPU too; falls back to foreach where this torch build has none). The two
     round differently, so a training run is reproduced bit for bit only with the same
-    choice; foreach is the default every stored result was trained with. ``flat`` (not
-    with ``fused``): the same foreach Adam on one flat buffer (:class:`FlatAdam`, equal
-    to the bit, faster on small models; the parameters become views of its buffer)."""
+    choice; foreach is the default every stored result was trained with. ``flat``: the
+    same Adam on one flat buffer (:class:`FlatAdam`, equal to the bit, faster on small
+    models; the parameters become views of its buffer)."""
     params = list(params)
+    # the fused kernel treats a tensor's last (size mod vector width) values apart: on
+    # one flat buffer every parameter but the last must end on a multiple of it for the
+    # values of the per-parameter kernel (64: a multiple of every CPU vector width)
+    if fused and flat and all(p.numel() % 64 == 0 for p in params[:-1]):
+        try:
+            return FlatAdam(params, lr, weight_decay, fused=True)
+        except (RuntimeError, ValueError) as exc:  # mixed dtypes, or no fused kernel
+            log.info("no flat fused Adam (%s); using the per-parameter one", exc)
     if fused:
         try:
             return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
