@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch._utils import _unflatten_dense_tensors as unflatten_dense_tensors
+from torch.autograd.function import once_differentiable
 
 from worldplan.worldmodels.base import MCDropout, WorldModel
 from worldplan.worldmodels.deterministic import drawn_masks, mask_block
@@ -141,6 +142,7 @@ class _MemberMLP(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(fctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         saved = fctx.saved_tensors
         weights = saved[fctx.n_saved:]
@@ -184,6 +186,7 @@ class _StepLoss(torch.autograd.Function):
         return loss, err
 
     @staticmethod
+    @once_differentiable
     def backward(fctx: Any, g: torch.Tensor, _g_err: torch.Tensor
                  ) -> tuple[torch.Tensor | None, ...]:
         saved = fctx.saved_tensors
