@@ -9,7 +9,9 @@ environment, so the benchmark fetches the wheel with ``pip download --no-deps`` 
 a temporary folder and imports only ``mbrl.models`` (hydra/omegaconf/termcolor are
 used there at import time only and are stubbed). Without network the peer rows say so.
 Timings are the best of a few repeats (the machine is shared); the peer runs side by
-side in this process. Prints a table and writes benchmarks/results/worldmodels.json.
+side in this process, interleaved, and the training rows also give the median over the
+repeats of each pair's CPU-time ratio (steadier than best-of wall times when the load
+is high). Prints a table and writes benchmarks/results/worldmodels.json.
 """
 
 from __future__ import annotations
@@ -67,15 +69,24 @@ def best_of(fn: Callable[[], None], repeats: int) -> float:
     return min(times)
 
 
+PAIR_CPU_RATIOS: list[float] = []  # the last paired() call's per-pair CPU-time ratios
+
+
 def paired(ours: Callable[[], None], peer: Callable[[], None] | None,
            repeats: int) -> tuple[float, float | None]:
-    """Best-of times of two callables run alternately (the load on a shared machine
-    changes by the second, so side by side means interleaved)."""
+    """Best-of wall times of two callables run alternately (the load on a shared machine
+    changes by the second, so side by side means interleaved). Leaves in
+    ``PAIR_CPU_RATIOS`` each pair's CPU-time ratio peer / ours (this process's CPU time,
+    which a busy machine disturbs less than the wall clock)."""
     t_ours, t_peer = [], []
+    PAIR_CPU_RATIOS.clear()
     for _ in range(repeats):
+        c0 = time.process_time()
         t_ours.append(best_of(ours, 1))
+        c1 = time.process_time()
         if peer is not None:
             t_peer.append(best_of(peer, 1))
+            PAIR_CPU_RATIOS.append((time.process_time() - c1) / max(c1 - c0, 1e-9))
     return min(t_ours), (min(t_peer) if t_peer else None)
 
 
@@ -141,7 +152,7 @@ def step_loop(model: torch.nn.Module, batch: dict, steps: int,
     ``train_model``'s optimiser on one process (the flat foreach Adam; ``fused``:
     ``TrainConfig.fused_adam``)."""
     params = list(model.parameters())
-    opt = make_optimizer(params, lr=1e-4, fused=fused, flat=not fused)
+    opt = make_optimizer(params, lr=1e-4, fused=fused, flat=True)
     model.train()
 
     def run() -> None:
@@ -211,6 +222,8 @@ def main() -> None:
                                     train_repeats)
             rows.append({"what": name, "ours": 64 * steps / t_ours,
                          "peer": 64 * steps / t_peer if t_peer else None,
+                         "median_pair_cpu_ratio": (float(np.median(PAIR_CPU_RATIOS))
+                                                   if PAIR_CPU_RATIOS else None),
                          "peer_name": f"mbrl GaussianMLP (ensemble_size={k})",
                          "note": f"MLP {HIDDEN} wide, 3 hidden layers, S={S}, A={A}, batch 64"})
         cfg = TrainConfig(epochs=1, steps=steps * 2, batch_size=64, val_windows=64)
@@ -312,15 +325,19 @@ def main() -> None:
             better = row["peer"] / row["ours"] if row.get("lower_is_better") else (
                 row["ours"] / row["peer"])
             row["ratio_ours_better"] = better
-    print(f"\n{'benchmark':<72} {'ours':>10} {'peer':>10} {'ours/peer':>9}")
+    print(f"\n{'benchmark':<72} {'ours':>10} {'peer':>10} {'ours/peer':>9} "
+          f"{'median pair (CPU)':>17}")
     for row in rows:
         peer = f"{row['peer']:.1f}" if row.get("peer") else "-"
         ratio = f"{row['ratio_ours_better']:.2f}x" if row.get("ratio_ours_better") else "-"
         ours = f"{row['ours']:.2f}" if "(x," in row["what"] else f"{row['ours']:.1f}"
         extra = (f"   ({row['mc_ms']:.2f} / {row['plain_ms']:.2f} ms)" if "mc_ms" in row
                  else "")
+        if row.get("median_pair_cpu_ratio"):
+            extra = f" {row['median_pair_cpu_ratio']:>16.2f}x"
         print(f"{row['what']:<72} {ours:>10} {peer:>10} {ratio:>9}{extra}")
-    print("(ours/peer > 1: ours faster; throughput in samples/s, latency in ms)")
+    print("(ours/peer > 1: ours faster; throughput in samples/s, latency in ms; median pair: "
+          "the median over the interleaved repeats of peer / ours CPU time)")
     load = {"start": load_start, "end": _loadavg()}
     print(f"load average (1/5/15 min): {load['start']} at the start, {load['end']} at the end")
     out = {"machine": platform.platform(), "torch": torch.__version__, "threads": 1,

@@ -14,6 +14,29 @@ from torch import nn
 from worldplan.worldmodels.base import MCDropout, WorldModel, mlp
 
 
+def mask_block(layers: list[MCDropout], shape: tuple[int, ...], steps: int,
+               like: torch.Tensor) -> torch.Tensor | None:
+    """The training masks of :func:`drawn_masks` ``[steps, len(layers), n >= prod(shape)]``
+    (step-major; a mask is the first ``prod(shape)`` values of its row), drawn here; None
+    (nothing drawn) where the layers draw their own: without dropout, with masks frozen,
+    pooled or per channel."""
+    p = layers[0].p if layers else 0.0
+    plain = all(m.p == p and m.fast and not (m.frozen or m.pooled or m.channelwise
+                                             or m._queue) for m in layers)
+    if not layers or p == 0.0 or not plain or steps < 1:
+        return None
+    n = math.prod(shape)
+    nw = (n + 3) // 4  # the words bernoulli_masks draws for one mask
+    count = steps * len(layers)
+    words = torch.empty(count * nw, dtype=torch.int64, device=like.device)
+    words.random_(-(2**63), 2**63 - 1)
+    drop = round(p * 65536)
+    out = torch.empty(4 * count * nw, dtype=like.dtype, device=like.device)
+    torch.ge(words.view(torch.int16), drop - 32768, out=out)
+    out.mul_(65536.0 / (65536 - drop))
+    return out.view(steps, len(layers), 4 * nw)
+
+
 @contextlib.contextmanager
 def drawn_masks(layers: list[MCDropout], shape: tuple[int, ...], steps: int,
                 like: torch.Tensor) -> Iterator[None]:
@@ -28,22 +51,12 @@ def drawn_masks(layers: list[MCDropout], shape: tuple[int, ...], steps: int,
     one scaling replace one of each (and two allocations) per layer and step. Without
     dropout, with masks frozen, pooled or per channel, nothing is drawn here.
     """
-    p = layers[0].p if layers else 0.0
-    plain = all(m.p == p and m.fast and not (m.frozen or m.pooled or m.channelwise
-                                             or m._queue) for m in layers)
-    if not layers or p == 0.0 or not plain or steps < 1:
+    masks = mask_block(layers, shape, steps, like)
+    if masks is None:
         yield
         return
     n = math.prod(shape)
-    nw = (n + 3) // 4  # the words bernoulli_masks draws for one mask
-    count = steps * len(layers)
-    words = torch.empty(count * nw, dtype=torch.int64, device=like.device)
-    words.random_(-(2**63), 2**63 - 1)
-    drop = round(p * 65536)
-    out = torch.empty(4 * count * nw, dtype=like.dtype, device=like.device)
-    torch.ge(words.view(torch.int16), drop - 32768, out=out)
-    out.mul_(65536.0 / (65536 - drop))
-    masks = out.view(steps, len(layers), 4 * nw)[..., :n]  # [T, L, n], step-major
+    masks = masks[..., :n]  # [T, L, n]
     for i, layer in enumerate(layers):
         # a layer pops from the end of its queue: the last step's mask first in the list
         layer._queue[:] = [masks[t, i].view(shape) for t in range(steps - 1, -1, -1)]

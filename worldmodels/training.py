@@ -129,6 +129,10 @@ class FlatAdam:
     (tests/test_worldmodels.py checks it). On a small model the per-parameter calls, not
     the arithmetic, are what an Adam step costs on CPU.
 
+    ``fused``: the fused Adam kernel in one call over the flat buffers (one pass instead
+    of the foreach Adam's seven); :func:`make_optimizer` uses it where its values are
+    those of ``torch.optim.Adam(fused=True)``, to the bit.
+
     A step where some parameter has no gradient falls back to the per-parameter Adam
     (which skips it and keeps its own step count), on the same state. ``param_groups``,
     ``zero_grad``, ``state_dict`` and ``load_state_dict`` are those of that Adam, so a
@@ -136,7 +140,7 @@ class FlatAdam:
     """
 
     def __init__(self, params: list[torch.Tensor], lr: float,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, fused: bool = False) -> None:
         self.params = [p for p in params]
         if not self.params:
             raise ValueError("params must hold at least one parameter")
@@ -145,8 +149,13 @@ class FlatAdam:
                or not p.is_floating_point() for p in self.params):
             raise ValueError("params must be dense floating-point tensors of one dtype and "
                              "device")
-        self.adam = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay,
-                                     foreach=True)
+        if fused:  # raises where this torch build has no fused kernel for these
+            self.adam = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay,
+                                         fused=True)
+        else:
+            self.adam = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay,
+                                         foreach=True)
+        self.fused = bool(fused)
         self._sizes = [p.numel() for p in self.params]
         n = sum(self._sizes)
         kw = {"dtype": first.dtype, "device": first.device}
@@ -159,6 +168,10 @@ class FlatAdam:
         # views of one tensor so that the flat step advances them all with one call
         self.steps = torch.zeros(len(self.params), dtype=torch.float32)
         self._grad_views = list(self.grad.split(self._sizes))
+        self._offsets = [sum(self._sizes[:i]) for i in range(len(self._sizes))]
+        # this step's flat gradient and its per-parameter views: self.grad, or the buffer
+        # the backward pass wrote the gradients into when they lie in this layout already
+        self._g, self._gviews = self.grad, self._grad_views
         self._link()
         for i, p in enumerate(self.params):
             self.adam.state[p] = {"step": self.steps[i],
@@ -208,18 +221,42 @@ class FlatAdam:
         grads = [p.grad for p in self.params]
         if any(g is None for g in grads):
             return False
-        torch.cat([g.reshape(-1) for g in grads], out=self.grad)
+        flat = self._flat_of(grads)
+        if flat is None:
+            torch.cat([g.reshape(-1) for g in grads], out=self.grad)
+            self._g, self._gviews = self.grad, self._grad_views
+        else:  # already one buffer in this layout (a fused backward wrote them so)
+            self._g, self._gviews = flat, flat.split(self._sizes)
         self._gathered = True
         return True
+
+    def _flat_of(self, grads: list[torch.Tensor]) -> torch.Tensor | None:
+        """The flat ``[N]`` tensor the gradients are views of, parameter after parameter
+        in one storage; None when they are not (then they are gathered by a copy)."""
+        g0 = grads[0]
+        if g0.dtype != self.flat.dtype or g0.device != self.flat.device:
+            return None
+        storage = g0.untyped_storage()
+        base, size = g0.data_ptr(), g0.element_size()
+        # consecutive contiguous views inside one allocation that holds all N values
+        if base - storage.data_ptr() + self.flat.numel() * size > storage.nbytes():
+            return None
+        for g, o in zip(grads, self._offsets, strict=True):
+            if g.data_ptr() != base + o * size or not g.is_contiguous() or \
+                    g.dtype != g0.dtype:
+                return None
+        return g0.new_empty(0).set_(storage, g0.storage_offset(), (self.flat.numel(),))
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         """``clip_grad_norm_(params, max_norm, foreach=True)`` (the same norm and factor,
         to the bit) on the flat gradient; returns the norm before clipping."""
         if not self._uniform or not self._gather():
             return torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
-        norms = torch._foreach_norm(self._grad_views, 2.0)
+        norms = torch._foreach_norm(self._gviews, 2.0)
         total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
-        self.grad.mul_(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+        factor = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        if factor.item() != 1.0:  # a product with 1.0 changes nothing: skip the pass
+            self._g.mul_(factor)
         return total
 
     @torch.no_grad()
@@ -234,17 +271,27 @@ class FlatAdam:
         group = self.param_groups[0]
         lr, (beta1, beta2) = group["lr"], group["betas"]
         eps, wd = group["eps"], group["weight_decay"]
+        if self.fused:  # as torch.optim.adam._fused_adam, on the flat buffers
+            self.steps.add_(1.0)
+            torch._fused_adam_([self.flat], [self._g], [self.exp_avg], [self.exp_avg_sq], [],
+                               [self.steps[:1]], amsgrad=False, lr=lr, beta1=beta1,
+                               beta2=beta2, weight_decay=wd, eps=eps, maximize=False,
+                               grad_scale=None, found_inf=None)
+            self._gathered = False
+            return
         # as torch.optim.adam._multi_tensor_adam (capturable=False, no amsgrad)
         self.steps.add_(torch.tensor(1.0), alpha=1.0)
         step = self.steps[0].item()
-        grad = self.grad if wd == 0 else torch.add(self.grad, self.flat, alpha=wd)
+        grad = self._g if wd == 0 else torch.add(self._g, self.flat, alpha=wd)
         self.exp_avg.lerp_(grad, 1 - beta1)
         self.exp_avg_sq.mul_(beta2)
         self.exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
         step_size = (lr / (1 - beta1 ** step)) * -1
         denom = torch.sqrt(self.exp_avg_sq, out=self._denom)
-        denom.div_((1 - beta2 ** step) ** 0.5)
-        denom.add_(eps)
+        # denom / bias_correction2_sqrt + eps in one pass (addcdiv: eps + 1 * denom / bc,
+        # the two roundings of the foreach Adam's div_ then add_)
+        torch.addcdiv(torch.tensor(eps, dtype=denom.dtype), denom,
+                      torch.tensor((1 - beta2 ** step) ** 0.5, dtype=denom.dtype), out=denom)
         self.flat.addcdiv_(self.exp_avg, denom, value=step_size)
         self._gathered = False
 
@@ -277,10 +324,18 @@ def make_optimizer(params: Any, lr: float, weight_decay: float = 0.0,
     implementation, or with ``fused`` the fused kernel (one pass over all parameters per
     step, on CPU too; falls back to foreach where this torch build has none). The two
     round differently, so a training run is reproduced bit for bit only with the same
-    choice; foreach is the default every stored result was trained with. ``flat`` (not
-    with ``fused``): the same foreach Adam on one flat buffer (:class:`FlatAdam`, equal
-    to the bit, faster on small models; the parameters become views of its buffer)."""
+    choice; foreach is the default every stored result was trained with. ``flat``: the
+    same Adam on one flat buffer (:class:`FlatAdam`, equal to the bit, faster on small
+    models; the parameters become views of its buffer)."""
     params = list(params)
+    # the fused kernel treats a tensor's last (size mod vector width) values apart: on
+    # one flat buffer every parameter but the last must end on a multiple of it for the
+    # values of the per-parameter kernel (64: a multiple of every CPU vector width)
+    if fused and flat and all(p.numel() % 64 == 0 for p in params[:-1]):
+        try:
+            return FlatAdam(params, lr, weight_decay, fused=True)
+        except (RuntimeError, ValueError) as exc:  # mixed dtypes, or no fused kernel
+            log.info("no flat fused Adam (%s); using the per-parameter one", exc)
     if fused:
         try:
             return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
