@@ -12,11 +12,12 @@ import time
 import numpy as np
 import torch
 
+from worldplan.checkpoint import atomic_write_text
 from worldplan.envs.highway import Recording
 from worldplan.envs.highway.costs import masks_torch
 from worldplan.envs.highway.render import View
 from worldplan.experiments import highway_eval as he
-from worldplan.experiments.common import resolve_device, seed_everything
+from worldplan.experiments.common import resolve_device, save_figure, seed_everything
 from worldplan.experiments.highway_config import (
     METHODS,
     POLICY_METHODS,
@@ -27,6 +28,7 @@ from worldplan.experiments.highway_config import (
     policy_ncond,
 )
 from worldplan.experiments.highway_eval import HeldOut, eval_recording
+from worldplan.experiments.highway_figures import evaluation_figure
 from worldplan.experiments.highway_mpc import SceneCacheMPC
 from worldplan.experiments.highway_shared import (
     cost_fn,
@@ -181,7 +183,10 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
             results[method] = he.over_seeds(per_seed, per_seed_eps)
         run.update_metrics("evaluate", {method: results[method]})
     table = he.format_table(results)
-    (run.path / "evaluation.md").write_text(table + "\n")
+    atomic_write_text(run.path / "evaluation.md", table + "\n")
+    with run.optional_artefact("the evaluation figure"):
+        save_figure(evaluation_figure(results, f"{sum(len(h.cars) for h in sets)} held-out "
+                                      "cars"), run.figures / "evaluation.png")
     log.info("evaluation (%d held-out cars: %s):\n%s", sum(len(h.cars) for h in sets),
              ", ".join(f"{h.name} {len(h.cars)}" for h in sets), table)
 

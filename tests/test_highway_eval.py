@@ -244,3 +244,31 @@ def test_front_rear_proximity_sees_the_follower_behind_a_nearer_leader() -> None
     assert pfr(lead, state) == pytest.approx(pmax(lead, state).item())
     with pytest.raises(ValueError, match="proximity"):
         _cost_fn(view, 0.0, "sum")
+
+
+def test_evaluation_figure_stacks_every_outcome_with_the_success_interval() -> None:
+    from worldplan.experiments.common import figure_problems
+    from worldplan.experiments.highway_figures import OUTCOMES, evaluation_figure
+
+    def row(succ, front, rear, side, off, ci):
+        return {"success_rate": succ, "collision_front": front, "collision_rear": rear,
+                "collision_side": side, "offroad_rate": off,
+                "timeout_rate": 1.0 - succ - front - rear - side - off, "success_ci95": ci}
+
+    results = {"mpur": row(0.56, 0.28, 0.10, 0.05, 0.0, (0.51, 0.61)),
+               "no-action": row(0.012, 0.55, 0.42, 0.015, 0.003, (0.005, 0.031))}
+    fig = evaluation_figure(results)
+    ax = fig.axes[0]
+    bars = ax.patches
+    assert len(bars) == len(OUTCOMES) * len(results)
+    # the first outcome's bars are the success rates, the first method on top
+    assert [round(b.get_width(), 6) for b in bars[:2]] == [56.0, 1.2]
+    assert bars[0].get_y() > bars[1].get_y()
+    # each method's parts add up to all of its episodes
+    for i in range(len(results)):
+        assert sum(b.get_width() for b in bars[i::len(results)]) == pytest.approx(100.0)
+    whisker = ax.lines[0].get_xdata()
+    assert list(whisker) == pytest.approx([51.0, 61.0])
+    assert not figure_problems(fig)
+    with pytest.raises(ValueError, match="no evaluation rows"):
+        evaluation_figure({})

@@ -272,6 +272,7 @@ def test_quick_preset_runs_the_whole_pipeline(tmp_path) -> None:
     # the privileged driver (true replayed traffic) is the ceiling of the harness
     assert ev["idm"]["success_rate"] >= 0.7
     assert (run_dir / "evaluation.md").is_file()
+    assert (run_dir / "figures" / "evaluation.png").stat().st_size > 0
     c = metrics["collect"]
     assert 4.0 < c["traffic"]["mean_speed"] < 9.0
     assert c["action_extraction"]["with_smoothing"]["accel_rmse"] < \
