@@ -25,13 +25,15 @@ Every stage of every task runs in one skeleton (:func:`run_cli`):
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from worldplan.checkpoint import CheckpointError
+from worldplan.errors import UserError
 from worldplan.experiments.common import BriefNumbers, configure_progress, resolve_device
 from worldplan.experiments.config import (
     check_values,
@@ -43,17 +45,23 @@ from worldplan.experiments.config import (
     to_yaml,
 )
 from worldplan.experiments.plan import Plan
-from worldplan.experiments.runs import Run, RunError
+from worldplan.experiments.runs import Run
 from worldplan.experiments.summary import format_table, summary_rows
 from worldplan.experiments.tasks import STAGES, Task, UnknownNameError, available_tasks, load_task
 
 log = logging.getLogger("worldplan")
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CheckpointError, RunError)
+# Bad input is a UserError (worldplan/errors.py; CheckpointError, RunError, UsageError and
+# UnknownNameError are ones): one line and exit code 2. Anything else is a bug and shows
+# its traceback, however deep the ValueError or KeyError it raises.
+USER_ERRORS = (UserError,)
+# File-system conditions a user fixes (space, quota, permissions): one line naming the path
+# even outside the checks, like any OSError on a file of the run folder.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 COMMANDS = ("all", "show")
 
 
-class UsageError(ValueError):
+class UsageError(UserError):
     """A malformed command line."""
 
 
@@ -220,23 +228,33 @@ def run_cli(argv: list[str]) -> int:
     # -- everything is checked before anything is written --------------------------------
     path = _run_path(args)
     run: Run | None = None
-    if args.resume is not None or (path is not None and (path / "run.json").exists()):
-        run = Run.open(path, task.name)
-        Run.check_creatable(run.path)  # still writable
-        run.check_files()
-    else:
-        path = path or Run.default_path(task.name, args.preset or "default")
-        Run.check_creatable(path)
-    recorded = None
-    if run is not None and run.config_path.exists():
-        recorded = load_yaml(task.config_cls, run.config_path)
-    config = build_config(task, args, rest, recorded)
-    plan = Plan(task, stages, run, recorded, config, explicit=args.stage != "all")
+    try:  # judging the command line, the config and the run folder: what fails is input
+        if args.resume is not None or (path is not None and (path / "run.json").exists()):
+            run = Run.open(path, task.name)
+            Run.check_creatable(run.path)  # still writable
+            run.check_files()
+        else:
+            path = path or Run.default_path(task.name, args.preset or "default")
+            Run.check_creatable(path)
+        recorded = None
+        if run is not None and run.config_path.exists():
+            recorded = load_yaml(task.config_cls, run.config_path)
+        config = build_config(task, args, rest, recorded)
+        plan = Plan(task, stages, run, recorded, config, explicit=args.stage != "all")
+    except UserError:
+        raise
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    except OSError as exc:
+        raise UserError(_os_error_line(exc)) from exc
     # -- work -------------------------------------------------------------------------
     new_run = run is None
     created = _missing_parents(path) if new_run else []
     if run is None:
-        run = Run.create(path, task.name)
+        try:
+            run = Run.create(path, task.name)
+        except OSError as exc:  # the folder the user named cannot be made
+            raise UserError(_os_error_line(exc)) from exc
     log.info("run folder: %s", run.path)
     log.info("config:\n%s", to_yaml(config))
     if plan.write_config:
@@ -246,6 +264,8 @@ def run_cli(argv: list[str]) -> int:
     except BaseException as exc:
         if new_run and run.remove_if_empty(created):
             log.info("removed %s: the command left nothing in it", run.path)
+        if isinstance(exc, OSError) and _users_storage(exc, run.path):
+            raise UserError(_os_error_line(exc)) from exc
         if isinstance(exc, USER_ERRORS) and exc.args and isinstance(exc.args[0], str):
             exc.args = (_name_the_run(exc.args[0], run.path), *exc.args[1:])
         raise
@@ -311,6 +331,17 @@ def _settings_text(diff: dict) -> str:
     return ", ".join(f"{k}={b}" for k, (_a, b) in sorted(diff.items()))
 
 
+def _users_storage(exc: OSError, run_path: Path) -> bool:
+    """Is ``exc`` about the user's storage (no space, no permission) or a file of the run
+    folder (a missing or unreadable input)? Other OSErrors, like a missing file the
+    package itself should hold, are bugs."""
+    if exc.errno in _STORAGE_ERRNOS:
+        return True
+    names = [n for n in (exc.filename, exc.filename2) if n is not None]
+    root = run_path.resolve()
+    return any(Path(os.fsdecode(n)).resolve().is_relative_to(root) for n in names)
+
+
 def _os_error_line(exc: OSError) -> str:
     where = f": {exc.filename}" if exc.filename else ""
     return f"{exc.strerror or exc}{where}"
@@ -330,13 +361,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if _caused_by_interrupt(exc):
             code = _interrupted()
-        elif debug or not isinstance(exc, (*USER_ERRORS, OSError)):
+        elif debug or not isinstance(exc, USER_ERRORS):
             raise
-        elif isinstance(exc, USER_ERRORS):
+        else:
             print(f"worldplan: error: {exc}", file=sys.stderr)
-            code = 2
-        else:  # unwritable or unreadable folders and files: name the path
-            print(f"worldplan: error: {_os_error_line(exc)}", file=sys.stderr)
             code = 2
     except KeyboardInterrupt:
         code = _interrupted()

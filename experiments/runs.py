@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from worldplan.checkpoint import atomic_write_text, current_umask
+from worldplan.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ STAGES_DIR = "stages"
 BOOKKEEPING = (RUN_MARKER, "config.yaml")
 
 
-class RunError(ValueError):
+class RunError(UserError):
     """A run folder that cannot be used as asked."""
 
 
