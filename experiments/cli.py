@@ -290,6 +290,10 @@ def _run_stages(task: Task, config: Any, run: Run, plan: Plan) -> None:
         log.info("== %s %s: made with the earlier settings; it will run again ==", task.name,
                  stage)
         run.forget_stage(stage)
+    for record in plan.forget_records:
+        log.info("== %s %s: made with the earlier settings; its metrics move to "
+                 "%s-earlier ==", task.name, record, record)
+        run.forget_stage(record)
     for stage, record, action in plan.steps:
         if action == "skip":
             info = run.stage_info(stage)

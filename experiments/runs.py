@@ -267,6 +267,14 @@ class Run:
         self._written, self._replace = set(), replace
         return started
 
+    def records_done(self) -> list[str]:
+        """The records with a ``done`` marker: stages and extra evaluation records
+        (``evaluate-seed7``; record names may hold dots)."""
+        folder = self.path / STAGES_DIR
+        suffix = ".done.json"
+        return sorted(p.name[:-len(suffix)] for p in folder.glob(f"*{suffix}")) \
+            if folder.is_dir() else []
+
     def stage_sections(self, record: str) -> list[str]:
         """The metrics.json sections the completed stage ``record`` wrote, per its ``done``
         marker (``[record]`` for a marker that does not list them)."""
