@@ -25,6 +25,7 @@ Every stage of every task runs in one skeleton (:func:`run_cli`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -362,6 +363,11 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     try:
         code = run_cli(argv)
+    except BrokenPipeError:
+        # the reader of our output went away (`worldplan truck all --help | head`): not an
+        # error of the command; stop writing to the closed pipe, quietly
+        _silence_stdout()
+        code = 1
     except Exception as exc:
         if _caused_by_interrupt(exc):
             code = _interrupted()
@@ -373,6 +379,13 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = _interrupted()
     sys.exit(code)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush cannot raise again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _caused_by_interrupt(exc: BaseException) -> bool:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +176,17 @@ def test_a_bad_value_in_the_config_checks_is_one_line(tmp_path, capsys):
                           "--process-noise", "-1"], capsys)
     assert code == 2 and "process_noise must be positive" in error_line(err)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path) -> None:
+    """``worldplan truck all --help | head -1``: stdout closes early; the command stops
+    quietly (no traceback, no error line)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "worldplan", "truck", "all", "--help"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # no reader: every write fails with EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "worldplan: error" not in err, err
