@@ -25,16 +25,19 @@ Every stage of every task runs in one skeleton (:func:`run_cli`):
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
 import logging
-import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from worldplan.errors import UserError
+from worldplan.errors import (
+    UserError,
+    about_users_files,
+    caused_by_interrupt,
+    os_error_line,
+    silence_stdout,
+)
 from worldplan.experiments.common import BriefNumbers, configure_progress, resolve_device
 from worldplan.experiments.config import (
     check_values,
@@ -56,9 +59,6 @@ log = logging.getLogger("worldplan")
 # UnknownNameError are ones): one line and exit code 2. Anything else is a bug and shows
 # its traceback, however deep the ValueError or KeyError it raises.
 USER_ERRORS = (UserError,)
-# File-system conditions a user fixes (space, quota, permissions): one line naming the path
-# even outside the checks, like any OSError on a file of the run folder.
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 COMMANDS = ("all", "show")
 
 
@@ -247,7 +247,7 @@ def run_cli(argv: list[str]) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     except OSError as exc:
-        raise UserError(_os_error_line(exc)) from exc
+        raise UserError(os_error_line(exc)) from exc
     # -- work -------------------------------------------------------------------------
     new_run = run is None
     created = _missing_parents(path) if new_run else []
@@ -255,7 +255,7 @@ def run_cli(argv: list[str]) -> int:
         try:
             run = Run.create(path, task.name)
         except OSError as exc:  # the folder the user named cannot be made
-            raise UserError(_os_error_line(exc)) from exc
+            raise UserError(os_error_line(exc)) from exc
     log.info("run folder: %s", run.path)
     log.info("config:\n%s", to_yaml(config))
     if plan.write_config:
@@ -265,8 +265,8 @@ def run_cli(argv: list[str]) -> int:
     except BaseException as exc:
         if new_run and run.remove_if_empty(created):
             log.info("removed %s: the command left nothing in it", run.path)
-        if isinstance(exc, OSError) and _users_storage(exc, run.path):
-            raise UserError(_os_error_line(exc)) from exc
+        if isinstance(exc, OSError) and about_users_files(exc, run.path):
+            raise UserError(os_error_line(exc)) from exc
         if isinstance(exc, USER_ERRORS) and exc.args and isinstance(exc.args[0], str):
             exc.args = (_name_the_run(exc.args[0], run.path), *exc.args[1:])
         raise
@@ -336,22 +336,6 @@ def _settings_text(diff: dict) -> str:
     return ", ".join(f"{k}={b}" for k, (_a, b) in sorted(diff.items()))
 
 
-def _users_storage(exc: OSError, run_path: Path) -> bool:
-    """Is ``exc`` about the user's storage (no space, no permission) or a file of the run
-    folder (a missing or unreadable input)? Other OSErrors, like a missing file the
-    package itself should hold, are bugs."""
-    if exc.errno in _STORAGE_ERRNOS:
-        return True
-    names = [n for n in (exc.filename, exc.filename2) if n is not None]
-    root = run_path.resolve()
-    return any(Path(os.fsdecode(n)).resolve().is_relative_to(root) for n in names)
-
-
-def _os_error_line(exc: OSError) -> str:
-    where = f": {exc.filename}" if exc.filename else ""
-    return f"{exc.strerror or exc}{where}"
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
@@ -366,10 +350,10 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         # the reader of our output went away (`worldplan truck all --help | head`): not an
         # error of the command; stop writing to the closed pipe, quietly
-        _silence_stdout()
+        silence_stdout()
         code = 1
     except Exception as exc:
-        if _caused_by_interrupt(exc):
+        if caused_by_interrupt(exc):
             code = _interrupted()
         elif debug or not isinstance(exc, USER_ERRORS):
             raise
@@ -379,27 +363,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = _interrupted()
     sys.exit(code)
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so that the interpreter's final flush cannot raise again."""
-    with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-
-
-def _caused_by_interrupt(exc: BaseException) -> bool:
-    """Was ``exc`` raised while handling a Ctrl-C? A KeyboardInterrupt that lands inside an
-    import (torch imports some modules lazily, mid-training) surfaces as another error whose
-    cause or context is the interrupt."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, KeyboardInterrupt):
-            return True
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return False
 
 
 def _interrupted() -> int:
