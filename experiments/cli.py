@@ -31,7 +31,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from worldplan.checkpoint import CheckpointError
+from worldplan.errors import (
+    UserError,
+    about_users_files,
+    caused_by_interrupt,
+    os_error_line,
+    silence_stdout,
+)
 from worldplan.experiments.common import BriefNumbers, configure_progress, resolve_device
 from worldplan.experiments.config import (
     check_values,
@@ -43,17 +49,20 @@ from worldplan.experiments.config import (
     to_yaml,
 )
 from worldplan.experiments.plan import Plan
-from worldplan.experiments.runs import Run, RunError
+from worldplan.experiments.runs import Run
 from worldplan.experiments.summary import format_table, summary_rows
 from worldplan.experiments.tasks import STAGES, Task, UnknownNameError, available_tasks, load_task
 
 log = logging.getLogger("worldplan")
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CheckpointError, RunError)
+# Bad input is a UserError (worldplan/errors.py; CheckpointError, RunError, UsageError and
+# UnknownNameError are ones): one line and exit code 2. Anything else is a bug and shows
+# its traceback, however deep the ValueError or KeyError it raises.
+USER_ERRORS = (UserError,)
 COMMANDS = ("all", "show")
 
 
-class UsageError(ValueError):
+class UsageError(UserError):
     """A malformed command line."""
 
 
@@ -220,23 +229,33 @@ def run_cli(argv: list[str]) -> int:
     # -- everything is checked before anything is written --------------------------------
     path = _run_path(args)
     run: Run | None = None
-    if args.resume is not None or (path is not None and (path / "run.json").exists()):
-        run = Run.open(path, task.name)
-        Run.check_creatable(run.path)  # still writable
-        run.check_files()
-    else:
-        path = path or Run.default_path(task.name, args.preset or "default")
-        Run.check_creatable(path)
-    recorded = None
-    if run is not None and run.config_path.exists():
-        recorded = load_yaml(task.config_cls, run.config_path)
-    config = build_config(task, args, rest, recorded)
-    plan = Plan(task, stages, run, recorded, config, explicit=args.stage != "all")
+    try:  # judging the command line, the config and the run folder: what fails is input
+        if args.resume is not None or (path is not None and (path / "run.json").exists()):
+            run = Run.open(path, task.name)
+            Run.check_creatable(run.path)  # still writable
+            run.check_files()
+        else:
+            path = path or Run.default_path(task.name, args.preset or "default")
+            Run.check_creatable(path)
+        recorded = None
+        if run is not None and run.config_path.exists():
+            recorded = load_yaml(task.config_cls, run.config_path)
+        config = build_config(task, args, rest, recorded)
+        plan = Plan(task, stages, run, recorded, config, explicit=args.stage != "all")
+    except UserError:
+        raise
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    except OSError as exc:
+        raise UserError(os_error_line(exc)) from exc
     # -- work -------------------------------------------------------------------------
     new_run = run is None
     created = _missing_parents(path) if new_run else []
     if run is None:
-        run = Run.create(path, task.name)
+        try:
+            run = Run.create(path, task.name)
+        except OSError as exc:  # the folder the user named cannot be made
+            raise UserError(os_error_line(exc)) from exc
     log.info("run folder: %s", run.path)
     log.info("config:\n%s", to_yaml(config))
     if plan.write_config:
@@ -246,6 +265,8 @@ def run_cli(argv: list[str]) -> int:
     except BaseException as exc:
         if new_run and run.remove_if_empty(created):
             log.info("removed %s: the command left nothing in it", run.path)
+        if isinstance(exc, OSError) and about_users_files(exc, run.path):
+            raise UserError(os_error_line(exc)) from exc
         if isinstance(exc, USER_ERRORS) and exc.args and isinstance(exc.args[0], str):
             exc.args = (_name_the_run(exc.args[0], run.path), *exc.args[1:])
         raise
@@ -270,6 +291,10 @@ def _run_stages(task: Task, config: Any, run: Run, plan: Plan) -> None:
         log.info("== %s %s: made with the earlier settings; it will run again ==", task.name,
                  stage)
         run.forget_stage(stage)
+    for record in plan.forget_records:
+        log.info("== %s %s: made with the earlier settings; its metrics move to "
+                 "%s-earlier ==", task.name, record, record)
+        run.forget_stage(record)
     for stage, record, action in plan.steps:
         if action == "skip":
             info = run.stage_info(stage)
@@ -311,11 +336,6 @@ def _settings_text(diff: dict) -> str:
     return ", ".join(f"{k}={b}" for k, (_a, b) in sorted(diff.items()))
 
 
-def _os_error_line(exc: OSError) -> str:
-    where = f": {exc.filename}" if exc.filename else ""
-    return f"{exc.strerror or exc}{where}"
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
@@ -327,34 +347,22 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     try:
         code = run_cli(argv)
+    except BrokenPipeError:
+        # the reader of our output went away (`worldplan truck all --help | head`): not an
+        # error of the command; stop writing to the closed pipe, quietly
+        silence_stdout()
+        code = 1
     except Exception as exc:
-        if _caused_by_interrupt(exc):
+        if caused_by_interrupt(exc):
             code = _interrupted()
-        elif debug or not isinstance(exc, (*USER_ERRORS, OSError)):
+        elif debug or not isinstance(exc, USER_ERRORS):
             raise
-        elif isinstance(exc, USER_ERRORS):
+        else:
             print(f"worldplan: error: {exc}", file=sys.stderr)
-            code = 2
-        else:  # unwritable or unreadable folders and files: name the path
-            print(f"worldplan: error: {_os_error_line(exc)}", file=sys.stderr)
             code = 2
     except KeyboardInterrupt:
         code = _interrupted()
     sys.exit(code)
-
-
-def _caused_by_interrupt(exc: BaseException) -> bool:
-    """Was ``exc`` raised while handling a Ctrl-C? A KeyboardInterrupt that lands inside an
-    import (torch imports some modules lazily, mid-training) surfaces as another error whose
-    cause or context is the interrupt."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, KeyboardInterrupt):
-            return True
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return False
 
 
 def _interrupted() -> int:

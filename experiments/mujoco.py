@@ -49,6 +49,7 @@ from worldplan.envs.gym_tasks import (  # noqa: E402
     make_task_model,
     make_vector_env,  # noqa: E402
 )
+from worldplan.errors import UserError  # noqa: E402
 from worldplan.experiments.common import (  # noqa: E402
     resolve_device,
     save_figure,
@@ -208,7 +209,7 @@ def train_world_model(config: MujocoConfig, episodes: list[dict[str, np.ndarray]
 def load_world_model(run: Run, device: torch.device):
     path = run.checkpoints / "model.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"no trained model at {path}; run `worldplan mujoco "
+        raise UserError(f"no trained model at {path}; run `worldplan mujoco "
                                 "train-model` first (or use --model true)")
     return load_model(path, device=device)
 
@@ -227,7 +228,7 @@ def make_planner(config: MujocoConfig, run: Run | None, device: torch.device,
         dynamics, latent, uncertainty = model_dynamics(model.to(device))
     terminal = None
     if settings.terminal == "lqr" and latent and not auto:
-        raise ValueError("mpc.terminal=lqr needs a model without a latent (not the cVAE)")
+        raise UserError("mpc.terminal=lqr needs a model without a latent (not the cVAE)")
     if settings.terminal == "lqr" and not latent:
         terminal = lqr_terminal_cost(dynamics, tm, settings.terminal_r, device)
     return build_planner(config.planner, dynamics, tm, settings, tm.planning, config.seed,
@@ -293,7 +294,7 @@ def save_episodes(path: Path, episodes: list[dict[str, np.ndarray]]) -> None:
 
 def load_episodes(path: Path) -> list[dict[str, np.ndarray]]:
     if not path.is_file():
-        raise FileNotFoundError(f"no collected data at {path}; run `worldplan mujoco collect`")
+        raise UserError(f"no collected data at {path}; run `worldplan mujoco collect`")
     with np.load(path) as data:
         lengths, states, actions, costs = (data[k] for k in ("lengths", "states", "actions",
                                                              "costs"))

@@ -32,6 +32,8 @@ class Plan:
         # stage -> the changed settings it runs again with (recorded in its marker)
         self.changed: dict[str, dict[str, tuple[Any, Any]]] = {}
         self.forget: list[str] = []  # completed later stages that the change makes stale
+        # extra evaluation records (``evaluate-seed7``) made with what the change replaces
+        self.forget_records: list[str] = []
         adopt = bool(diff and started and task.sections) and _check_changes(
             task, stages, run, diff)
         if adopt:
@@ -67,6 +69,11 @@ class Plan:
                            and run.stage_state(s) in ("done", "interrupted")
                            and (any(s in task.readers(k) for k in diff) or (
                                rerun_from is not None and order.index(s) > rerun_from))]
+            # a record of a stage that runs again or is forgotten evaluated the earlier
+            # models (or settings): no table may show it beside the new results
+            again = set(self.forget) | set(self.changed)
+            self.forget_records = [r for r in run.records_done() if r not in task.stages
+                                   and any(r.startswith(f"{s}-") for s in again)]
         if making_to_run and diff and started and not adopt:
             changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items())[:4])
             raise RunError(

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from worldplan.checkpoint import atomic_write_text, current_umask
+from worldplan.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ STAGES_DIR = "stages"
 BOOKKEEPING = (RUN_MARKER, "config.yaml")
 
 
-class RunError(ValueError):
+class RunError(UserError):
     """A run folder that cannot be used as asked."""
 
 
@@ -265,6 +266,14 @@ class Run:
         atomic_write_text(self._marker(record, "started"), json.dumps(started, indent=1) + "\n")
         self._written, self._replace = set(), replace
         return started
+
+    def records_done(self) -> list[str]:
+        """The records with a ``done`` marker: stages and extra evaluation records
+        (``evaluate-seed7``; record names may hold dots)."""
+        folder = self.path / STAGES_DIR
+        suffix = ".done.json"
+        return sorted(p.name[:-len(suffix)] for p in folder.glob(f"*{suffix}")) \
+            if folder.is_dir() else []
 
     def stage_sections(self, record: str) -> list[str]:
         """The metrics.json sections the completed stage ``record`` wrote, per its ``done``

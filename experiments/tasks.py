@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from worldplan.errors import UserError
 from worldplan.experiments.runs import Run
 
 STAGES = ("collect", "train-model", "train-policy", "evaluate")
@@ -83,8 +84,8 @@ class Task:
         return stage != "evaluate"
 
 
-class UnknownNameError(ValueError):
-    pass
+class UnknownNameError(UserError):
+    """An unknown task, stage or preset name."""
 
 
 def available_tasks() -> list[str]:

@@ -34,6 +34,7 @@ from worldplan.envs.truck import (
     step_np,
 )
 from worldplan.envs.truck.kinematics import at_wall, hitch_angle, in_yard
+from worldplan.errors import UserError
 from worldplan.experiments import truck_figures as figures
 from worldplan.experiments.common import resolve_device, seed_everything
 from worldplan.experiments.runs import Run
@@ -183,10 +184,10 @@ def stage_collect(cfg: TruckConfig, run: Run) -> None:
 def _load_data(run: Run):
 
     if not (run.data / "manifest.json").exists():
-        raise FileNotFoundError(f"no data set in {run.data}: run `worldplan truck collect` first")
+        raise UserError(f"no data set in {run.data}: run `worldplan truck collect` first")
     data = load_dataset(run.data)
     if data.manifest.get("task") != DATASET_TASK:
-        raise ValueError(f"data set {run.data} was made for task {data.manifest.get('task')!r}, "
+        raise UserError(f"data set {run.data} was made for task {data.manifest.get('task')!r}, "
                          f"not {DATASET_TASK!r}")
     return data
 
@@ -203,10 +204,10 @@ def load_emulator(run: Run, device: torch.device):
 
     path = emulator_dir(run) / "best.pt"
     if not path.exists():
-        raise FileNotFoundError(f"no emulator at {path}: run `worldplan truck train-model` first")
+        raise UserError(f"no emulator at {path}: run `worldplan truck train-model` first")
     model = load_model(path, device)
     if (model.state_dim, model.action_dim) != (4, 1):
-        raise ValueError(f"{path} is a model of {model.state_dim}-D states and "
+        raise UserError(f"{path} is a model of {model.state_dim}-D states and "
                          f"{model.action_dim}-D actions, not the truck's 4 and 1")
     for prm in model.parameters():
         prm.requires_grad_(False)
@@ -225,7 +226,7 @@ def horizon_errors(model, data, horizon: int) -> dict[str, np.ndarray]:
             actions.append(a[t:t + horizon])
             targets.append(s[t + 1:t + horizon + 1])
     if not contexts:
-        raise ValueError(f"no test episode is {horizon} steps long; collect longer episodes")
+        raise UserError(f"no test episode is {horizon} steps long; collect longer episodes")
     with torch.no_grad():
         pred = model.rollout(torch.as_tensor(np.stack(contexts))[:, None],
                              torch.as_tensor(np.stack(actions))).numpy()
@@ -399,7 +400,7 @@ def stage_evaluate(cfg: TruckConfig, run: Run) -> None:
         if policy_path(run, source).exists():
             controllers[f"bptt_{source}"] = torch_controller(load_policy(run, source, cfg))
     if not controllers:
-        raise FileNotFoundError(
+        raise UserError(
             f"no policy in {run.checkpoints}: run `worldplan truck train-policy`")
     emulator = load_emulator(run, torch.device("cpu")) if cfg.mpc.enabled else None
     # inputs loaded; now this record's figures and video go (the controller they show, the

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +14,10 @@ import torch
 import yaml
 
 from worldplan.checkpoint import save_checkpoint
+from worldplan.errors import UserError
 from worldplan.experiments.cli import main
 from worldplan.experiments.runs import Run
+from worldplan.experiments.tasks import load_task
 
 
 def run_main(args: list[str], capsys) -> tuple[int, str]:
@@ -125,3 +131,62 @@ def test_a_bug_shows_its_traceback(monkeypatch):
     monkeypatch.setattr("worldplan.experiments.cli.run_cli", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["truck", "all"])
+
+
+@pytest.mark.parametrize("bug", [
+    ValueError("matmul: size 4 is different from 3"),  # the error a shape bug raises
+    KeyError("missing"),
+    FileNotFoundError(2, "No such file or directory", "/nonexistent/package/asset.bin"),
+])
+def test_an_error_inside_a_stage_that_is_not_bad_input_shows_its_traceback(
+        bug, tmp_path, monkeypatch, capsys):
+    """Only a UserError is reported in one line: a ValueError from deep inside a stage is
+    a bug, and so is a missing file outside the run folder."""
+    def stage(config, run):
+        raise bug
+
+    monkeypatch.setitem(load_task("filters").stages, "evaluate", stage)
+    with pytest.raises(type(bug)):
+        main(["filters", "evaluate", "--preset", "quick", "--run", str(tmp_path / "r")])
+    assert "worldplan: error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("raised, message", [
+    (UserError("data set d was made for task 'x'"), "made for task 'x'"),
+    (None, "No such file or directory"),  # an input missing from the run folder
+    (PermissionError(13, "Permission denied", "/elsewhere/out.png"), "Permission denied"),
+])
+def test_bad_input_inside_a_stage_is_one_line(raised, message, tmp_path, monkeypatch,
+                                              capsys):
+    def stage(config, run):
+        if raised is None:
+            open(run.path / "data" / "missing.npz", "rb")
+        raise raised
+
+    monkeypatch.setitem(load_task("filters").stages, "evaluate", stage)
+    code, err = run_main(["filters", "evaluate", "--preset", "quick", "--run",
+                          str(tmp_path / "r")], capsys)
+    assert code == 2 and message in error_line(err)
+
+
+def test_a_bad_value_in_the_config_checks_is_one_line(tmp_path, capsys):
+    """The checks before any stage judge the input: the plain ValueError of a task's
+    ``validate`` is bad input, and no run folder is left behind."""
+    code, err = run_main(["filters", "evaluate", "--run", str(tmp_path / "r"),
+                          "--process-noise", "-1"], capsys)
+    assert code == 2 and "process_noise must be positive" in error_line(err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path) -> None:
+    """``worldplan truck all --help | head -1``: stdout closes early; the command stops
+    quietly (no traceback, no error line)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "worldplan", "truck", "all", "--help"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # no reader: every write fails with EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "worldplan: error" not in err, err

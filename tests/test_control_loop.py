@@ -153,8 +153,10 @@ def test_bad_arguments_are_one_line_errors(kwargs, message) -> None:
 
 
 # ------------------------------------------------------------------------------ users
-# What each user gave with its own loop before it moved onto run_episodes (recorded on the
-# same machine): equal here to the last bit.
+# What each user gave with its own loop (recorded numbers). Counts and outcomes are exact;
+# sums of floats are compared to rounding: float64 sums to 1e-12 relative, float32 planning
+# to 1e-6, because BLAS and torch kernels round differently on other CPUs (on an AVX-512
+# EPYC the truck's LQR sum differs in the 15th digit, MPPI's returns in the 8th).
 
 def test_truck_simulate_gives_the_numbers_of_its_own_loop() -> None:
     from worldplan.envs.truck import TruckTaskModel, simulate
@@ -176,7 +178,9 @@ def test_truck_simulate_gives_the_numbers_of_its_own_loop() -> None:
             got = (m["success_rate"], m["strict_success_rate"], int(r.steps.sum()),
                    float(r.final.sum()), float(r.trajectory.sum()),
                    np.bincount(r.outcome, minlength=5).tolist())
-            assert got == expected[name], (name, full_batch)
+            want = expected[name]
+            assert got[:3] == want[:3] and got[5] == want[5], (name, full_batch)
+            assert got[3:5] == pytest.approx(want[3:5], rel=1e-12, abs=0), (name, full_batch)
             assert r.trajectory.flags["C_CONTIGUOUS"]
             assert (r.trajectory[:, 0] == starts).all()
     cut = simulate(starts, CascadeController(p), p, max_steps=20)
@@ -196,10 +200,11 @@ def test_mpc_controller_gives_the_numbers_of_its_own_loop() -> None:
     res = RecedingHorizonController(planner).run(venv, seed=5, max_steps=25, progress=False,
                                                  record=True)
     venv.close()
-    assert res.returns.tolist() == [-139.53765125091587, -8.115613086816138,
-                                    -121.9186301365056]
+    assert res.returns.tolist() == pytest.approx([-139.53765125091587, -8.115613086816138,
+                                                  -121.9186301365056], rel=1e-6, abs=0)
     assert res.lengths.tolist() == [25, 25, 25] and len(res.plan_ms) == 25
-    assert float(res.transitions["action"].astype(np.float64).sum()) == -17.27705780044198
+    assert float(res.transitions["action"].astype(np.float64).sum()) == pytest.approx(
+        -17.27705780044198, rel=1e-6, abs=0)
     assert res.transitions["obs"].shape == (75, 3)
 
 

@@ -96,3 +96,38 @@ def test_checker_catches_a_violation(tmp_path: Path) -> None:
     (tmp_path / "planners" / "fine.py").write_text(
         "from worldplan.envs.interface import TaskModel\nfrom worldplan.filters import KF\n")
     assert layering_violations(tmp_path) == {("planners.bad", "envs.truck")}
+
+
+def bare_imports(root: Path = ROOT, folders: tuple[str, ...] = (
+        *PACKAGES, "worldplan", "tests", "benchmarks")) -> list[str]:
+    """``file:line name`` of each import of a subpackage by its bare folder name
+    (``import envs.highway``) or by a relative path (``from ..envs import x``). Both work in
+    a source checkout but escape the layering check above, and the bare one breaks the
+    installed distribution, where only ``worldplan.<package>`` exists."""
+    found = []
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.ImportFrom):
+                    names = ["." * node.level + (node.module or "")]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    continue
+                for name in names:
+                    if name.startswith(".") or name.split(".")[0] in PACKAGES:
+                        found.append(f"{path.relative_to(root)}:{node.lineno} {name}")
+    return found
+
+
+def test_every_project_import_goes_through_worldplan() -> None:
+    bad = bare_imports()
+    assert not bad, ("import these as worldplan.<package>...:\n  " + "\n  ".join(bad))
+
+
+def test_bare_and_relative_imports_are_caught(tmp_path: Path) -> None:
+    (tmp_path / "planners").mkdir()
+    (tmp_path / "planners" / "bad.py").write_text(
+        "import envs.highway\nfrom ..envs import maps\nfrom worldplan.envs import maps\n")
+    assert bare_imports(tmp_path, ("planners",)) == [
+        "planners/bad.py:1 envs.highway", "planners/bad.py:2 ..envs"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from worldplan.errors import UserError
 from worldplan.experiments.mujoco import (
     TASK,
     LoopSettings,
@@ -79,7 +80,7 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         TASK.stages["evaluate"](tiny(env="CartPole-v1"), run)
     with pytest.raises(ValueError, match="closed-form"):
         TASK.stages["evaluate"](tiny(env="Reacher-v5", model="true"), run)
-    with pytest.raises(FileNotFoundError, match="train-model"):
+    with pytest.raises(UserError, match="train-model"):
         TASK.stages["evaluate"](tiny(env="Reacher-v5", model="ensemble"), run)
 
 

@@ -187,3 +187,21 @@ def test_sections_must_name_the_task_s_stages() -> None:
     assert _task().readers("policy.seeds") == ["train-policy", "evaluate"]
     assert _task().readers("policy.lr") == ["train-policy"]
     assert _task().readers("seed") == ["collect", "train-model", "train-policy", "evaluate"]
+
+
+def test_an_evaluation_record_of_earlier_models_is_set_aside_too(done, monkeypatch,
+                                                                 capsys) -> None:
+    """An extra evaluation record (other evaluation settings) was made with the run's
+    policies: when they are trained again with new settings, it is no longer complete and
+    its metrics move to ``<record>-earlier``, like the run's own evaluation."""
+    assert _cli(monkeypatch, capsys, "evaluate", "--run", str(done), "--seed", "7")[0] == 0
+    assert (done / "stages" / "evaluate-seed7.done.json").exists()
+    code, err = _cli(monkeypatch, capsys, "train-policy", "--run", str(done),
+                     "--policy.lr", "0.5")
+    assert code == 0, err
+    metrics = json.loads((done / "metrics.json").read_text())
+    assert "evaluate-seed7" not in metrics and "evaluate-seed7-earlier" in metrics
+    assert not (done / "stages" / "evaluate-seed7.done.json").exists()
+    # evaluating with the new policies makes the record again
+    assert _cli(monkeypatch, capsys, "evaluate", "--run", str(done), "--seed", "7")[0] == 0
+    assert "evaluate-seed7" in json.loads((done / "metrics.json").read_text())

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldplan.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DATASET_SCHEMA = 1
@@ -39,7 +41,7 @@ SPLITS = ("train", "val", "test")
 STAT_KEYS = ("state_mean", "state_std", "action_mean", "action_std", "delta_mean", "delta_std")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A data set folder that is missing, malformed or holds non-finite values."""
 
 

@@ -16,10 +16,12 @@ from typing import Any
 
 import torch
 
+from worldplan.errors import UserError
+
 CHECKPOINT_SCHEMA = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, or does not match what the caller expects."""
 
 
