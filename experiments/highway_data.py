@@ -19,6 +19,7 @@ from worldplan.envs.highway.episodes import build_episodes, headings_from_veloci
 from worldplan.envs.highway.kinematics import actions_from_states, states_from_tracks
 from worldplan.envs.highway.render import View
 from worldplan.envs.highway.traffic import TrafficConfig
+from worldplan.errors import UserError
 from worldplan.experiments.common import resolve_device, save_figure, seed_everything
 from worldplan.experiments.highway_config import (
     DATASET_TASK,
@@ -125,8 +126,8 @@ def collect(config: HighwayConfig, run: Run) -> None:
 
     cars = rec.complete_cars()[: c.max_cars]
     if len(cars) < 10:
-        raise ValueError(f"only {len(cars)} cars crossed the whole road; record longer "
-                         f"(collect.record_seconds = {c.record_seconds})")
+        raise UserError(f"only {len(cars)} cars crossed the whole road; record longer "
+                        f"(collect.record_seconds = {c.record_seconds})")
     sigma = (c.noise_long, c.noise_lat)
     detections = tracker_noise(rec.pos, rec.valid, sigma, rng)
     t0 = time.perf_counter()
@@ -256,7 +257,7 @@ def train_model_stage(config: HighwayConfig, run: Run) -> None:
 
     m = config.model
     if m.z_dim < 1:
-        raise ValueError(f"model.z_dim must be >= 1 for the stochastic model, got {m.z_dim}")
+        raise UserError(f"model.z_dim must be >= 1 for the stochastic model, got {m.z_dim}")
     ds = open_dataset(run)
     device = resolve_device(config.device)
     seed_everything(config.seed)

@@ -35,6 +35,7 @@ from worldplan.envs.highway.costs import CostConfig
 from worldplan.envs.highway.render import View
 from worldplan.envs.highway.replay import COLLISION, HITS, OFFROAD, SUCCESS, TIMEOUT, ReplayBatch
 from worldplan.envs.highway.traffic import TrafficConfig
+from worldplan.errors import UserError
 from worldplan.experiments.video import write_video as shared_write_video
 from worldplan.planners.control_loop import Transition, run_episodes
 
@@ -79,8 +80,8 @@ def eval_recording(seed: int, seconds: float, warmup: float, max_cars: int,
         rec.save(path)
     cars = rec.complete_cars()[:max_cars]
     if len(cars) == 0:
-        raise ValueError(f"evaluation recording seed {seed} ({rec.steps * rec.dt:.0f} s) holds "
-                         "no held-out car: none crosses the whole road; record longer")
+        raise UserError(f"evaluation recording seed {seed} ({rec.steps * rec.dt:.0f} s) holds "
+                        "no held-out car: none crosses the whole road; record longer")
     starts = np.array([rec.span(int(c))[0] for c in cars])
     return HeldOut(f"seed{seed}", rec, cars, starts)
 

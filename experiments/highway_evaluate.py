@@ -16,6 +16,7 @@ from worldplan.checkpoint import atomic_write_text
 from worldplan.envs.highway import Recording
 from worldplan.envs.highway.costs import masks_torch
 from worldplan.envs.highway.render import View
+from worldplan.errors import UserError
 from worldplan.experiments import highway_eval as he
 from worldplan.experiments.common import resolve_device, save_figure, seed_everything
 from worldplan.experiments.highway_config import (
@@ -57,21 +58,21 @@ def _held_out_sets(config: HighwayConfig, run: Run, ds, rec: Recording):
     used = {config.seed}
     bad = [s for s in ev.eval_seeds if s in used]
     if bad or len(set(ev.eval_seeds)) != len(ev.eval_seeds):
-        raise ValueError(f"evaluate.eval_seeds must be distinct and differ from the training "
-                         f"seed {config.seed}, got {list(ev.eval_seeds)}")
+        raise UserError(f"evaluate.eval_seeds must be distinct and differ from the training "
+                        f"seed {config.seed}, got {list(ev.eval_seeds)}")
     sets = []
     if ev.test_split:
         meta = ds.manifest["generator"]["config"]
         ids = recorded_ids(ds, "test")
         if not ids:
-            raise ValueError(f"data set {ds.path} has no test episodes")
+            raise UserError(f"data set {ds.path} has no test episodes")
         sets.append(HeldOut("test", rec, np.array([meta["car_ids"][i] for i in ids]),
                             np.array([meta["start_steps"][i] for i in ids])))
     for seed in ev.eval_seeds:
         sets.append(eval_recording(seed, ev.eval_record_seconds, ev.eval_warmup_seconds,
                                    ev.eval_cars, run.data))
     if not sets:
-        raise ValueError("no held-out cars: set evaluate.test_split or evaluate.eval_seeds")
+        raise UserError("no held-out cars: set evaluate.test_split or evaluate.eval_seeds")
     if config.episodes > 0:
         sets = [HeldOut(h.name, h.rec, h.cars[:config.episodes], h.starts[:config.episodes])
                 for h in sets]
@@ -86,8 +87,8 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
     ev = config.evaluate
     check_methods(tuple(ev.methods), METHODS, "evaluate.methods")
     if ev.ncond < 1 or ev.max_steps < 1:
-        raise ValueError(f"evaluate.ncond and evaluate.max_steps must be >= 1, got "
-                         f"{ev.ncond}, {ev.max_steps}")
+        raise UserError(f"evaluate.ncond and evaluate.max_steps must be >= 1, got "
+                        f"{ev.ncond}, {ev.max_steps}")
     ds = open_dataset(run)
     device = resolve_device(config.device)
     # load everything first so that a missing checkpoint fails before any episode runs

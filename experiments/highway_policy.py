@@ -13,6 +13,7 @@ import torch
 
 from worldplan.checkpoint import load_checkpoint, save_checkpoint
 from worldplan.envs.highway.render import View
+from worldplan.errors import UserError
 from worldplan.experiments.common import resolve_device, seed_everything
 from worldplan.experiments.highway_config import (
     DATASET_TASK,
@@ -80,8 +81,8 @@ def _check_start_policies(config: HighwayConfig, run: Run, ds, ncond: int) -> No
         return
     for seed in p.seeds:
         if start != "imitation" and not policy_path(run, start, seed).is_file():
-            raise ValueError(f"policy.init_from {start!r}: no such policy of seed {seed} "
-                             f"in {run.checkpoints}")
+            raise UserError(f"policy.init_from {start!r}: no such policy of seed {seed} "
+                            f"in {run.checkpoints}")
         if policy_path(run, start, seed).is_file():
             check_policy_file(config, run, start, seed, ds, ncond)
 
@@ -101,8 +102,8 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
     model_ncond = next(iter(models.values())).ncond if models else config.model.ncond
     ncond = p.ncond or model_ncond
     if ncond < model_ncond:
-        raise ValueError(f"policy.ncond {ncond} is shorter than the world model's context "
-                         f"{model_ncond}")
+        raise UserError(f"policy.ncond {ncond} is shorter than the world model's context "
+                        f"{model_ncond}")
     _check_start_policies(config, run, ds, ncond)
     view = View(**ds.manifest["generator"]["config"]["view"])
     cost = cost_fn(view, p.lane_weight, p.proximity)
@@ -135,7 +136,7 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
                                            batch_size=p.batch_size)
         summary["expert_uncertainty"] = u_stats.to_dict()
     if not p.seeds or len(set(p.seeds)) != len(p.seeds):
-        raise ValueError(f"policy.seeds must be distinct and non-empty, got {p.seeds}")
+        raise UserError(f"policy.seeds must be distinct and non-empty, got {p.seeds}")
     # imitation first: the model-based learners start from it
     ordered = sorted(p.methods, key=lambda m: m != "imitation")
     for seed, method in [(s, m) for s in p.seeds for m in ordered]:

@@ -15,6 +15,7 @@ from worldplan.checkpoint import CheckpointError
 from worldplan.envs.highway.costs import image_costs_torch, masks_torch
 from worldplan.envs.highway.oracle import ReplayOracle
 from worldplan.envs.highway.render import View
+from worldplan.errors import UserError
 from worldplan.experiments.highway_config import (
     DATASET_TASK,
     METHOD_MODEL,
@@ -34,7 +35,7 @@ from worldplan.worldmodels.uncertainty import mc_uncertainty
 
 def set_threads(config: HighwayConfig) -> None:
     if config.threads < 1:
-        raise ValueError(f"threads must be >= 1, got {config.threads}")
+        raise UserError(f"threads must be >= 1, got {config.threads}")
     torch.set_num_threads(config.threads)
 
 
@@ -44,9 +45,9 @@ def open_dataset(run: Run):
     path = run.data / "dataset"
     ds = load_dataset(path, check_finite=False)
     if ds.task != DATASET_TASK:
-        raise ValueError(f"data set {path} was made for task {ds.task!r}, not {DATASET_TASK!r}")
+        raise UserError(f"data set {path} was made for task {ds.task!r}, not {DATASET_TASK!r}")
     if ds.image_shape is None:
-        raise ValueError(f"data set {path} holds no images; run `worldplan highway collect`")
+        raise UserError(f"data set {path} holds no images; run `worldplan highway collect`")
     return ds
 
 
@@ -88,7 +89,7 @@ def cost_fn(view: View, weight_lane: float, proximity: str = "max"):
     closing in is not hidden by a nearer leader (and the reverse)."""
 
     if proximity not in PROXIMITY_FORMS:
-        raise ValueError(f"proximity must be one of {PROXIMITY_FORMS}, got {proximity!r}")
+        raise UserError(f"proximity must be one of {PROXIMITY_FORMS}, got {proximity!r}")
     fwd = torch.as_tensor(np.ascontiguousarray(view.pixel_grid()[0]), dtype=torch.float32)
 
     def cost(images: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
