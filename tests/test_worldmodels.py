@@ -23,13 +23,8 @@ from worldplan.worldmodels import (
 )
 from worldplan.worldmodels.synthetic import toy_episodes
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# timings and bit-exact comparisons on one thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

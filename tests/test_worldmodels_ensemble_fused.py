@@ -15,13 +15,8 @@ from worldplan.worldmodels.deterministic import mask_block
 from worldplan.worldmodels.ensemble import BatchedLinear, Ensemble
 from worldplan.worldmodels.training import FlatAdam, clip_gradients, make_optimizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# timings and bit-exact comparisons on one thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(B: int, ncond: int, T: int, S: int = 3, A: int = 2) -> dict[str, torch.Tensor]:

@@ -22,13 +22,8 @@ from worldplan.worldmodels.ensemble import Ensemble
 from worldplan.worldmodels.synthetic import toy_episodes
 from worldplan.worldmodels.training import FlatAdam, clip_gradients, make_optimizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# timings and bit-exact comparisons on one thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(ncond: int = 2, steps: int = 3) -> dict[str, torch.Tensor]:
