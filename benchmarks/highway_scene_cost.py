@@ -26,7 +26,7 @@ from worldplan.checkpoint import atomic_write_text
 from worldplan.envs.highway.kinematics import MAX_ACCEL
 from worldplan.envs.highway.oracle import ReplayOracle
 from worldplan.envs.highway.render import View
-from worldplan.experiments.highway_plan import scene_rollout, scene_samples
+from worldplan.experiments.highway_plan import scene_oracle, scene_rollout, scene_samples
 from worldplan.experiments.highway_shared import (
     cost_fn,
     load_world_model,
@@ -58,24 +58,20 @@ def window_costs(trunk, batch: dict[str, torch.Tensor], actions: torch.Tensor, c
     ctx, frames, recorded = batch["context"], batch["context_images"], batch["actions"]
     c = trunk.cars_channel
 
-    def scene_world(scene_frames: torch.Tensor, scene_states: torch.Tensor) -> ReplayOracle:
-        return ReplayOracle(scene_frames, scene_states, trunk.res, trunk.dt, trunk.ego_length,
-                            trunk.ego_channel, c, trunk.min_speed)
-
     states, scene = scene_rollout(trunk, ctx, frames, recorded)
     cars = scene_samples(trunk, ctx, frames, recorded, samples)  # [B, K, T, 1, H, W]
     per_sample = []
     for k in range(samples):
         sampled = scene.clone()
         sampled[:, :, c:c + 1] = cars[:, k]
-        per_sample.append(_costs(scene_world(sampled, states), ctx, actions, cost))
+        per_sample.append(_costs(scene_oracle(trunk, sampled, states), ctx, actions, cost))
     envelope = scene.clone()
     envelope[:, :, c:c + 1] = torch.maximum(scene[:, :, c:c + 1], cars.amax(1))
     return {"true": _costs(ReplayOracle(batch["target_images"], batch["targets"], view.res, dt),
                            ctx, actions, cost),
-            "one": _costs(scene_world(scene, states), ctx, actions, cost),
+            "one": _costs(scene_oracle(trunk, scene, states), ctx, actions, cost),
             "mean of samples": torch.stack(per_sample).mean(0),
-            "envelope": _costs(scene_world(envelope, states), ctx, actions, cost)}
+            "envelope": _costs(scene_oracle(trunk, envelope, states), ctx, actions, cost)}
 
 
 def summary(costs: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:

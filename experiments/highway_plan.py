@@ -106,7 +106,9 @@ def scene_samples(trunk, context: torch.Tensor, frames: torch.Tensor, actions: t
     return torch.stack(out, 1)
 
 
-def _oracle(trunk, frames: torch.Tensor, states: torch.Tensor) -> ReplayOracle:
+def scene_oracle(trunk, frames: torch.Tensor, states: torch.Tensor) -> ReplayOracle:
+    """The trunk's scene (frames ``[B, T, C, H, W]`` seen from ``states`` ``[B, T, 4]``) as
+    a world that re-warps it into any ego pose, with the trunk's geometry."""
     return ReplayOracle(frames, states, trunk.res, trunk.dt, trunk.ego_length,
                         trunk.ego_channel, trunk.cars_channel, trunk.min_speed)
 
@@ -151,7 +153,7 @@ class PlanHeadWorld:
                              "scene's batch and steps")
         self.trunk, self.head, self.view = trunk, head, view
         self.scene_states = scene_states
-        self.oracle = _oracle(trunk, scene_frames, scene_states)
+        self.oracle = scene_oracle(trunk, scene_frames, scene_states)
         self.c = trunk.cars_channel
         self.residual, self.uncertainty, self.every = residual, uncertainty, every
         self.source, self.samples = source, samples
@@ -400,7 +402,7 @@ def head_pairs(ds, trunk, episodes: list[int], horizon: int, windows: int,
             timg[b, :steps] = to_unit(torch.from_numpy(
                 np.array(te["images"][first:first + steps])))
             valid[b, :steps] = True
-        oracle = _oracle(trunk, f0, s0)
+        oracle = scene_oracle(trunk, f0, s0)
         for t in range(horizon):
             keep = valid[:, t]
             if not keep.any():
@@ -469,5 +471,5 @@ def fit_hinge(trunk, head: PlanHeadEnsemble, view: View, sample, rng: np.random.
 
 __all__ = ["N_VARIANCES", "OFFSET_DIM", "U_SOURCES", "LastSteps", "PlanHeadWorld",
            "drive_references", "ego_offsets", "fit_hinge", "head_pairs", "pair_sampler",
-           "plan_world_fn", "scene_pool", "scene_rollout", "scene_samples", "unusual_actions",
-           "variances_under"]
+           "plan_world_fn", "scene_oracle", "scene_pool", "scene_rollout", "scene_samples",
+           "unusual_actions", "variances_under"]
