@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldplan.checkpoint import atomic_write_text
+from worldplan.checkpoint import CheckpointError, atomic_write_text
 from worldplan.envs.highway.kinematics import MAX_ACCEL
 from worldplan.envs.highway.oracle import ReplayOracle
 from worldplan.envs.highway.render import View
+from worldplan.errors import UserError
 from worldplan.experiments.highway_plan import scene_oracle, scene_rollout, scene_samples
 from worldplan.experiments.highway_shared import (
     cost_fn,
@@ -104,9 +105,12 @@ def main() -> None:
         parser.error("--batches must be >= 1 and --samples >= 2")
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    run = Run.open(args.run, "highway")
-    ds = open_dataset(run)
-    trunk = load_world_model(run, "stochastic", ds, torch.device("cpu"))
+    try:
+        run = Run.open(args.run, "highway")
+        ds = open_dataset(run)
+        trunk = load_world_model(run, "stochastic", ds, torch.device("cpu"))
+    except (UserError, CheckpointError) as err:
+        parser.error(str(err))
     view = View(**ds.manifest["generator"]["config"]["view"])
     cost = cost_fn(view, 0.2, "front-rear")
     horizon = 30

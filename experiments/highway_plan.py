@@ -134,7 +134,7 @@ class PlanHeadWorld:
 
     z_dim = 0
 
-    def __init__(self, trunk, head: PlanHeadEnsemble, scene_states: torch.Tensor,
+    def __init__(self, trunk, head: PlanHeadEnsemble | None, scene_states: torch.Tensor,
                  scene_frames: torch.Tensor, view: View, residual: bool = False,
                  uncertainty: str = "always", every: int = 1, source: str = "head",
                  samples: torch.Tensor | None = None) -> None:
@@ -151,6 +151,9 @@ class PlanHeadWorld:
                 or samples.shape[2] != scene_states.shape[1]):
             raise ValueError("source 'scene' needs samples [B, K, T, 1, H, W] of the "
                              "scene's batch and steps")
+        if head is None and (residual or (source == "head" and uncertainty != "never")):
+            raise ValueError("this world needs the head ensemble (residual frames or "
+                             "source 'head'); head=None serves source 'scene' only")
         self.trunk, self.head, self.view = trunk, head, view
         self.scene_states = scene_states
         self.oracle = scene_oracle(trunk, scene_frames, scene_states)
@@ -259,7 +262,7 @@ class LastSteps:
         return h * (u[:, -self.steps:] != 0).any(-1) * self.every
 
 
-def plan_world_fn(trunk, head: PlanHeadEnsemble, view: View, latent: str = "prior",
+def plan_world_fn(trunk, head: PlanHeadEnsemble | None, view: View, latent: str = "prior",
                   uncertainty: str = "always", residual: bool = False, every: int = 1,
                   source: str = "head", samples: int = 4
                   ) -> tuple[Callable[[dict], PlanHeadWorld], Callable]:
@@ -428,9 +431,10 @@ def pair_sampler(pairs: dict[str, torch.Tensor]):
 
 # ------------------------------------------------------------------ U along given actions
 @torch.no_grad()
-def variances_under(trunk, head: PlanHeadEnsemble, view: View, batch: dict[str, torch.Tensor],
-                    actions: torch.Tensor, latent: str = "prior", source: str = "head",
-                    samples: int = 4) -> torch.Tensor:
+def variances_under(trunk, head: PlanHeadEnsemble | None, view: View,
+                    batch: dict[str, torch.Tensor], actions: torch.Tensor,
+                    latent: str = "prior", source: str = "head", samples: int = 4
+                    ) -> torch.Tensor:
     """``[B, T, K]`` variances along ``actions`` ``[B, T, 2]`` (open loop) from the
     batch's context, the scene rolled out under the batch's recorded actions."""
     model_fn, u_fn = plan_world_fn(trunk, head, view, latent, source=source, samples=samples)
@@ -456,7 +460,7 @@ def unusual_actions(actions: torch.Tensor, rng: np.random.Generator, accel: floa
     return out
 
 
-def fit_hinge(trunk, head: PlanHeadEnsemble, view: View, sample, rng: np.random.Generator,
+def fit_hinge(trunk, head: PlanHeadEnsemble | None, view: View, sample, rng: np.random.Generator,
               batches: int = 8, batch_size: int = 16, source: str = "head",
               samples: int = 4) -> ZScoreHinge:
     """PPUU's per-step z-scores from ``batches x batch_size`` expert windows (the

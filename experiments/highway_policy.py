@@ -224,6 +224,16 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
     the AUROC of U between recorded and unusual actions on validation windows."""
 
     p = config.policy
+    if p.u_source == "scene":
+        # U comes from the trunk's own sampled scenes and the frame is the trunk's: the
+        # head would be trained for nothing
+        torch.manual_seed(config.seed)
+        hrng = np.random.default_rng(config.seed + 7)
+        hinge = fit_hinge(trunk, None, view, sample, hrng, source="scene",
+                          samples=p.scene_samples)
+        metrics = {"u_source": "scene", **_u_auroc(trunk, None, view, ds, p, ncond, hrng, hinge)}
+        log.info("plan-aware world without a head: %s", metrics)
+        return {"trunk": trunk, "head": None, "hinge": hinge, "metrics": metrics}
     path = run.checkpoints / "plan-head.pt"
     spec = {"members": p.head_members, "width": p.head_width, "steps": p.head_steps,
             "windows": p.head_windows, "horizon": p.head_horizon,
@@ -257,22 +267,28 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
         q.requires_grad_(False)
     hinge = fit_hinge(trunk, head, view, sample, hrng, source=p.u_source,
                       samples=p.scene_samples)
-    # AUROC of U (the hinge summed over the rollout) between the recorded actions and
-    # unusual ones, on validation windows
+    metrics = {**metrics, "u_source": p.u_source,
+               **_u_auroc(trunk, head, view, ds, p, ncond, hrng, hinge)}
+    log.info("plan head: %s", metrics)
+    return {"trunk": trunk, "head": head, "hinge": hinge, "metrics": metrics}
+
+
+def _u_auroc(trunk, head: PlanHeadEnsemble | None, view: View, ds, p: PolicyConfig, ncond: int,
+             rng: np.random.Generator, hinge) -> dict:
+    """The AUROC of U (``hinge`` summed over the rollout) between the recorded actions and
+    unusual ones on 128 validation windows, and the mean U of each."""
     val = sampler(ds.windows("val", ncond, max(p.horizon, 1),
                              episodes=recorded_ids(ds, "val")), torch.device("cpu"))
     u_in, u_out = [], []
     for _ in range(4):
-        b = val(hrng, 32)
-        for rows, acts in ((u_in, b["actions"]), (u_out, unusual_actions(b["actions"], hrng))):
+        b = val(rng, 32)
+        for rows, acts in ((u_in, b["actions"]), (u_out, unusual_actions(b["actions"], rng))):
             rows.append(hinge.hinge(variances_under(trunk, head, view, b, acts,
                                                     source=p.u_source,
                                                     samples=p.scene_samples)).sum(1))
     ui, uo = torch.cat(u_in), torch.cat(u_out)
-    metrics = {**metrics, "u_source": p.u_source, "auroc_unusual_vs_recorded": auroc(ui, uo),
-               "u_recorded": float(ui.mean()), "u_unusual": float(uo.mean())}
-    log.info("plan head: %s", metrics)
-    return {"trunk": trunk, "head": head, "hinge": hinge, "metrics": metrics}
+    return {"auroc_unusual_vs_recorded": auroc(ui, uo), "u_recorded": float(ui.mean()),
+            "u_unusual": float(uo.mean())}
 
 
 @torch.no_grad()

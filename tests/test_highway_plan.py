@@ -161,7 +161,8 @@ def test_learners_preset_trains_through_the_plan_aware_world():
     # the settings the docs' learner tables were measured with
     assert (p.world, p.proximity, p.ncond, p.horizon, p.burn_in) == (
         "plan-head", "front-rear", 10, 30, 30)
-    assert p.lam > 0 and p.u_every >= 1 and p.oracle_burn_in == 30
+    assert p.lam > 0 and p.u_every == 1 and p.oracle_burn_in == 30
+    assert p.u_source == "scene"  # the head's U hurt (docs/highway.md)
     assert "mpc" not in cfg.evaluate.methods and "mpur" in cfg.evaluate.methods
     assert cfg.collect == TASK.presets["default"]().collect  # the default data and models
     assert cfg.model == TASK.presets["default"]().model
@@ -309,6 +310,29 @@ def test_scene_uncertainty_passes_gradients_to_the_plan():
     acts = torch.zeros(3, 4, 2, requires_grad=True)
     _variances(world, b, acts).sum().backward()
     assert acts.grad[:, :, 0].abs().sum() > 0
+
+
+def test_scene_world_needs_no_head_and_refuses_head_only_uses():
+    from worldplan.experiments.highway_plan import PlanHeadWorld
+
+    samples = torch.zeros(3, 3, 4, 1, 117, 24)
+    samples[:, 0, :, 0, 40:80] = 1.0
+    with_head, b = _scene_world(samples)
+    headless = PlanHeadWorld(with_head.trunk, None, with_head.scene_states,
+                             with_head.oracle.images, VIEW, source="scene", samples=samples)
+    acts = unusual_actions(b["actions"], np.random.default_rng(1))
+    ctx = b["context"]
+    for t in range(acts.shape[1]):
+        s1, f1 = with_head.step(ctx, acts[:, t])
+        s2, f2 = headless.step(ctx, acts[:, t])
+        assert torch.equal(s1, s2) and torch.equal(f1, f2)
+        ctx = torch.cat([ctx[:, 1:], s1[:, None]], 1)
+    assert torch.equal(with_head.variances(), headless.variances())
+    assert headless.variances()[:, :, 1].max() > 0
+    for kwargs in ({"source": "head"}, {"source": "scene", "residual": True}):
+        with pytest.raises(ValueError, match="needs the head ensemble"):
+            PlanHeadWorld(with_head.trunk, None, with_head.scene_states, with_head.oracle.images,
+                          VIEW, samples=samples, **kwargs)
 
 
 def test_scene_samples_differ_and_leave_the_trunk_as_it_was():
