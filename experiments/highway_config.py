@@ -63,6 +63,13 @@ class ModelConfig:
     # velocity it showed in the context, measured by block matching) or "global" (one
     # learned flow for all); see worldmodels/ego_motion.py for the measured difference
     flow_prior: str = "cost-volume"
+    # after the stochastic model's npred-step phase, fine-tune it on long_npred-step
+    # open-loop unrolls (0 = off): the learners roll its scene out for 3-6 s, and a 3-step
+    # loss never sees its own errors compound (docs/highway.md, "A trunk trained on long
+    # unrolls")
+    long_npred: int = 0
+    long_steps: int = 600
+    long_lr: float = 3e-4
 
 
 @dataclass
@@ -194,7 +201,8 @@ def quick_config() -> HighwayConfig:
     return HighwayConfig(
         collect=CollectConfig(record_seconds=75.0, warmup_seconds=40.0, max_cars=40),
         model=ModelConfig(ncond=2, npred=2, hidden=64, channels=(8, 16, 16), z_dim=8,
-                          det_steps=15, sto_steps=15, batch_size=16, horizon_error=False),
+                          det_steps=15, sto_steps=15, batch_size=16, horizon_error=False,
+                          long_npred=4, long_steps=3),
         policy=PolicyConfig(seeds=(0,), imitation_steps=60, bptt_steps=8, batch_size=8, horizon=4,
                             mc_samples=2, hidden=64, channels=(8, 8, 16), oracle_steps=30,
                             oracle_horizon=10, oracle_batch_size=8),
@@ -242,6 +250,8 @@ def _privileged() -> dict:
 PRIVILEGED = _privileged()
 METHODS = ("no-action", "expert-replay", *PRIVILEGED, *POLICY_METHODS, "mpc")
 MODEL_DIRS = {"deterministic": "model-deterministic", "stochastic": "model-stochastic"}
+# the stochastic model's short-unroll phase when a long-unroll phase follows it
+SHORT_STOCHASTIC_DIR = "model-stochastic-short"
 # which world model each learned method trains through (None: no model)
 METHOD_MODEL = {"imitation": None, "oracle": None, "vg": "deterministic", "svg": "stochastic",
                 "mpur": "stochastic", "mper": "stochastic"}
@@ -274,6 +284,9 @@ def validate_config(config: HighwayConfig) -> None:
     check_methods(tuple(config.evaluate.methods), METHODS, "evaluate.methods")
     if config.model.z_dim < 1:
         raise ValueError(f"model.z_dim must be >= 1, got {config.model.z_dim}")
+    if config.model.long_npred < 0 or (config.model.long_npred and config.model.long_steps < 1):
+        raise ValueError(f"model.long_npred must be >= 0 and model.long_steps >= 1, got "
+                         f"{config.model.long_npred} and {config.model.long_steps}")
     if config.evaluate.ncond < 1 or config.evaluate.max_steps < 1:
         raise ValueError("evaluate.ncond and evaluate.max_steps must be >= 1")
     if not config.policy.seeds or len(set(config.policy.seeds)) != len(config.policy.seeds):

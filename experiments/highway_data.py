@@ -25,11 +25,13 @@ from worldplan.experiments.highway_config import (
     DATASET_TASK,
     MODEL_DIRS,
     RECORDING_FILE,
+    SHORT_STOCHASTIC_DIR,
     HighwayConfig,
 )
 from worldplan.experiments.highway_shared import load_world_model, open_dataset, set_threads
 from worldplan.experiments.runs import Run
 from worldplan.filters import KalmanFilter
+from worldplan.worldmodels.base import load_model
 from worldplan.worldmodels.dataset import split_episode_ids, write_dataset
 from worldplan.worldmodels.ego_motion import EgoMotionImageModel
 from worldplan.worldmodels.images import ImageModel
@@ -283,8 +285,24 @@ def train_model_stage(config: HighwayConfig, run: Run) -> None:
     log.info("stochastic model warm-started; new parameters: %d tensors", len(missing))
     tc = TrainConfig(steps=m.sto_steps, batch_size=m.batch_size, lr=m.lr, npred=m.npred,
                      seed=config.seed + 1, device=str(device), val_windows=256)
-    results["stochastic"] = train_model(sto, ds, tc, run.checkpoints / MODEL_DIRS["stochastic"],
-                                        run.writer(), run.resume, tag="model-stochastic")
+    # with a long-unroll phase, the short phase keeps its own folder and the long one
+    # writes the model every later stage loads
+    short_dir = run.checkpoints / (SHORT_STOCHASTIC_DIR if m.long_npred
+                                   else MODEL_DIRS["stochastic"])
+    results["stochastic"] = train_model(sto, ds, tc, short_dir, run.writer(), run.resume,
+                                        tag="model-stochastic")
+    if m.long_npred:
+        sto = load_model(short_dir / "best.pt", device)
+        tc = TrainConfig(steps=m.long_steps, batch_size=m.batch_size, lr=m.long_lr,
+                         npred=m.long_npred, seed=config.seed + 2, device=str(device),
+                         val_windows=256, checkpoint_every=100)
+        short = results["stochastic"]
+        results["stochastic"] = train_model(sto, ds, tc,
+                                            run.checkpoints / MODEL_DIRS["stochastic"],
+                                            run.writer(), run.resume,
+                                            tag="model-stochastic-long")
+        results["stochastic"]["seconds"] = (results["stochastic"].get("seconds", 0.0)
+                                            + short.get("seconds", 0.0))
     metrics = {}
     for which in ("deterministic", "stochastic"):
         h = results[which]
@@ -296,5 +314,7 @@ def train_model_stage(config: HighwayConfig, run: Run) -> None:
         metrics[which] = {"best_val": float(h.get("best_val", float("nan"))),
                           "steps": int(h.get("steps", 0)), "seconds": float(h.get("seconds", 0)),
                           "test_state_rmse_by_horizon": err_list}
+    if m.long_npred:
+        metrics["stochastic"]["long_npred"] = m.long_npred
     run.update_metrics("train-model", metrics)
     log.info("train-model: %s", metrics)

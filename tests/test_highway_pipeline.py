@@ -278,5 +278,19 @@ def test_quick_preset_runs_the_whole_pipeline(tmp_path) -> None:
     assert c["action_extraction"]["with_smoothing"]["accel_rmse"] < \
         0.05 * c["action_extraction"]["without_smoothing"]["accel_rmse"]
     assert (run_dir / "videos" / "mpur_episode.mp4").stat().st_size > 0
+    # the stochastic model's long-unroll phase (model.long_npred) starts from the short
+    # phase's best and writes the model every later stage loads
+    from worldplan.worldmodels.base import load_model
+
+    ckpt = run_dir / "checkpoints"
+    short = load_model(ckpt / "model-stochastic-short" / "best.pt")
+    long = load_model(ckpt / "model-stochastic" / "best.pt")
+    assert any(not torch.equal(a, b) for a, b in zip(short.state_dict().values(),
+                                                      long.state_dict().values(), strict=True))
+    last = torch.load(ckpt / "model-stochastic" / "last.pt", weights_only=False)
+    assert last["training"]["state"]["step"] == 3
+    sto = metrics["train-model"]["stochastic"]
+    assert sto["long_npred"] == 4 and sto["steps"] == 3
     drives = c["counterfactual_drives"]
     assert drives["drives"] > 0 and 0.0 < drives["collision_rate"] < 1.0
+

@@ -152,6 +152,16 @@ def test_policy_options_are_checked_before_any_work():
     validate_config(default_config())
 
 
+def test_long_unroll_options_are_checked_before_any_work():
+    from worldplan.experiments.highway import default_config, validate_config
+
+    for npred, steps in ((-1, 600), (10, 0)):
+        cfg = default_config()
+        cfg.model.long_npred, cfg.model.long_steps = npred, steps
+        with pytest.raises(ValueError, match="model.long_npred"):
+            validate_config(cfg)
+
+
 def test_learners_preset_trains_through_the_plan_aware_world():
     from worldplan.experiments.highway import TASK, validate_config
 
