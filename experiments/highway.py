@@ -48,10 +48,6 @@ from worldplan.experiments.highway_policy import train_policy_stage
 from worldplan.experiments.highway_shared import cost_fn
 from worldplan.experiments.tasks import Task
 
-# the names benchmarks/bench_highway.py imports
-_cost_fn, _u_map = cost_fn, u_map
-
-
 TASK = Task(
     name="highway",
     config_cls=HighwayConfig,
@@ -72,6 +68,7 @@ TASK = Task(
 )
 
 __all__ = ["METHODS", "TASK", "CollectConfig", "EvalConfig", "HighwayConfig", "ModelConfig",
-           "PolicyConfig", "collect", "default_config", "evaluate_stage", "extraction_errors",
-           "quick_config", "smooth_tracks", "tracker_noise", "traffic_statistics",
-           "train_model_stage", "train_policy_stage", "validate_config"]
+           "PolicyConfig", "collect", "cost_fn", "default_config", "evaluate_stage",
+           "extraction_errors", "quick_config", "smooth_tracks", "tracker_noise",
+           "traffic_statistics", "train_model_stage", "train_policy_stage", "u_map",
+           "validate_config"]
