@@ -38,7 +38,7 @@ from worldplan.errors import UserError
 from worldplan.experiments import truck_figures as figures
 from worldplan.experiments.common import resolve_device, seed_everything
 from worldplan.experiments.runs import Run
-from worldplan.experiments.tasks import Task
+from worldplan.experiments.tasks import Task, register_task
 from worldplan.experiments.truck_baselines import CascadeController, LQRController
 from worldplan.experiments.truck_mpc import MPCConfig, evaluate_rows
 from worldplan.planners.policy import checkpoint as policy_ckpt
@@ -466,7 +466,7 @@ def validate_config(cfg: TruckConfig) -> None:
                          f"{cfg.policy.truth_iterations_fraction}")
 
 
-TASK = Task(
+TASK = register_task(Task(
     name="truck",
     config_cls=TruckConfig,
     presets={"default": TruckConfig, "quick": quick_config},
@@ -479,4 +479,4 @@ TASK = Task(
     sections={"collect": ("collect",), "train-model": ("emulator",),
               "train-policy": ("policy",),
               "evaluate": ("episodes", "mpc", "video_episodes")},
-)
+))
