@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -36,8 +37,6 @@ def register_env(env_id: str, entry_point: str, kwargs: dict[str, Any] | None = 
 def register_all() -> None:
     """Import every task package of ``worldplan.envs`` so that each registers its
     environments (idempotent)."""
-    import worldplan.envs as envs
-
-    for info in pkgutil.iter_modules(envs.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).resolve().parent)]):
         if info.ispkg:
-            importlib.import_module(f"{envs.__name__}.{info.name}")
+            importlib.import_module(f"{__package__}.{info.name}")
