@@ -106,8 +106,9 @@ _REGISTERED: dict[str, Task] = {}
 def register_task(task: Task) -> Task:
     """Add ``task`` to the registry (called by the task's module at import); returns it.
 
-    Registering the same name again from the same module (a reload) replaces the entry;
-    from another module it is an error.
+    A task is known by the module of its config class: registering a name again with a
+    config class of the same module (the module reloaded) replaces the entry; of another
+    module, it is an error.
     """
     if not isinstance(task, Task):
         raise TypeError(f"register_task takes a Task, got {type(task).__name__}")
