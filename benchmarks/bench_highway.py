@@ -100,7 +100,7 @@ def mpc_cache(model_path: Path | None, batch: int = 16, calls: int = 6, horizon:
 
     from worldplan.envs.highway import record_traffic
     from worldplan.envs.highway.replay import ReplayBatch
-    from worldplan.experiments.highway import _cost_fn, _u_map
+    from worldplan.experiments.highway import cost_fn, u_map
     from worldplan.experiments.highway_mpc import SceneCacheMPC
     from worldplan.worldmodels.base import load_model
     from worldplan.worldmodels.ego_motion import EgoMotionImageModel
@@ -129,7 +129,7 @@ def mpc_cache(model_path: Path | None, batch: int = 16, calls: int = 6, horizon:
     low, high = torch.tensor([-3.0, -0.01]), torch.tensor([3.0, 0.01])
     out: dict = {"batch": batch, "horizon": horizon, "iterations": iterations, "calls": calls,
                  "trained_model": model_path is not None}
-    planners = {name: SceneCacheMPC(model, _cost_fn(view, 0.2), _u_map(view), low, high,
+    planners = {name: SceneCacheMPC(model, cost_fn(view, 0.2), u_map(view), low, high,
                                     horizon, iterations, 0.1, 0.1, 2, cache=cache)
                 for name, cache in (("cached", True), ("full", False))}
     times = {name: 0.0 for name in planners}
@@ -140,10 +140,7 @@ def mpc_cache(model_path: Path | None, batch: int = 16, calls: int = 6, horizon:
             t0 = time.process_time()
             planner.act(st, fr)
             times[name] += time.process_time() - t0
-            plan = torch.cat([planner.plan[:, -1:], planner.plan[:, :-1]], 1)  # unshift
-            with torch.no_grad():
-                s_full, f_full, _ = planners["full"]._rollout(st, fr, plan, 0)
-                costs[name].append(planners["full"].cost(s_full, f_full, None).mean().item())
+            costs[name].append(planners["full"].plan_cost(st, fr, planner.chosen).mean().item())
     for name in planners:
         out[f"{name}_cpu_s_per_plan"] = times[name] / calls
         out[f"{name}_plan_cost_full_model"] = float(np.mean(costs[name]))

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from worldplan.experiments.common import resolve_device, save_figure, seed_everything
 from worldplan.experiments.runs import Run
-from worldplan.experiments.tasks import Task
+from worldplan.experiments.tasks import Task, register_task
 from worldplan.filters import (
     ExtendedKalmanFilter,
     KalmanFilter,
@@ -369,11 +369,11 @@ def stage_evaluate(config: FiltersConfig, run: Run) -> None:
         writer.add_scalar("localisation/position_error_m", float(err), t)
 
 
-TASK = Task(
+TASK = register_task(Task(
     name="filters",
     config_cls=FiltersConfig,
     presets={"default": FiltersConfig, "quick": quick_config},
     stages={"evaluate": stage_evaluate},
     validate=validate,
     description=__doc__ or "",
-)
+))

@@ -46,13 +46,9 @@ from worldplan.experiments.highway_data import (
 from worldplan.experiments.highway_evaluate import evaluate_stage, u_map
 from worldplan.experiments.highway_policy import train_policy_stage
 from worldplan.experiments.highway_shared import cost_fn
-from worldplan.experiments.tasks import Task
+from worldplan.experiments.tasks import Task, register_task
 
-# the names benchmarks/bench_highway.py imports
-_cost_fn, _u_map = cost_fn, u_map
-
-
-TASK = Task(
+TASK = register_task(Task(
     name="highway",
     config_cls=HighwayConfig,
     presets={"default": default_config, "quick": quick_config,
@@ -69,9 +65,10 @@ TASK = Task(
               "evaluate": ("evaluate", "episodes", "policy.seeds", "policy.lane_weight")},
     help_note="--policy.ncond is shown as the context it takes: 0 (the preset's value) "
               "means the world model's,\n--model.ncond {config.model.ncond}.",
-)
+))
 
 __all__ = ["METHODS", "TASK", "CollectConfig", "EvalConfig", "HighwayConfig", "ModelConfig",
-           "PolicyConfig", "collect", "default_config", "evaluate_stage", "extraction_errors",
-           "quick_config", "smooth_tracks", "tracker_noise", "traffic_statistics",
-           "train_model_stage", "train_policy_stage", "validate_config"]
+           "PolicyConfig", "collect", "cost_fn", "default_config", "evaluate_stage",
+           "extraction_errors", "quick_config", "smooth_tracks", "tracker_noise",
+           "traffic_statistics", "train_model_stage", "train_policy_stage", "u_map",
+           "validate_config"]

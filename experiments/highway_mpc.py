@@ -36,7 +36,9 @@ class SceneCacheMPC:
 
     ``act(states [B, K, 4], frames [B, K, C, H, W] in [0, 1]) -> actions [B, 2]``; the
     model sees the last ``model.ncond`` context entries. ``low``/``high`` ``[2]`` bound the
-    actions; the plan is kept, shifted by one step, as the next call's warm start.
+    actions; the plan is kept, shifted by one step, as the next call's warm start
+    (:attr:`plan`), and the plan the last call chose is :attr:`chosen` ``[B, T, 2]``.
+    :meth:`plan_cost` prices any plan under a full model rollout.
     """
 
     def __init__(self, model, cost_fn: CostFn, uncertainty_map: Callable | None,
@@ -51,9 +53,10 @@ class SceneCacheMPC:
         self.horizon, self.iterations, self.lr = horizon, iterations, lr
         self.u_weight, self.mc_samples, self.cache = u_weight, mc_samples, cache
         self.plan: torch.Tensor | None = None
+        self.chosen: torch.Tensor | None = None
 
     def reset(self) -> None:
-        self.plan = None
+        self.plan = self.chosen = None
 
     def _actions(self, free: torch.Tensor) -> torch.Tensor:
         return self.low + (self.high - self.low) * (torch.tanh(free) + 1) / 2
@@ -62,10 +65,12 @@ class SceneCacheMPC:
         unit = (2 * (actions - self.low) / (self.high - self.low) - 1).clamp(-0.9999, 0.9999)
         return torch.atanh(unit)
 
-    def _rollout(self, ctx: torch.Tensor, fr: torch.Tensor, actions: torch.Tensor,
-                 n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """States ``[B, T, 4]``, mean frames ``[B, T, C, H, W]`` and the frames' MC-dropout
-        variance (None when ``n`` is 0) under ``actions``, with gradients."""
+    def rollout(self, ctx: torch.Tensor, fr: torch.Tensor, actions: torch.Tensor,
+                n: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A full model rollout (z = 0) from the context ``ctx`` ``[B, ncond, 4]`` and
+        ``fr`` ``[B, ncond, C, H, W]`` under ``actions`` ``[B, T, 2]``: states
+        ``[B, T, 4]``, mean frames ``[B, T, C, H, W]`` and the frames' MC-dropout variance
+        over ``n`` samples (None when ``n`` is 0), with gradients."""
 
         z = torch.zeros(len(ctx), actions.shape[1], self.model.z_dim)
         states, frames = self.model.rollout(ctx, actions, z=z, images=fr)
@@ -83,6 +88,16 @@ class SceneCacheMPC:
             c = c + self.u_weight * self.u_map(var, states).sum(1)
         return c
 
+    def plan_cost(self, states: torch.Tensor, frames: torch.Tensor, plan: torch.Tensor
+                  ) -> torch.Tensor:
+        """The summed cost ``[B]`` of ``plan`` ``[B, T, 2]`` under a full model rollout (no
+        cache, no uncertainty term) from the context ``states`` ``[B, K, 4]`` and
+        ``frames`` ``[B, K, C, H, W]`` (the last ``model.ncond`` entries), no gradients."""
+        k = self.model.ncond
+        with torch.no_grad():
+            st, fp, _ = self.rollout(states[:, -k:].float(), frames[:, -k:].float(), plan)
+            return self.cost(st, fp, None)
+
     def act(self, states: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         k = self.model.ncond
         ctx, fr = states[:, -k:].float(), frames[:, -k:].float()
@@ -96,12 +111,12 @@ class SceneCacheMPC:
         scene = None
         if self.cache:
             with torch.no_grad():
-                s0, f0, v0 = self._rollout(ctx, fr, plan, n)
+                s0, f0, v0 = self.rollout(ctx, fr, plan, n)
             scene = (s0, f0, v0)
         for _ in range(self.iterations):
             actions = self._actions(free)
             if scene is None:
-                st, fp, var = self._rollout(ctx, fr, actions, n)
+                st, fp, var = self.rollout(ctx, fr, actions, n)
             else:
                 st, fp, var = self._replay(scene, ctx, actions)
             loss = self.cost(st, fp, var).sum()
@@ -110,6 +125,7 @@ class SceneCacheMPC:
             opt.step()
         with torch.no_grad():
             final = self._actions(free)
+        self.chosen = final
         self.plan = torch.cat([final[:, 1:], final[:, -1:]], 1)
         return final[:, 0]
 

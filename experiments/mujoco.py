@@ -56,7 +56,7 @@ from worldplan.experiments.common import (  # noqa: E402
     seed_everything,
 )
 from worldplan.experiments.runs import Run  # noqa: E402
-from worldplan.experiments.tasks import Task  # noqa: E402
+from worldplan.experiments.tasks import Task, register_task  # noqa: E402
 from worldplan.experiments.video import write_video  # noqa: E402
 from worldplan.planners.control_loop import Transition, run_episodes  # noqa: E402
 from worldplan.planners.mpc import Planner, RecedingHorizonController  # noqa: E402
@@ -491,7 +491,7 @@ def _quick() -> MujocoConfig:
                                           max_episode_steps=50))
 
 
-TASK = Task(
+TASK = register_task(Task(
     name="mujoco",
     config_cls=MujocoConfig,
     presets={"default": _default, "quick": _quick},
@@ -505,7 +505,7 @@ TASK = Task(
     shown_defaults=shown_defaults,
     help_note="Defaults that depend on the env and planner are shown for --env {config.env} "
               "--planner {config.planner};\ngive those flags with --help to see another's.",
-)
+))
 
 __all__ = ["TASK", "MujocoConfig", "make_planner",
            "random_episodes"]

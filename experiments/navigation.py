@@ -33,7 +33,7 @@ from worldplan.envs.maps import OccupancyGrid
 from worldplan.envs.navigation import MapConfig, Navigation2DEnv, NavigationParams
 from worldplan.experiments.common import save_figure, seed_everything
 from worldplan.experiments.runs import Run
-from worldplan.experiments.tasks import Task
+from worldplan.experiments.tasks import Task, register_task
 from worldplan.filters.particle import ParticleFilter, systematic_resample
 from worldplan.planners.control_loop import Transition, run_episodes
 from worldplan.planners.mpc import MPPI
@@ -471,7 +471,7 @@ def _quick() -> NavigationConfig:
     return NavigationConfig(episodes=5, n_particles=200, figure_episodes=2)
 
 
-TASK = Task(
+TASK = register_task(Task(
     name="navigation",
     config_cls=NavigationConfig,
     presets={"default": _default, "quick": _quick},
@@ -480,4 +480,4 @@ TASK = Task(
     # one stage, which reads every setting: other settings on a run give it its own record
     sections={"evaluate": tuple(f.name for f in fields(NavigationConfig))},
     description="plan (A* / RRT*) -> pure pursuit -> particle-filter localisation on random maps",
-)
+))

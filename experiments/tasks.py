@@ -1,8 +1,17 @@
-"""What a task plugs into the CLI: its config class, presets and stages."""
+"""The task registry: what a task plugs into the CLI (its config class, presets, stages).
+
+A task is one module that, when imported, calls :func:`register_task` with its
+:class:`Task` (and, for an environment of its own, ``worldplan.envs.register_env``). The
+registry finds the module without importing anything else: the suite's own tasks are
+listed in :data:`TASK_MODULES`; a task of another distribution declares itself as an entry
+point of the group :data:`ENTRY_POINT_GROUP` (``toy = "mypackage.toy_task"``). A task is
+imported only when it is run.
+"""
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +22,7 @@ from worldplan.experiments.runs import Run
 
 STAGES = ("collect", "train-model", "train-policy", "evaluate")
 
-# task name -> module defining ``TASK``; imported only when the task is run.
+# The suite's own tasks: task name -> the module that registers it (the one list).
 TASK_MODULES: dict[str, str] = {
     "truck": "worldplan.experiments.truck",
     "highway": "worldplan.experiments.highway",
@@ -21,6 +30,8 @@ TASK_MODULES: dict[str, str] = {
     "navigation": "worldplan.experiments.navigation",
     "filters": "worldplan.experiments.filters",
 }
+# Tasks of other distributions: entry points ``name = "module"`` of this group.
+ENTRY_POINT_GROUP = "worldplan.tasks"
 
 Stage = Callable[[Any, Run], None]
 
@@ -88,14 +99,74 @@ class UnknownNameError(UserError):
     """An unknown task, stage or preset name."""
 
 
+# task name -> the registered task (filled by ``register_task`` as task modules import)
+_REGISTERED: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add ``task`` to the registry (called by the task's module at import); returns it.
+
+    A task is known by the module of its config class: registering a name again with a
+    config class of the same module (the module reloaded) replaces the entry; of another
+    module, it is an error.
+    """
+    if not isinstance(task, Task):
+        raise TypeError(f"register_task takes a Task, got {type(task).__name__}")
+    old = _REGISTERED.get(task.name)
+    if old is not None and _module_of(old) != _module_of(task):
+        raise ValueError(f"task {task.name!r} is registered twice: by {_module_of(old)} "
+                         f"and by {_module_of(task)}")
+    _REGISTERED[task.name] = task
+    return task
+
+
+def _module_of(task: Task) -> str:
+    """The module that defines the task's config class (where the task lives)."""
+    return getattr(task.config_cls, "__module__", "?")
+
+
+def _entry_point_modules() -> dict[str, str]:
+    """Task name -> module of every installed entry point of :data:`ENTRY_POINT_GROUP`."""
+    return {ep.name: ep.value.split(":")[0].strip()
+            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def task_modules() -> dict[str, str]:
+    """Every task this installation can run: name -> module that registers it (the suite's
+    own first; a name the suite uses cannot be taken by an entry point)."""
+    found = dict(TASK_MODULES)
+    for name, module in _entry_point_modules().items():
+        found.setdefault(name, module)
+    for name, task in _REGISTERED.items():
+        found.setdefault(name, _module_of(task))
+    return found
+
+
 def available_tasks() -> list[str]:
-    """Tasks whose module is present in this installation."""
-    return [name for name, mod in TASK_MODULES.items() if importlib.util.find_spec(mod)]
+    """Tasks whose module is present in this installation (none is imported)."""
+    return [name for name, mod in task_modules().items()
+            if name in _REGISTERED or _spec(mod) is not None]
+
+
+def _spec(module: str):
+    try:
+        return importlib.util.find_spec(module)
+    except ModuleNotFoundError:  # a missing parent package
+        return None
 
 
 def load_task(name: str) -> Task:
-    if name not in TASK_MODULES or importlib.util.find_spec(TASK_MODULES[name]) is None:
+    """The registered task ``name``, importing its module first if need be."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    module = task_modules().get(name)
+    if module is None or _spec(module) is None:
         raise UnknownNameError(
             f"unknown task {name!r}; available: {', '.join(available_tasks()) or 'none'}"
         )
-    return importlib.import_module(TASK_MODULES[name]).TASK
+    importlib.import_module(module)
+    if name not in _REGISTERED:
+        raise UnknownNameError(f"module {module} registers no task {name!r}: it must call "
+                               f"worldplan.experiments.tasks.register_task(Task(name={name!r}, "
+                               "...)) at import")
+    return _REGISTERED[name]

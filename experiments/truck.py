@@ -38,7 +38,7 @@ from worldplan.errors import UserError
 from worldplan.experiments import truck_figures as figures
 from worldplan.experiments.common import resolve_device, seed_everything
 from worldplan.experiments.runs import Run
-from worldplan.experiments.tasks import Task
+from worldplan.experiments.tasks import Task, register_task
 from worldplan.experiments.truck_baselines import CascadeController, LQRController
 from worldplan.experiments.truck_mpc import MPCConfig, evaluate_rows
 from worldplan.planners.policy import checkpoint as policy_ckpt
@@ -46,7 +46,7 @@ from worldplan.planners.policy.bptt import BPTTConfig, Lesson, MLPPolicy, train_
 from worldplan.worldmodels.base import load_model
 from worldplan.worldmodels.dataset import load_dataset, write_dataset
 from worldplan.worldmodels.deterministic import DeterministicModel
-from worldplan.worldmodels.training import TrainConfig, train_model
+from worldplan.worldmodels.training import TrainConfig, evaluate_horizon_error, train_model
 
 log = logging.getLogger(__name__)
 
@@ -214,26 +214,26 @@ def load_emulator(run: Run, device: torch.device):
     return model
 
 
+# held-out windows the emulator's open-loop error is measured on (evenly spaced)
+HORIZON_WINDOWS = 2048
+
+
 def horizon_errors(model, data, horizon: int) -> dict[str, np.ndarray]:
-    """Open-loop rollout error of the emulator against the recorded test episodes: mean
-    hitch-position error (units) and mean heading error (degrees) at each horizon
-    ``1..horizon``, from every window of the test split that is long enough."""
-    contexts, actions, targets = [], [], []
-    for ep in data.episodes("test"):
-        s, a = np.asarray(ep["states"]), np.asarray(ep["actions"])
-        for t in range(0, len(a) - horizon + 1, 5):
-            contexts.append(s[t])
-            actions.append(a[t:t + horizon])
-            targets.append(s[t + 1:t + horizon + 1])
-    if not contexts:
-        raise UserError(f"no test episode is {horizon} steps long; collect longer episodes")
-    with torch.no_grad():
-        pred = model.rollout(torch.as_tensor(np.stack(contexts))[:, None],
-                             torch.as_tensor(np.stack(actions))).numpy()
-    truth = np.stack(targets)
-    position = np.linalg.norm(pred[..., :2] - truth[..., :2], axis=-1).mean(0)
-    heading = np.degrees(np.abs(pred[..., 2:] - truth[..., 2:])).mean((0, 2))
-    return {"position": position, "heading_deg": heading, "windows": np.array(len(truth))}
+    """Open-loop error of the emulator on the test episodes, by
+    :func:`~worldplan.worldmodels.training.evaluate_horizon_error`: the RMS hitch-position
+    error (units, over x and y) and the RMS heading error (degrees, over both angles) at
+    each horizon ``1..horizon``, ``[horizon]`` each, from up to :data:`HORIZON_WINDOWS`
+    windows of the test split (``windows``: how many)."""
+    try:
+        windows = len(data.windows("test", model.ncond, horizon))
+    except ValueError:
+        raise UserError(f"no test episode is {horizon} steps long; collect longer episodes"
+                        ) from None
+    rms = evaluate_horizon_error(model, data, "test", horizon, max_windows=HORIZON_WINDOWS,
+                                 per_dim=True)  # [horizon, 4]: x, y, theta0, theta1
+    return {"position": np.sqrt((rms[:, :2] ** 2).sum(1)),
+            "heading_deg": np.degrees(np.sqrt((rms[:, 2:] ** 2).mean(1))),
+            "windows": np.array(min(windows, HORIZON_WINDOWS))}
 
 
 def stage_train_model(cfg: TruckConfig, run: Run) -> None:
@@ -466,7 +466,7 @@ def validate_config(cfg: TruckConfig) -> None:
                          f"{cfg.policy.truth_iterations_fraction}")
 
 
-TASK = Task(
+TASK = register_task(Task(
     name="truck",
     config_cls=TruckConfig,
     presets={"default": TruckConfig, "quick": quick_config},
@@ -479,4 +479,4 @@ TASK = Task(
     sections={"collect": ("collect",), "train-model": ("emulator",),
               "train-policy": ("policy",),
               "evaluate": ("episodes", "mpc", "video_episodes")},
-)
+))

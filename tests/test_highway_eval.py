@@ -228,7 +228,7 @@ def test_a_privileged_driver_follows_each_new_batch(recording: Recording) -> Non
 
 
 def test_front_rear_proximity_sees_the_follower_behind_a_nearer_leader() -> None:
-    from worldplan.experiments.highway import _cost_fn
+    from worldplan.experiments.highway import cost_fn
 
     view = View()
     img = torch.zeros(1, 3, 117, 24)
@@ -238,12 +238,12 @@ def test_front_rear_proximity_sees_the_follower_behind_a_nearer_leader() -> None
     lead[0, 1, 44:51, 10:14] = 1.0  # a leader close ahead
     both = lead.clone()
     both[0, 1, 68:75, 10:14] = 1.0  # and a follower a little farther behind
-    pmax, pfr = _cost_fn(view, 0.0, "max"), _cost_fn(view, 0.0, "front-rear")
+    pmax, pfr = cost_fn(view, 0.0, "max"), cost_fn(view, 0.0, "front-rear")
     assert pmax(both, state) == pytest.approx(pmax(lead, state).item())  # hidden by the max
     assert pfr(both, state) > pfr(lead, state) + 0.1
     assert pfr(lead, state) == pytest.approx(pmax(lead, state).item())
     with pytest.raises(ValueError, match="proximity"):
-        _cost_fn(view, 0.0, "sum")
+        cost_fn(view, 0.0, "sum")
 
 
 def test_evaluation_figure_stacks_every_outcome_with_the_success_interval() -> None:

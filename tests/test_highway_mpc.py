@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from worldplan.envs.highway import View
-from worldplan.experiments.highway import _cost_fn, _u_map
+from worldplan.experiments.highway import cost_fn, u_map
 from worldplan.experiments.highway_mpc import SceneCacheMPC
 from worldplan.worldmodels.ego_motion import EgoMotionImageModel
 
@@ -38,7 +38,7 @@ def test_scene_cache_runs_the_model_once_per_plan(cache: bool) -> None:
 
     model.unroll = counting
     view = View(offroad=True)
-    planner = SceneCacheMPC(model, _cost_fn(view, 0.2), _u_map(view), torch.tensor([-3.0, -0.01]),
+    planner = SceneCacheMPC(model, cost_fn(view, 0.2), u_map(view), torch.tensor([-3.0, -0.01]),
                             torch.tensor([3.0, 0.01]), horizon=3, iterations=3, lr=0.1,
                             u_weight=0.1, mc_samples=2, cache=cache)
     states, frames = _context()
@@ -56,18 +56,14 @@ def test_cached_and_full_plans_cost_the_same_under_the_full_model() -> None:
     states, frames = _context()
     costs = {}
     for cache in (True, False):
-        planner = SceneCacheMPC(model, _cost_fn(view, 0.2), None, torch.tensor([-3.0, -0.01]),
+        planner = SceneCacheMPC(model, cost_fn(view, 0.2), None, torch.tensor([-3.0, -0.01]),
                                 torch.tensor([3.0, 0.01]), horizon=4, iterations=6, lr=0.2,
                                 u_weight=0.0, mc_samples=2, cache=cache)
-        planner.act(states, frames)
-        plan = torch.cat([planner.plan[:, -1:], planner.plan[:, :-1]], 1)
-        with torch.no_grad():
-            s, f, _ = planner._rollout(states, frames, plan, 0)
-            costs[cache] = planner.cost(s, f, None)
-        start = torch.zeros(2, 4, 2)
-        with torch.no_grad():
-            s0, f0, _ = planner._rollout(states, frames, start, 0)
-            costs["start"] = planner.cost(s0, f0, None)
+        first = planner.act(states, frames)
+        assert torch.equal(planner.chosen[:, 0], first)  # the plan whose first action it took
+        assert torch.equal(planner.plan[:, :-1], planner.chosen[:, 1:])  # the next warm start
+        costs[cache] = planner.plan_cost(states, frames, planner.chosen)
+        costs["start"] = planner.plan_cost(states, frames, torch.zeros(2, 4, 2))
     # both lower the true cost from the warm start, by about as much
     for cache in (True, False):
         assert (costs[cache] <= costs["start"] + 1e-4).all()

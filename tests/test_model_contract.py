@@ -211,3 +211,62 @@ def test_the_posterior_is_what_training_infers(kind: str) -> None:
                         model.norm_delta(nxt.state - ms.state)], -1)
     mu = model.latent.posterior(torch.cat([feat, target], -1)).chunk(2, -1)[0]
     torch.testing.assert_close(model.posterior(ms, nxt.state, nxt.image), mu)
+
+
+# -- a plain dynamics callable as a model of the contract ------------------------------------
+def _bare_rollout(policy, dynamics, start: torch.Tensor, horizon: int):
+    """The loop BPTT through a dynamics callable ran before it went through policy_unroll."""
+    states, actions, state = [start], [], start
+    for _ in range(horizon):
+        action = policy(state)
+        state = dynamics(state, action)
+        states.append(state)
+        actions.append(action)
+    return torch.stack(states, 1), torch.stack(actions, 1)
+
+
+def test_bptt_through_a_dynamics_callable_is_the_bare_loop_bit_for_bit() -> None:
+    """bptt.rollout is policy_unroll through DynamicsModel: the same states, actions and
+    policy gradients as the bare loop, to the last bit (the truck's BPTT controller trains
+    to the same numbers)."""
+    from worldplan.planners.policy.bptt import MLPPolicy, rollout, trajectory_cost
+
+    def dynamics(s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return s + 0.1 * torch.tanh(s.flip(-1) * a.sum(-1, keepdim=True)) + 0.05 * a.mean(-1, True)
+
+    def run_cost(s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return (s ** 2).sum(-1) + (a ** 2).sum(-1)
+
+    torch.manual_seed(0)
+    policy = MLPPolicy(S, A, -torch.ones(A), torch.ones(A), hidden=(16, 16))
+    start = torch.randn(32, S, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for loop in (_bare_rollout, rollout):
+        policy.zero_grad()
+        states, actions = loop(policy, dynamics, start, 12)
+        loss = torch.log1p(trajectory_cost(states, actions, run_cost, None)).mean()
+        loss.backward()
+        grads.append((states, actions, [p.grad.clone() for p in policy.parameters()]))
+    (s0, a0, g0), (s1, a1, g1) = grads
+    assert s1.shape == (32, 13, S) and torch.equal(s1, s0) and torch.equal(a1, a0)
+    assert all(torch.equal(x, y) for x, y in zip(g0, g1, strict=True))
+
+
+def test_a_dynamics_model_keeps_the_contract() -> None:
+    from worldplan.worldmodels.contract import DynamicsModel
+
+    model = DynamicsModel(lambda s, a: 2 * s + a.sum(-1, keepdim=True))
+    ms = model.reset(torch.ones(3, 2, S))  # a context window: the newest state is kept
+    assert ms.context.shape == (3, 1, S) and ms.frames is None
+    traj = model.unroll(ms, torch.ones(3, 2, A))
+    assert torch.equal(traj.states[:, 0], torch.full((3, S), 4.0))  # 2 * 1 + 2
+    assert torch.equal(traj.states[:, 1], torch.full((3, S), 10.0))  # 2 * 4 + 2
+    assert torch.equal(traj.last.state, traj.states[:, 1])
+    with pytest.raises(ValueError, match="no latent"):
+        model.advance(ms, torch.ones(3, A), torch.zeros(3, 1))
+    with pytest.raises(ValueError, match="no frames"):
+        model.reset(torch.ones(3, S), torch.ones(3, 1, *IMG))
+    with pytest.raises(ValueError, match=r"\[B, S\] or \[B, ncond, S\]"):
+        model.reset(torch.ones(S))
+    with pytest.raises(TypeError, match="callable"):
+        DynamicsModel(3)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from worldplan.envs.truck import TruckTaskModel, simulate
+from worldplan.errors import UserError
 from worldplan.experiments.cli import main
 from worldplan.experiments.truck import (
     PolicyConfig,
@@ -94,3 +95,40 @@ def test_bad_truth_fraction_is_rejected(bad):
     with pytest.raises(ValueError, match="policy.truth_iterations_fraction"):
         validate_config(TruckConfig(policy=PolicyConfig(truth_iterations_fraction=bad)))
     validate_config(TruckConfig())
+
+
+def test_emulator_horizon_errors_are_the_world_models_measure(tmp_path):
+    """The truck's emulator error is worldmodels' evaluate_horizon_error: RMS over every
+    test window (a small data set keeps them all), position over x and y, heading over
+    both angles in degrees; checked against the windows rolled out one by one."""
+    from worldplan.experiments.truck import horizon_errors
+    from worldplan.worldmodels import DeterministicModel, load_dataset, write_dataset
+
+    rng = np.random.default_rng(0)
+    episodes = []
+    for _ in range(20):
+        t = int(rng.integers(6, 12))
+        states = np.cumsum(rng.normal(0, 0.1, (t + 1, 4)), 0).astype(np.float32)
+        episodes.append({"states": states, "actions": rng.uniform(-1, 1, (t, 1)).astype(
+            np.float32)})
+    data = load_dataset(write_dataset(tmp_path / "data", episodes, task="truck", dt=1.0))
+    torch.manual_seed(0)
+    model = DeterministicModel(4, 1, ncond=1, hidden=8, layers=1).eval()
+    horizon = 5
+    sq, n = np.zeros((horizon, 4)), 0
+    with torch.no_grad():
+        for ep in data.episodes("test"):
+            s, a = np.array(ep["states"]), np.array(ep["actions"])
+            for t0 in range(len(a) - horizon + 1):
+                pred = model.rollout(torch.as_tensor(s[t0])[None, None],
+                                     torch.as_tensor(a[t0:t0 + horizon])[None])[0].numpy()
+                sq += (pred - s[t0 + 1:t0 + horizon + 1]) ** 2
+                n += 1
+    mse = sq / n
+    errors = horizon_errors(model, data, horizon)
+    assert int(errors["windows"]) == n > 0
+    np.testing.assert_allclose(errors["position"], np.sqrt(mse[:, :2].sum(1)), rtol=1e-5)
+    np.testing.assert_allclose(errors["heading_deg"], np.degrees(np.sqrt(mse[:, 2:].mean(1))),
+                               rtol=1e-5)
+    with pytest.raises(UserError, match="no test episode is 40 steps long"):
+        horizon_errors(model, data, 40)

@@ -2,7 +2,7 @@
 image + vector), offline data sets and their training. See docs/worldmodels.md."""
 
 from worldplan.worldmodels.base import MODEL_KINDS, WorldModel, load_model
-from worldplan.worldmodels.contract import ModelState, Trajectory
+from worldplan.worldmodels.contract import DynamicsModel, ModelState, Trajectory
 from worldplan.worldmodels.dataset import (
     Dataset,
     DatasetError,
@@ -31,6 +31,7 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "DeterministicModel",
+    "DynamicsModel",
     "EgoMotionImageModel",
     "Ensemble",
     "ImageModel",

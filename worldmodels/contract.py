@@ -17,7 +17,9 @@ remain for vector models, whose state is the whole story.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -107,3 +109,74 @@ def rows_of(state: torch.Tensor | ModelState, times: int) -> torch.Tensor | Mode
     if isinstance(state, ModelState):
         return state.repeat_rows(times)
     return state.repeat_interleave(times, 0)
+
+
+class Advances(Protocol):
+    """What a closed loop needs of a model: one step of the contract. Every
+    :class:`~worldplan.worldmodels.base.WorldModel` has it, and so has
+    :class:`DynamicsModel` (a plain dynamics callable)."""
+
+    def advance(self, ms: ModelState, action: torch.Tensor,
+                z: torch.Tensor | None = None) -> ModelState: ...
+
+
+@dataclass(frozen=True)
+class _MarkovState(ModelState):
+    """A one-state model state whose :attr:`state` is the tensor it was made from, not a
+    view of the window: every consumer (the policy, the next step, the cost) takes that
+    tensor itself, so backprop through a plain dynamics callable sums the gradients in the
+    same order as a bare ``state = dynamics(state, action)`` loop, bit for bit."""
+
+    newest: torch.Tensor | None = None
+
+    @property
+    def state(self) -> torch.Tensor:
+        return self.context[:, -1] if self.newest is None else self.newest
+
+
+def _markov(state: torch.Tensor) -> ModelState:
+    return _MarkovState(state[:, None], None, state)
+
+
+class DynamicsModel:
+    """A plain dynamics callable ``dynamics(state [B, S], action [B, A]) -> [B, S]`` (a
+    task's true ``step``, or a learned model's ``step`` wrapped by a task rule) presented as
+    a model of the contract, so one closed loop drives it and the world models alike.
+
+    Its state is Markov: the model state holds one context state, no frames and no latent.
+    """
+
+    def __init__(self, dynamics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        if not callable(dynamics):
+            raise TypeError(f"dynamics must be callable, got {type(dynamics).__name__}")
+        self.dynamics = dynamics
+
+    def reset(self, context: torch.Tensor, frames: torch.Tensor | None = None) -> ModelState:
+        """The model state of ``context`` ``[B, S]`` or ``[B, ncond, S]`` (the newest state
+        is all a Markov dynamics needs)."""
+        if frames is not None:
+            raise ValueError("a dynamics callable is a vector model: it takes no frames")
+        if not isinstance(context, torch.Tensor) or context.ndim not in (2, 3):
+            shape = (list(context.shape) if isinstance(context, torch.Tensor)
+                     else type(context).__name__)
+            raise ValueError(f"context must be a [B, S] or [B, ncond, S] tensor, got {shape}")
+        return _markov(context if context.ndim == 2 else context[:, -1])
+
+    def advance(self, ms: ModelState, action: torch.Tensor,
+                z: torch.Tensor | None = None) -> ModelState:
+        """The model state one ``action`` ``[B, A]`` later; differentiable as the dynamics."""
+        if z is not None:
+            raise ValueError("a dynamics callable has no latent: z must be None")
+        return _markov(self.dynamics(ms.state, action))
+
+    def unroll(self, ms: ModelState, actions: torch.Tensor,
+               z: torch.Tensor | None = None) -> Trajectory:
+        """Open loop from ``ms`` under ``actions`` ``[B, T, A]``: states ``[B, T, S]``."""
+        if actions.ndim != 3 or actions.shape[0] != len(ms) or actions.shape[1] < 1:
+            raise ValueError(f"actions must have shape [{len(ms)}, T >= 1, A], got "
+                             f"{list(actions.shape)}")
+        states = []
+        for t in range(actions.shape[1]):
+            ms = self.advance(ms, actions[:, t], None if z is None else z[:, t])
+            states.append(ms.state)
+        return Trajectory(torch.stack(states, 1), None, ms)

@@ -13,6 +13,9 @@ from worldplan.envs.highway.replay import OUTCOMES, ReplayBatch
 from worldplan.envs.highway.road import Road
 from worldplan.envs.highway.task_model import HighwayTaskModel
 from worldplan.envs.highway.traffic import Traffic, TrafficConfig
+from worldplan.envs.registration import register_env
+
+register_env("worldplan/DenseTraffic-v0", "worldplan.envs.highway.env:DenseTrafficEnv")
 
 __all__ = ["OUTCOMES", "CostConfig", "HighwayTaskModel", "Recording", "ReplayBatch", "Road",
            "Traffic", "TrafficConfig", "View", "actions_from_states", "image_costs_np",

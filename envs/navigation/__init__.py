@@ -2,6 +2,9 @@
 
 from worldplan.envs.navigation.env import MapConfig, Navigation2DEnv, mjcf_from_grid
 from worldplan.envs.navigation.task_model import NavigationParams, NavigationTaskModel
+from worldplan.envs.registration import register_env
+
+register_env("worldplan/Navigation2D-v0", "worldplan.envs.navigation.env:Navigation2DEnv")
 
 __all__ = [
     "MapConfig",

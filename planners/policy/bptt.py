@@ -3,7 +3,10 @@
 The dynamics can be a task's true ``step`` or a frozen learned world model: the policy
 is rolled out through it for a horizon, the summed cost is differentiated with respect
 to the policy's parameters, and Adam takes a step. A curriculum of lessons (as in
-Nguyen & Widrow's truck backer-upper) widens the starting region as training goes.
+Nguyen & Widrow's truck backer-upper) widens the starting region as training goes. The
+rollout is :func:`~worldplan.planners.policy.closed_loop.policy_unroll`, the closed loop of
+every policy learner, through the dynamics as a
+:class:`~worldplan.worldmodels.contract.DynamicsModel`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from worldplan.planners.policy.closed_loop import policy_unroll
+from worldplan.worldmodels.contract import DynamicsModel
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +68,12 @@ class MLPPolicy(nn.Module):
 
 def rollout(policy: Callable[[torch.Tensor], torch.Tensor], dynamics: Dynamics,
             start: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Closed-loop rollout: states ``[B, T+1, S]`` and actions ``[B, T, A]``."""
-    states, actions = [start], []
-    state = start
-    for _ in range(horizon):
-        action = policy(state)
-        state = dynamics(state, action)
-        states.append(state)
-        actions.append(action)
-    return torch.stack(states, 1), torch.stack(actions, 1)
+    """Closed-loop rollout from ``start`` ``[B, S]``: states ``[B, T+1, S]`` (``start``
+    first) and actions ``[B, T, A]``. The loop is :func:`policy_unroll`'s, through the
+    dynamics presented as a model of the contract."""
+    model = DynamicsModel(dynamics)
+    traj, actions = policy_unroll(lambda ms: policy(ms.state), model, model.reset(start), horizon)
+    return torch.cat([start[:, None], traj.states], 1), actions
 
 
 def trajectory_cost(states: torch.Tensor, actions: torch.Tensor, cost: Cost | None,

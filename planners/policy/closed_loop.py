@@ -3,7 +3,9 @@
 ``policy(ModelState) -> action [B, A]`` sees the model's whole state (context states and,
 for an image model, frames); ``model.advance`` moves it on. The same loop serves every
 model kind, so a policy learner differentiates the summed cost of the returned trajectory
-with respect to the policy's parameters whatever the model is.
+with respect to the policy's parameters whatever the model is. A plain dynamics callable
+(a task's true ``step``) joins in as a :class:`~worldplan.worldmodels.contract.DynamicsModel`:
+backprop through time (bptt.py) is this loop too.
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ from collections.abc import Callable
 
 import torch
 
-from worldplan.worldmodels.base import WorldModel
-from worldplan.worldmodels.contract import ModelState, Trajectory
+from worldplan.worldmodels.contract import Advances, ModelState, Trajectory
 
 Policy = Callable[[ModelState], torch.Tensor]
 
 
-def policy_unroll(policy: Policy, model: WorldModel, ms: ModelState, horizon: int,
+def policy_unroll(policy: Policy, model: Advances, ms: ModelState, horizon: int,
                   z: torch.Tensor | None = None) -> tuple[Trajectory, torch.Tensor]:
     """The trajectory ``horizon`` steps on from ``ms`` and the policy's actions
     ``[B, T, A]``; ``z`` ``[B, T, Z]`` fixes a cVAE's latents (the prior's draws when None).
