@@ -108,6 +108,26 @@ def _check_positive(name: str, value: float, allow_zero: bool = False) -> float:
     return value
 
 
+class _Rollout:
+    """The preallocated trajectory buffer of the fast rollout and the views made once.
+
+    ``actions [A, T, M]`` is the caller's candidate buffer (``M = B * N``, problem-major);
+    the predicted states go into ``states [S, T, M]``. Both are column-major per step
+    (``[M, A]``/``[M, S]`` views with unit stride along the rows), so the user's elementwise
+    maths reads contiguous columns, and the running cost sees all ``T * M`` rows at once.
+    """
+
+    def __init__(self, actions: torch.Tensor, s: int, b: int, n: int) -> None:
+        a, t, m = actions.shape
+        self.actions, self.key = actions, (s, b, n)
+        self.states = torch.empty(s, t, m, device=actions.device, dtype=actions.dtype)
+        self.u_steps = actions.permute(1, 2, 0).unbind(0)  # T views [M, A]
+        self.x_steps = self.states.permute(1, 2, 0).unbind(0)  # T views [M, S]
+        self.x_first = self.states[:, 0].view(s, b, n)  # the start state of every candidate
+        self.xs = self.states.view(s, t * m).T  # [T*M, S], step-major rows
+        self.us = actions.view(a, t * m).T
+
+
 class Planner:
     """Base class: a receding-horizon trajectory optimiser over ``[B, T, A]`` action plans.
 
@@ -186,6 +206,8 @@ class Planner:
         self._validated: tuple | None = None  # (state_dim, device, dtype) already checked
         self._bounds_cache: dict = {}
         self._fused = True  # callables accept column-major views (see _rollout_impl)
+        self._fast: _Rollout | None = None  # buffers of _rollout_columns
+        self._discounts: dict = {}
 
     # -- public API -------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
@@ -221,11 +243,12 @@ class Planner:
             init = self._initial_plan(state)
         with torch.enable_grad() if self._needs_grad else torch.no_grad():
             plan = self._optimize(state.detach(), init.detach())
-        plan = torch.clamp(plan.detach(), low, high)
-        # clamped to finite bounds: NaN is the only non-finite value that can remain
-        if torch.isnan(plan).any():
-            raise ValueError(f"{type(self).__name__} produced a non-finite plan: the dynamics or "
-                             "cost returned NaN/inf along the way")
+        if not self._returns_checked_plan:
+            plan = torch.clamp(plan.detach(), low, high)
+            # clamped to finite bounds: NaN is the only non-finite value that can remain
+            if torch.isnan(plan).any():
+                raise ValueError(f"{type(self).__name__} produced a non-finite plan: the "
+                                 "dynamics or cost returned NaN/inf along the way")
         self._plan = plan
         return plan
 
@@ -270,6 +293,9 @@ class Planner:
 
     # -- for subclasses -------------------------------------------------------------------
     _needs_grad = False
+    # Whether _optimize returns a plan already inside the bounds and free of NaN (raising
+    # itself otherwise), so that _solve need not clip and check it again.
+    _returns_checked_plan = False
     # Whether the planner can plan from a world model's ModelState (it only repeats rows
     # and calls the dynamics and costs); linearising planners need vector states.
     structured_states = True
@@ -393,6 +419,60 @@ class Planner:
         if self.terminal_cost is not None:
             total = total + self.discount ** t * self.terminal_cost(x)
         return total
+
+    def _fast_rollout(self, state: torch.Tensor, actions: torch.Tensor,
+                      n: int) -> _Rollout | None:
+        """The buffers of :meth:`_rollout_columns` for the candidate buffer ``actions
+        [A, T, B*n]`` from ``state [B, S]``, or None when the general rollout must run (a
+        latent, a ModelState, autograd, tracing, callables that refuse column-major views,
+        or a rollout above the fusing limit)."""
+        if (not self._fused or self.latent_dim > 0 or isinstance(state, ModelState)
+                or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or actions.shape[2] * actions.shape[1] * max(state.shape[1], actions.shape[0])
+                > _FUSE_LIMIT):
+            return None
+        key = (state.shape[1], state.shape[0], n)
+        fast = self._fast
+        if fast is None or fast.actions is not actions or fast.key != key:
+            fast = self._fast = _Rollout(actions, *key)
+        return fast
+
+    def _rollout_columns(self, state: torch.Tensor, fast: _Rollout) -> torch.Tensor:
+        """Objective ``[B, N]`` of the candidates in ``fast.actions [A, T, B*N]`` from
+        ``state [B, S]``: :meth:`_rollout_impl` without its per-call layout work (the
+        buffers and their views exist already; the start state is broadcast, not repeated).
+        No autograd, no latent."""
+        s, b, n = fast.key
+        fast.x_first.copy_(state.T.unsqueeze(-1))
+        dynamics, x_steps = self.dynamics, fast.x_steps
+        last = len(x_steps) - 1
+        x = x_steps[0]
+        for i, u in enumerate(fast.u_steps):
+            x = dynamics(x_steps[i], u)
+            if i < last:
+                x_steps[i + 1].copy_(x)
+        step_cost = self.cost(fast.xs, fast.us)
+        if self.uncertainty is not None and self.uncertainty_weight > 0:
+            step_cost = step_cost + self.uncertainty_weight * self.uncertainty(fast.xs, fast.us)
+        t = len(x_steps)
+        step_cost = step_cost.reshape(t, b * n)
+        if self.discount < 1.0:
+            total = self._discount_weights(t, state) @ step_cost
+        else:
+            total = step_cost.sum(0)
+        if self.terminal_cost is not None:
+            terminal = self.terminal_cost(x)
+            total = total + (terminal if self.discount == 1.0
+                             else self.discount ** t * terminal)
+        return total.view(b, n)
+
+    def _discount_weights(self, t: int, like: torch.Tensor) -> torch.Tensor:
+        """``[gamma^0 .. gamma^(t-1)]`` on ``like``'s device and dtype (cached)."""
+        key = (t, like.device, like.dtype, self.discount)
+        if key not in self._discounts:
+            self._discounts[key] = self.discount ** torch.arange(t, device=like.device,
+                                                                 dtype=like.dtype)
+        return self._discounts[key]
 
     def _rollout_loop(self, x: torch.Tensor, u_all: torch.Tensor,
                       z: torch.Tensor | None) -> torch.Tensor:

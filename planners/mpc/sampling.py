@@ -146,6 +146,36 @@ class CEM(Planner):
         return best if self.return_best else mean
 
 
+class _MPPIBuffers:
+    """MPPI's per-shape work buffers. The noise is drawn ``[B, K, T, A]`` (sample-major,
+    the draw order of the reference update); candidates and applied noise are laid out
+    ``[A, T, B, K]`` (action-, then step-major): the candidates are then already the
+    column-major ``[A, T, B*K]`` action buffer of the rollout, and the noise of one
+    problem a ``[A*T, K]`` matrix for the batched products of the control cost and the
+    update."""
+
+    def __init__(self, a: int, t: int, b: int, k: int, like: torch.Tensor,
+                 full_covariance: bool) -> None:
+        self.key = (a, t, b, k, like.device, like.dtype)
+        opts = {"device": like.device, "dtype": like.dtype}
+        self.white = torch.empty(b, k, t, a, **opts)
+        self.shaped = torch.empty(b, k, t, a, **opts) if full_covariance else self.white
+        self.shaped_first = self.shaped[:, 0]  # sample 0 of every problem: the plan itself
+        self.shaped_cols = self.shaped.permute(3, 2, 0, 1)  # [A, T, B, K] view
+        self.cand = torch.empty(a, t, b * k, **opts)
+        self.cand4 = self.cand.view(a, t, b, k)
+        self.eps = torch.empty(a, t, b, k, **opts)
+        self.eps_bk = self.eps.view(a * t, b, k).permute(1, 0, 2)  # [B, A*T, K]
+
+
+def _uniform_bounds(low: torch.Tensor, high: torch.Tensor) -> tuple[float, float] | None:
+    """``(low, high)`` as Python floats when every action dimension has the same bounds
+    (one ``clamp_`` with scalar bounds clips a whole buffer), else None."""
+    if bool((low == low[0]).all()) and bool((high == high[0]).all()):
+        return float(low[0]), float(high[0])
+    return None
+
+
 class MPPI(Planner):
     """Model-predictive path integral control (Williams et al. 2017).
 
@@ -162,6 +192,8 @@ class MPPI(Planner):
         control_cost: weight of the control cost term (1: Williams' form, 0: off).
         include_mean: also score the unperturbed plan ``U`` (one of the K samples).
     """
+
+    _returns_checked_plan = True
 
     def __init__(self, *args, samples: int = 1000, temperature: float = 1.0,
                  noise_sigma: float | torch.Tensor = 1.0, iterations: int = 1,
@@ -191,14 +223,26 @@ class MPPI(Planner):
         self.noise_sigma = sigma
         self._sigma_inv = torch.cholesky_inverse(self._chol)
         self._diagonal = bool((sigma == torch.diag(sigma.diagonal())).all())
+        std = self._chol.diagonal()
+        # one std for every action: the noise is drawn at that std directly (normal_(0, std))
+        self._equal_std = (float(std[0]) if self._diagonal and bool((std == std[0]).all())
+                           else None)
+        self._uniform = _uniform_bounds(self.action_low, self.action_high)
         self._cache: dict = {}
+        self._buffers: _MPPIBuffers | None = None
         self._compiled_update = None
 
-    def _mats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mats(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(chol, Sigma^-1, std [A], 1/variance [A], low, high [A, 1, 1, 1])`` on
+        ``like``'s device and dtype."""
         key = (like.device, like.dtype)
         if key not in self._cache:
-            self._cache[key] = (self._chol.to(like.device, like.dtype),
-                                self._sigma_inv.to(like.device, like.dtype))
+            chol, inv = (m.to(like.device, like.dtype) for m in (self._chol, self._sigma_inv))
+            low, high = self._bounds(like)
+            a = self.action_dim
+            self._cache[key] = (chol, inv, chol.diagonal().clone(),
+                                inv.diagonal().clone(), low.view(a, 1, 1, 1),
+                                high.view(a, 1, 1, 1))
         return self._cache[key]
 
     def _scalars(self, like: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
@@ -216,58 +260,117 @@ class MPPI(Planner):
         return self._cache[key]
 
     def _optimize(self, state: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
+        plan = self._optimize_compiled(state, init) if self.compile else None
+        if plan is None:
+            plan = self._optimize_eager(state, init)
+        # a row whose samples all had a NaN/inf cost gets NaN weights, hence a NaN plan
+        if torch.isnan(plan).any():
+            raise ValueError("MPPI: every sampled plan had a non-finite cost; the dynamics "
+                             "or cost returned NaN/inf")
+        return plan
+
+    def _optimize_eager(self, state: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
+        """The iterations in preallocated buffers: per update one draw into the noise
+        buffer, the candidates written into the rollout's action buffer, the fast rollout,
+        and two batched products (control cost folded into the logits, weighted noise
+        added to the plan); no per-sample Python work, no copies of the samples."""
+        b, t, a = init.shape
+        k = self.samples
+        buf = self._buffers
+        if buf is None or buf.key != (a, t, b, k, state.device, state.dtype):
+            buf = self._buffers = _MPPIBuffers(a, t, b, k, state, not self._diagonal)
+        fast = self._fast_rollout(state, buf.cand, k)
+        g = self.generator(state.device)
+        chol, sigma_inv, std, inv_var, low4, high4 = self._mats(state)
         low, high = self._bounds(state)
-        chol, sigma_inv = self._mats(state)
+        eps, cand4, uniform = buf.eps, buf.cand4, self._uniform
+        plan = init
+        for _ in range(self.iterations):
+            if self._equal_std is not None:  # std * z: the values of randn() * std
+                buf.white.normal_(0.0, self._equal_std, generator=g)
+            elif self._diagonal:
+                buf.white.normal_(generator=g).mul_(std)
+            else:
+                torch.mm(buf.white.normal_(generator=g).view(-1, a), chol.T,
+                         out=buf.shaped.view(-1, a))
+            if self.include_mean:
+                buf.shaped_first.zero_()
+            plan4 = plan.permute(2, 1, 0).unsqueeze(-1)  # [A, T, B, 1]
+            torch.add(buf.shaped_cols, plan4, out=cand4)
+            if uniform is not None:
+                cand4.clamp_(*uniform)
+            else:
+                _clip_(cand4, low4, high4)
+            torch.sub(cand4, plan4, out=eps)  # the noise actually applied
+            if fast is not None:
+                costs = self._rollout_columns(state, fast)  # [B, K]
+            else:
+                costs = self._rollout_cost(state, cand4.permute(2, 3, 1, 0))
+            logits = costs.view(b, 1, k)
+            if self.control_cost > 0:  # -S / lambda - c * sum_t U_t^T Sigma^-1 eps_t
+                scaled = plan * inv_var if self._diagonal else plan @ sigma_inv
+                logits = torch.baddbmm(logits, scaled.transpose(1, 2).reshape(b, 1, a * t),
+                                       buf.eps_bk, beta=-1.0 / self.temperature,
+                                       alpha=-self.control_cost)
+            else:
+                logits = logits * (-1.0 / self.temperature)
+            # a NaN cost weighs nothing; softmax subtracts the row maximum itself
+            weights = torch.softmax(logits.nan_to_num_(nan=float("-inf")), dim=2)
+            plan = torch.baddbmm(plan.transpose(1, 2).reshape(b, a * t, 1), buf.eps_bk,
+                                 weights.transpose(1, 2)).view(b, a, t).transpose(1, 2)
+            if uniform is not None:
+                plan.clamp_(*uniform)
+            else:
+                _clip_(plan, low, high)
+        return plan.contiguous()
+
+    def _optimize_compiled(self, state: torch.Tensor, init: torch.Tensor
+                           ) -> torch.Tensor | None:
+        """The iterations with the whole update (noise shaping, rollout, weights) fused by
+        ``torch.compile``; None when compilation failed (the caller then runs eagerly)."""
+        low, high = self._bounds(state)
+        chol, sigma_inv = self._mats(state)[:2]
         b, t, a = init.shape
         g = self.generator(state.device)
-        plan = init  # _update never writes into its plan argument
-        update = self._update
-        if self.compile:  # fuse the whole update (noise shaping, rollout, weights) into one
-            if self._compiled_update is None:
-                self._compiled_update = torch.compile(self._update, dynamic=False)
-            update = self._compiled_update
+        if self._compiled_update is None:
+            self._compiled_update = torch.compile(self._update, dynamic=False)
+        plan = init
         for _ in range(self.iterations):
             white = torch.randn(b, self.samples, t, a, generator=g, device=state.device,
                                 dtype=state.dtype)
             try:
-                plan, finite = update(state, plan, white, low, high, chol, sigma_inv)
+                plan = self._compiled_update(state, plan, white, low, high, chol, sigma_inv)
             except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly
-                if update is self._update:
-                    raise
                 log.warning("torch.compile of the MPPI update failed (%s); running eagerly",
                             exc)
-                self.compile, update = False, self._update
-                plan, finite = update(state, plan, white, low, high, chol, sigma_inv)
-            if not bool(finite):
-                raise ValueError("MPPI: every sampled plan had a non-finite cost; the dynamics "
-                                 "or cost returned NaN/inf")
+                self.compile = False
+                self.reset(self.seed)  # the eager run starts from the same draws
+                return None
         return plan
 
     def _update(self, state: torch.Tensor, plan: torch.Tensor, white: torch.Tensor,
                 low: torch.Tensor, high: torch.Tensor, chol: torch.Tensor,
-                sigma_inv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One MPPI update of ``plan [B, T, A]`` with standard-normal ``white [B, K, T, A]``;
-        returns the new plan and whether every problem had a finite-cost sample."""
+                sigma_inv: torch.Tensor) -> torch.Tensor:
+        """One MPPI update of ``plan [B, T, A]`` with standard-normal ``white [B, K, T, A]``
+        in functional form (what ``torch.compile`` traces; the eager planner does the same
+        arithmetic in its buffers). Returns the new plan, clipped to the bounds."""
         b, k, t, a = white.shape
         ctrl_weight, neg_inv_temp = self._scalars(white)
         eps = white * chol.diagonal() if self._diagonal else white @ chol.T
         if self.include_mean:  # sample 0 is the unperturbed plan
             eps[:, 0] = 0
-        # in place on this call's own temporaries: no extra allocations
-        cand = _clip_(torch.add(plan[:, None], eps), low, high)
-        eps = torch.sub(cand, plan[:, None], out=eps)  # the noise actually applied
-        costs = self._rollout_cost(state, cand, allow_compile=False)  # [B, K]
-        flat = eps.view(b, k, t * a)
-        if self.control_cost > 0:  # lambda * sum_t U_t^T Sigma^-1 eps_t, one batched product
-            # a diagonal Sigma^-1 scales each action: the matmul's one non-zero product
+        plan4 = plan.permute(2, 1, 0).unsqueeze(-1)
+        cand = torch.maximum(torch.minimum(eps.permute(3, 2, 0, 1) + plan4,
+                                           high.view(a, 1, 1, 1)),
+                             low.view(a, 1, 1, 1))
+        eps = cand - plan4
+        costs = self._rollout_cost(state, cand.permute(2, 3, 1, 0), allow_compile=False)
+        eps_bk = eps.reshape(a * t, b, k).permute(1, 0, 2)  # [B, A*T, K]
+        if self.control_cost > 0:
             scaled = plan * sigma_inv.diagonal() if self._diagonal else plan @ sigma_inv
-            ctrl = torch.bmm(flat, scaled.reshape(b, t * a, 1)).view(b, k)
+            ctrl = torch.bmm(scaled.transpose(1, 2).reshape(b, 1, a * t), eps_bk).view(b, k)
             costs = costs + ctrl_weight * ctrl
-        costs = costs.nan_to_num(float("inf"))
-        # after nan_to_num only a NaN (now +inf) is non-finite: a row is usable when its
-        # cheapest sample is finite
-        finite = (costs.amin(dim=1) < float("inf")).all()
-        # softmax subtracts the row maximum itself: no separate shift by the minimum cost
-        weights = torch.softmax(costs * neg_inv_temp, dim=1)
-        plan = torch.bmm(weights[:, None], flat).view(b, t, a).add_(plan)
-        return plan.clamp_(low, high), finite
+        logits = (costs * neg_inv_temp).nan_to_num(nan=float("-inf"))
+        weights = torch.softmax(logits, dim=1)
+        plan = torch.bmm(eps_bk, weights[:, :, None]).view(b, a, t).transpose(1, 2) + plan
+        return torch.maximum(torch.minimum(plan, high), low)
