@@ -55,6 +55,14 @@ def _clip_(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tens
     return torch.maximum(torch.minimum(x, high, out=x), low, out=x)
 
 
+def _uniform_bounds(low: torch.Tensor, high: torch.Tensor) -> tuple[float, float] | None:
+    """``(low, high)`` as Python floats when every action dimension has the same bounds
+    (one ``clamp_`` with scalar bounds clips a whole buffer), else None."""
+    if bool((low == low[0]).all()) and bool((high == high[0]).all()):
+        return float(low[0]), float(high[0])
+    return None
+
+
 class CEM(Planner):
     """Cross-entropy method with the iCEM refinements (Pinneri et al. 2020).
 
@@ -97,44 +105,88 @@ class CEM(Planner):
         self.return_best = bool(return_best)
         self.min_std = _check_positive("min_std", min_std, allow_zero=True)
         self._kept: torch.Tensor | None = None  # elites kept for the next step [B, K, T, A]
+        self._returns_checked_plan = self.return_best
+        self._uniform = _uniform_bounds(self.action_low, self.action_high)
+        self._cache: dict = {}
+        self._buffers: dict[tuple, _CEMBuffers] = {}
 
     def reset(self, seed: int | None = None) -> None:
         super().reset(seed)
         self._kept = None
 
+    def _scalars(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha, 1 - alpha)`` as 0-dim tensors of ``like``'s dtype (the same values as
+        the Python floats, without their wrapping at every call)."""
+        key = ("scalars", like.device, like.dtype, self.alpha)
+        if key not in self._cache:
+            self._cache[key] = tuple(torch.tensor(v, device=like.device, dtype=like.dtype)
+                                     for v in (self.alpha, 1 - self.alpha))
+        return self._cache[key]
+
+    def _work(self, a: int, t: int, b: int, n: int, like: torch.Tensor) -> _CEMBuffers:
+        """The buffers for ``n`` candidates per problem (``samples``, or ``samples`` plus
+        the kept elites: two shapes in turn after a reset)."""
+        key = (a, t, b, n, like.device, like.dtype)
+        buf = self._buffers.get(key)
+        if buf is None:
+            if len(self._buffers) >= 4:  # shapes of the past (another batch size)
+                self._buffers.clear()
+            buf = self._buffers[key] = _CEMBuffers(a, t, b, n, self.samples, like)
+        return buf
+
     def _optimize(self, state: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
+        """Each iteration writes its samples, the mean (last iteration) and the kept elites
+        into one preallocated candidate buffer, which is the fast rollout's action buffer
+        (no concatenation, no per-call layout copies); the arithmetic is that of the
+        straightforward form, value for value."""
         low, high = self._bounds(state)
         half = (high - low) / 2
         b, t, a = init.shape
         g = self.generator(state.device)
-        mean = init.clone()
-        std = (self.init_std * half).expand(b, t, a).clone()
+        alpha, rest = self._scalars(state)
+        mean = init
+        std = (self.init_std * half).expand(b, t, a)
         n_keep = int(round(self.keep_elites * self.elites))
         kept = self._kept if (self._kept is not None and self._kept.shape[0] == b
                               and self._kept.shape[2] >= t
                               and self._kept.device == state.device) else None
         if kept is not None:  # the horizon may have been shortened since the last call
             kept = kept[:, :, :t].to(state.dtype)
-        best = init.clone()
+        best = init
         best_cost = torch.full((b,), float("inf"), device=state.device, dtype=state.dtype)
         for it in range(self.iterations):
-            noise = colored_noise(self.beta, (b, self.samples, a), t, generator=g,
-                                  device=state.device, dtype=state.dtype)
-            cand = (std[:, None] * noise).add_(mean[:, None])  # in place: one temporary
-            if it == self.iterations - 1:
-                cand[:, 0] = mean  # iCEM: the mean itself is a candidate in the last iteration
+            n_total = self.samples + (kept.shape[1] if kept is not None else 0)
+            buf = self._work(a, t, b, n_total, state)
+            if self.beta == 0:  # white noise straight into the buffer (randn's values)
+                white = buf.white.normal_(generator=g).permute(3, 2, 0, 1)
+            else:
+                white = colored_noise(self.beta, (b, self.samples, a), t, generator=g,
+                                      device=state.device,
+                                      dtype=state.dtype).permute(3, 2, 0, 1)
+            torch.mul(white, std.permute(2, 1, 0).unsqueeze(-1), out=buf.sampled)
+            buf.sampled.add_(mean.permute(2, 1, 0).unsqueeze(-1))
+            if it == self.iterations - 1:  # iCEM: the mean itself is a candidate
+                buf.first.copy_(mean.permute(2, 1, 0))
             if kept is not None:
-                cand = torch.cat([cand, kept], dim=1)
-            cand = _clip_(cand, low, high)
-            costs = self._rollout_cost(state, cand).nan_to_num(float("inf"))  # [B, N]
+                buf.kept.copy_(kept.permute(3, 2, 0, 1))
+            if self._uniform is not None:
+                buf.cand.clamp_(*self._uniform)
+            else:
+                _clip_(buf.cand4, low.view(a, 1, 1, 1), high.view(a, 1, 1, 1))
+            fast = self._fast_rollout(state, buf.cand, n_total)
+            if fast is not None:
+                costs = self._rollout_columns(state, fast)
+            else:
+                costs = self._rollout_cost(state, buf.cand_rows)
+            costs = costs.nan_to_num_(float("inf"))  # [B, N]
             order = costs.topk(self.elites, dim=1, largest=False).indices
-            elite = torch.gather(cand, 1, order[..., None, None].expand(-1, -1, t, a))
+            elite = torch.gather(buf.cand_rows, 1, order[..., None, None].expand(-1, -1, t, a))
             elite_cost = torch.gather(costs, 1, order)
             better = elite_cost[:, 0] < best_cost
             best = torch.where(better[:, None, None], elite[:, 0], best)
             best_cost = torch.where(better, elite_cost[:, 0], best_cost)
-            mean = self.alpha * mean + (1 - self.alpha) * elite.mean(1)
-            std = self.alpha * std + (1 - self.alpha) * elite.std(1, unbiased=False)
+            mean = alpha * mean + rest * elite.mean(1)
+            std = alpha * std + rest * elite.std(1, unbiased=False)
             kept = elite[:, :n_keep] if n_keep > 0 else None
             if self.min_std > 0 and bool((std < self.min_std * half).all()):
                 break
@@ -143,7 +195,27 @@ class CEM(Planner):
                              "cost returned NaN/inf")
         self._kept = self._shift(kept) if kept is not None else None
         self.last_cost = best_cost
+        # the best plan is a clipped candidate with a finite cost: no clipping or NaN check
+        # left for the caller (the mean is clipped there: rounding may leave the bounds)
         return best if self.return_best else mean
+
+
+class _CEMBuffers:
+    """CEM's per-shape work buffers: candidates ``[A, T, B, N]`` (the rollout's
+    column-major action buffer; ``N`` samples, then the kept elites), with a sample-major
+    ``[B, N, T, A]`` view for picking elites, and the white-noise buffer ``[B, S, T, A]``
+    (the draw order of ``torch.randn``)."""
+
+    def __init__(self, a: int, t: int, b: int, n: int, samples: int,
+                 like: torch.Tensor) -> None:
+        opts = {"device": like.device, "dtype": like.dtype}
+        self.cand = torch.empty(a, t, b * n, **opts)
+        self.cand4 = self.cand.view(a, t, b, n)
+        self.cand_rows = self.cand4.permute(2, 3, 1, 0)  # [B, N, T, A] view
+        self.sampled = self.cand4[..., :samples]
+        self.first = self.cand4[..., 0]
+        self.kept = self.cand4[..., samples:]
+        self.white = torch.empty(b, samples, t, a, **opts)
 
 
 class _MPPIBuffers:
@@ -166,14 +238,6 @@ class _MPPIBuffers:
         self.cand4 = self.cand.view(a, t, b, k)
         self.eps = torch.empty(a, t, b, k, **opts)
         self.eps_bk = self.eps.view(a * t, b, k).permute(1, 0, 2)  # [B, A*T, K]
-
-
-def _uniform_bounds(low: torch.Tensor, high: torch.Tensor) -> tuple[float, float] | None:
-    """``(low, high)`` as Python floats when every action dimension has the same bounds
-    (one ``clamp_`` with scalar bounds clips a whole buffer), else None."""
-    if bool((low == low[0]).all()) and bool((high == high[0]).all()):
-        return float(low[0]), float(high[0])
-    return None
 
 
 class MPPI(Planner):
