@@ -125,6 +125,9 @@ class _Rollout:
         self.x_steps = self.states.permute(1, 2, 0).unbind(0)  # T views [M, S]
         self.x_first = self.states[:, 0].view(s, b, n)  # the start state of every candidate
         self.xs = self.states.view(s, t * m).T  # [T*M, S], step-major rows
+        # (state view, action view, the next state's view or None at the last step)
+        self.steps = tuple(zip(self.x_steps, self.u_steps, (*self.x_steps[1:], None),
+                               strict=True))
         self.us = actions.view(a, t * m).T
 
 
@@ -205,6 +208,7 @@ class Planner:
         self._plan: torch.Tensor | None = None  # warm start [B, T, A]
         self._validated: tuple | None = None  # (state_dim, device, dtype) already checked
         self._bounds_cache: dict = {}
+        self._shift_index: dict = {}
         self._fused = True  # callables accept column-major views (see _rollout_impl)
         self._fast: _Rollout | None = None  # buffers of _rollout_columns
         self._discounts: dict = {}
@@ -241,8 +245,12 @@ class Planner:
             init = None
         if init is None:
             init = self._initial_plan(state)
-        with torch.enable_grad() if self._needs_grad else torch.no_grad():
-            plan = self._optimize(state.detach(), init.detach())
+        if self._needs_grad:
+            with torch.enable_grad():
+                plan = self._optimize(state.detach(), init.detach())
+        else:  # nothing is recorded under no_grad: no detached copies needed
+            with torch.no_grad():
+                plan = self._optimize(state, init)
         if not self._returns_checked_plan:
             plan = torch.clamp(plan.detach(), low, high)
             # clamped to finite bounds: NaN is the only non-finite value that can remain
@@ -310,8 +318,17 @@ class Planner:
         mid = (low + high) / 2
         return mid.expand(state.shape[0], self.horizon, self.action_dim).clone()
 
-    def _shift(self, plan: torch.Tensor) -> torch.Tensor:
-        return torch.cat([plan[:, 1:], plan[:, -1:]], dim=1)
+    def _shift(self, plan: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """``plan`` advanced by one step along its time axis ``dim`` (the last step
+        repeated): a new tensor, by one ``index_select`` with a cached index."""
+        t = plan.shape[dim]
+        key = (t, plan.device)
+        index = self._shift_index.get(key)
+        if index is None:
+            index = self._shift_index[key] = torch.cat([
+                torch.arange(1, t, device=plan.device),
+                torch.tensor([t - 1], device=plan.device)])
+        return plan.index_select(dim, index)
 
     def _bounds(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (like.device, like.dtype)
@@ -444,17 +461,15 @@ class Planner:
         No autograd, no latent."""
         s, b, n = fast.key
         fast.x_first.copy_(state.T.unsqueeze(-1))
-        dynamics, x_steps = self.dynamics, fast.x_steps
-        last = len(x_steps) - 1
-        x = x_steps[0]
-        for i, u in enumerate(fast.u_steps):
-            x = dynamics(x_steps[i], u)
-            if i < last:
-                x_steps[i + 1].copy_(x)
+        dynamics = self.dynamics
+        for xc, u, x_next in fast.steps:
+            x = dynamics(xc, u)
+            if x_next is not None:
+                x_next.copy_(x)
         step_cost = self.cost(fast.xs, fast.us)
         if self.uncertainty is not None and self.uncertainty_weight > 0:
             step_cost = step_cost + self.uncertainty_weight * self.uncertainty(fast.xs, fast.us)
-        t = len(x_steps)
+        t = len(fast.steps)
         step_cost = step_cost.reshape(t, b * n)
         if self.discount < 1.0:
             total = self._discount_weights(t, state) @ step_cost

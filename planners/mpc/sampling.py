@@ -114,13 +114,25 @@ class CEM(Planner):
         super().reset(seed)
         self._kept = None
 
-    def _scalars(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(alpha, 1 - alpha)`` as 0-dim tensors of ``like``'s dtype (the same values as
-        the Python floats, without their wrapping at every call)."""
-        key = ("scalars", like.device, like.dtype, self.alpha)
+    def _constants(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(alpha, 1 - alpha, half-range [A], initial std [A])`` on ``like``'s device and
+        dtype; the scalars as 0-dim tensors (the same values as the Python floats, without
+        their wrapping at every call)."""
+        key = (like.device, like.dtype, self.alpha, self.init_std)
         if key not in self._cache:
-            self._cache[key] = tuple(torch.tensor(v, device=like.device, dtype=like.dtype)
-                                     for v in (self.alpha, 1 - self.alpha))
+            low, high = self._bounds(like)
+            half = (high - low) / 2
+            self._cache[key] = (*(torch.tensor(v, device=like.device, dtype=like.dtype)
+                                  for v in (self.alpha, 1 - self.alpha)),
+                                half, self.init_std * half)
+        return self._cache[key]
+
+    def _no_cost(self, b: int, like: torch.Tensor) -> torch.Tensor:
+        """``[B]`` of +inf, the best cost before any sample (cached: never written to)."""
+        key = ("inf", b, like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = torch.full((b,), float("inf"), device=like.device,
+                                          dtype=like.dtype)
         return self._cache[key]
 
     def _work(self, a: int, t: int, b: int, n: int, like: torch.Tensor) -> _CEMBuffers:
@@ -140,20 +152,19 @@ class CEM(Planner):
         (no concatenation, no per-call layout copies); the arithmetic is that of the
         straightforward form, value for value."""
         low, high = self._bounds(state)
-        half = (high - low) / 2
         b, t, a = init.shape
         g = self.generator(state.device)
-        alpha, rest = self._scalars(state)
+        alpha, rest, half, std0 = self._constants(state)
         mean = init
-        std = (self.init_std * half).expand(b, t, a)
+        std = std0.expand(b, t, a)
         n_keep = int(round(self.keep_elites * self.elites))
         kept = self._kept if (self._kept is not None and self._kept.shape[0] == b
                               and self._kept.shape[2] >= t
                               and self._kept.device == state.device) else None
-        if kept is not None:  # the horizon may have been shortened since the last call
-            kept = kept[:, :, :t].to(state.dtype)
+        if kept is not None and (kept.shape[2] != t or kept.dtype != state.dtype):
+            kept = kept[:, :, :t].to(state.dtype)  # the horizon may have been shortened
         best = init
-        best_cost = torch.full((b,), float("inf"), device=state.device, dtype=state.dtype)
+        best_cost = self._no_cost(b, state)
         for it in range(self.iterations):
             n_total = self.samples + (kept.shape[1] if kept is not None else 0)
             buf = self._work(a, t, b, n_total, state)
@@ -372,10 +383,14 @@ class MPPI(Planner):
                 costs = self._rollout_cost(state, cand4.permute(2, 3, 1, 0))
             logits = costs.view(b, 1, k)
             if self.control_cost > 0:  # -S / lambda - c * sum_t U_t^T Sigma^-1 eps_t
-                scaled = plan * inv_var if self._diagonal else plan @ sigma_inv
+                if self._equal_std is not None:  # Sigma^-1 = I / std^2: into the factor
+                    scaled, weight = plan, self.control_cost / self._equal_std**2
+                else:
+                    scaled = plan * inv_var if self._diagonal else plan @ sigma_inv
+                    weight = self.control_cost
                 logits = torch.baddbmm(logits, scaled.transpose(1, 2).reshape(b, 1, a * t),
                                        buf.eps_bk, beta=-1.0 / self.temperature,
-                                       alpha=-self.control_cost)
+                                       alpha=-weight)
             else:
                 logits = logits * (-1.0 / self.temperature)
             # a NaN cost weighs nothing; softmax subtracts the row maximum itself
