@@ -92,6 +92,13 @@ def as_bounds(action_low: BoundLike, action_high: BoundLike,
     return low, high
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """Is every element of ``x`` finite? A finite sum settles it in two small ops (NaN and
+    inf propagate into the sum); only a sum that overflowed needs the elementwise check,
+    which costs five (``isfinite`` is composite)."""
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def _check_int(name: str, value: int, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -521,7 +528,7 @@ class Planner:
         if self.state_dim is not None and state.shape[1] != self.state_dim:
             raise ValueError(f"state has {state.shape[1]} components per row but the task "
                              f"and dynamics model have state_dim {self.state_dim}")
-        if not (state.is_finite() if structured else torch.isfinite(state).all()):
+        if not (state.is_finite() if structured else _all_finite(state)):
             raise ValueError("state contains NaN or inf")
         if structured and not self.structured_states:
             raise TypeError(f"{type(self).__name__} needs vector states [B, S]; plan through "

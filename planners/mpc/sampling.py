@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -201,7 +202,8 @@ class CEM(Planner):
             kept = elite[:, :n_keep] if n_keep > 0 else None
             if self.min_std > 0 and bool((std < self.min_std * half).all()):
                 break
-        if not torch.isfinite(best_cost).all():
+        # nan_to_num left +inf (a NaN cost) as the only non-finite value: the maximum says it
+        if not float(best_cost.amax()) < float("inf"):
             raise ValueError("CEM: every sampled plan had a non-finite cost; the dynamics or "
                              "cost returned NaN/inf")
         self._kept = self._shift(kept) if kept is not None else None
@@ -338,8 +340,10 @@ class MPPI(Planner):
         plan = self._optimize_compiled(state, init) if self.compile else None
         if plan is None:
             plan = self._optimize_eager(state, init)
-        # a row whose samples all had a NaN/inf cost gets NaN weights, hence a NaN plan
-        if torch.isnan(plan).any():
+        # a row whose samples all had a NaN/inf cost gets NaN weights, hence a NaN plan;
+        # its sum is then NaN (one small op; confirmed elementwise, as bounds near the
+        # float range could overflow the sum into inf - inf)
+        if math.isnan(float(plan.sum())) and bool(torch.isnan(plan).any()):
             raise ValueError("MPPI: every sampled plan had a non-finite cost; the dynamics "
                              "or cost returned NaN/inf")
         return plan
