@@ -529,3 +529,17 @@ def test_callables_that_need_contiguous_rows_take_the_plain_loop() -> None:
     reference = MPPI(linear, quad, -1.0, 1.0, 5, samples=32, seed=3)
     torch.testing.assert_close(plan, reference.plan(state), rtol=1e-5, atol=1e-5)
     assert reference._fused
+
+
+def test_cem_kept_elites_are_shifted_in_time() -> None:
+    """The elites carried into the next control step are advanced by one step like the
+    warm start (last step repeated), all of them: the best one is the kept plan itself."""
+    planner = CEM(_pendulum_like, _angle_cost, -2.0, 2.0, 6, samples=64, elites=8,
+                  iterations=1, keep_elites=0.5, seed=0)
+    state = torch.tensor([[0.6, 0.8, 0.3], [-1.0, 0.0, -0.5]])
+    planner.act(state)
+    kept = planner._kept  # [B, 4, T, A]
+    assert kept.shape == (2, 4, 6, 1)
+    torch.testing.assert_close(kept[:, 0], planner.warm_start, rtol=0, atol=0)
+    torch.testing.assert_close(kept[:, :, -1], kept[:, :, -2], rtol=0, atol=0)
+    assert not torch.equal(kept[:, -1], kept[:, -2])  # four distinct elites

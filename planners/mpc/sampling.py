@@ -206,7 +206,7 @@ class CEM(Planner):
         if not float(best_cost.amax()) < float("inf"):
             raise ValueError("CEM: every sampled plan had a non-finite cost; the dynamics or "
                              "cost returned NaN/inf")
-        self._kept = self._shift(kept) if kept is not None else None
+        self._kept = self._shift(kept, dim=2) if kept is not None else None  # along time
         self.last_cost = best_cost
         # the best plan is a clipped candidate with a finite cost: no clipping or NaN check
         # left for the caller (the mean is clipped there: rounding may leave the bounds)
