@@ -164,8 +164,7 @@ class CEM(Planner):
                               and self._kept.device == state.device) else None
         if kept is not None and (kept.shape[2] != t or kept.dtype != state.dtype):
             kept = kept[:, :, :t].to(state.dtype)  # the horizon may have been shortened
-        best = init
-        best_cost = self._no_cost(b, state)
+        best, best_cost = init, self._no_cost(b, state)
         for it in range(self.iterations):
             n_total = self.samples + (kept.shape[1] if kept is not None else 0)
             buf = self._work(a, t, b, n_total, state)
@@ -191,15 +190,22 @@ class CEM(Planner):
             else:
                 costs = self._rollout_cost(state, buf.cand_rows)
             costs = costs.nan_to_num_(float("inf"))  # [B, N]
-            order = costs.topk(self.elites, dim=1, largest=False).indices
+            elite_cost, order = costs.topk(self.elites, dim=1, largest=False)
             elite = torch.gather(buf.cand_rows, 1, order[..., None, None].expand(-1, -1, t, a))
-            elite_cost = torch.gather(costs, 1, order)
-            better = elite_cost[:, 0] < best_cost
-            best = torch.where(better[:, None, None], elite[:, 0], best)
-            best_cost = torch.where(better, elite_cost[:, 0], best_cost)
-            mean = alpha * mean + rest * elite.mean(1)
-            std = alpha * std + rest * elite.std(1, unbiased=False)
+            if it == 0:  # anything beats the +inf start (a row left at +inf raises below)
+                best, best_cost = elite[:, 0], elite_cost[:, 0]
+            else:
+                better = elite_cost[:, 0] < best_cost
+                best = torch.where(better[:, None, None], elite[:, 0], best)
+                best_cost = torch.where(better, elite_cost[:, 0], best_cost)
             kept = elite[:, :n_keep] if n_keep > 0 else None
+            last = it == self.iterations - 1
+            if last and self.return_best:  # the mean and std die with this call
+                break
+            mean = alpha * mean + rest * elite.mean(1)
+            if last:
+                break
+            std = alpha * std + rest * elite.std(1, unbiased=False)
             if self.min_std > 0 and bool((std < self.min_std * half).all()):
                 break
         # nan_to_num left +inf (a NaN cost) as the only non-finite value: the maximum says it
