@@ -392,26 +392,28 @@ class MPPI(Planner):
             else:
                 costs = self._rollout_cost(state, cand4.permute(2, 3, 1, 0))
             logits = costs.view(b, 1, k)
+            plan_at = plan.transpose(1, 2).reshape(b, a * t, 1)  # [B, A*T, 1], noise order
             if self.control_cost > 0:  # -S / lambda - c * sum_t U_t^T Sigma^-1 eps_t
                 if self._equal_std is not None:  # Sigma^-1 = I / std^2: into the factor
-                    scaled, weight = plan, self.control_cost / self._equal_std**2
+                    scaled, weight = plan_at.view(b, 1, a * t), self.control_cost
+                    weight /= self._equal_std**2
                 else:
                     scaled = plan * inv_var if self._diagonal else plan @ sigma_inv
-                    weight = self.control_cost
-                logits = torch.baddbmm(logits, scaled.transpose(1, 2).reshape(b, 1, a * t),
-                                       buf.eps_bk, beta=-1.0 / self.temperature,
-                                       alpha=-weight)
+                    scaled, weight = scaled.transpose(1, 2).reshape(b, 1, a * t), self.control_cost
+                logits = torch.baddbmm(logits, scaled, buf.eps_bk,
+                                       beta=-1.0 / self.temperature, alpha=-weight)
             else:
                 logits = logits * (-1.0 / self.temperature)
             # a NaN cost weighs nothing; softmax subtracts the row maximum itself
             weights = torch.softmax(logits.nan_to_num_(nan=float("-inf")), dim=2)
-            plan = torch.baddbmm(plan.transpose(1, 2).reshape(b, a * t, 1), buf.eps_bk,
-                                 weights.transpose(1, 2)).view(b, a, t).transpose(1, 2)
+            plan = torch.baddbmm(plan_at, buf.eps_bk, weights.view(b, k, 1))
+            # back to [B, T, A] (a plain view for one action)
+            plan = plan.view(b, t, 1) if a == 1 else plan.view(b, a, t).transpose(1, 2)
             if uniform is not None:
                 plan.clamp_(*uniform)
             else:
                 _clip_(plan, low, high)
-        return plan.contiguous()
+        return plan if a == 1 else plan.contiguous()
 
     def _optimize_compiled(self, state: torch.Tensor, init: torch.Tensor
                            ) -> torch.Tensor | None:
