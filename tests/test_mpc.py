@@ -596,3 +596,19 @@ def test_fast_rollout_plans_like_the_general_rollout(cls: type) -> None:
         torch.testing.assert_close(a_fast, a_general, rtol=1e-6, atol=1e-6)
         x = _pendulum_like(x, a_fast)
     assert fast._fast is not None and general._fast is None
+
+
+def test_mppi_compile_failure_plans_eagerly_with_the_same_draws(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """When the compiled update fails, the call is planned eagerly from the same random
+    draws: the plan is that of an eager planner with the same seed, and so are the next."""
+    failing = MPPI(linear, quad, -1.0, 1.0, 5, samples=32, seed=3, compile=True)
+
+    def broken(*args: object) -> torch.Tensor:
+        raise RuntimeError("no compiler here")
+
+    failing._compiled_update = broken
+    eager = MPPI(linear, quad, -1.0, 1.0, 5, samples=32, seed=3)
+    for _ in range(2):
+        assert torch.equal(failing.act(X0), eager.act(X0))
+    assert not failing.compile and "running eagerly" in caplog.text

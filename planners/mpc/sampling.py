@@ -425,6 +425,7 @@ class MPPI(Planner):
         g = self.generator(state.device)
         if self._compiled_update is None:
             self._compiled_update = torch.compile(self._update, dynamic=False)
+        drawn_from = g.get_state()
         plan = init
         for _ in range(self.iterations):
             white = torch.randn(b, self.samples, t, a, generator=g, device=state.device,
@@ -435,7 +436,7 @@ class MPPI(Planner):
                 log.warning("torch.compile of the MPPI update failed (%s); running eagerly",
                             exc)
                 self.compile = False
-                self.reset(self.seed)  # the eager run starts from the same draws
+                g.set_state(drawn_from)  # the eager run takes the same draws
                 return None
         return plan
 
