@@ -1,4 +1,10 @@
-"""Sampling-based planners: the cross-entropy method (with the iCEM refinements) and MPPI."""
+"""Sampling-based planners: the cross-entropy method (with the iCEM refinements) and MPPI.
+
+Length: both planners write their candidates into preallocated buffers in the layout of
+the base class's fast rollout and share the noise and clipping helpers here; each one's
+buffered update sits next to the functional form it must equal (MPPI's ``_update``, what
+``torch.compile`` traces), which is what keeps them one module.
+"""
 
 from __future__ import annotations
 
