@@ -11,7 +11,10 @@ a learned world model.
    a learned world model of ``InvertedPendulum-v5``'s size (the ensemble of
    ``worldplan mujoco``'s default config; the cVAE for ``--model cvae``) at batch 1 and 64.
 
-    python benchmarks/bench_mpc.py [--quick] [--skip-latency]
+    python benchmarks/bench_mpc.py [--quick] [--skip-latency] [--floor]
+
+``--floor`` times, per control step and interleaved, our planners, pytorch_mppi and the
+parts that no eager planner avoids with these callables (see :func:`floor`).
 
 Writes benchmarks/results/mpc.json (not with --skip-latency).
 """
@@ -128,6 +131,73 @@ def mppi_side_by_side(seeds: list[int]) -> dict:
     return out
 
 
+def floor(seeds: list[int]) -> dict:
+    """Per control step, interleaved on the same observations (the episode driven by our
+    MPPI; the order of the timed calls alternates): our MPPI and CEM, pytorch_mppi, and
+    the parts no eager planner avoids with these callables: pytorch_mppi's 15 dynamics
+    calls alone on its own tensors (its last rollout's actions), and our rollout alone
+    (the 15 dynamics calls, the one running-cost and the terminal-cost call on our
+    column buffers) with the 15,000 normal draws. Medians in ms."""
+    from pytorch_mppi import MPPI as PeerMPPI
+
+    tm = PendulumTaskModel()
+    env = make_env("Pendulum-v1")
+    mppi = MPPI(tm.step, tm.cost, tm.action_low, tm.action_high, HORIZON,
+                terminal_cost=tm.state_cost, samples=SAMPLES, temperature=LAMBDA,
+                noise_sigma=SIGMA**2)
+    cem = CEM(tm.step, tm.cost, tm.action_low, tm.action_high, HORIZON,
+              terminal_cost=tm.state_cost, samples=SAMPLES, elites=CEM_ELITES,
+              iterations=CEM_ITERATIONS, keep_elites=0.2)
+    peer = PeerMPPI(tm.step, lambda x, u: tm.state_cost(x) + tm.action_cost(u), 3,
+                    torch.tensor([[SIGMA**2]]), num_samples=SAMPLES, horizon=HORIZON,
+                    lambda_=LAMBDA, u_min=tm.action_low, u_max=tm.action_high)
+    draws = torch.empty(1, SAMPLES, HORIZON, 1)
+    g = torch.Generator().manual_seed(0)
+
+    def peer_dynamics(x: torch.Tensor) -> None:
+        state = peer.state.view(1, -1).expand(SAMPLES, -1)
+        for t in range(HORIZON):
+            state = tm.step(state, peer.u_scale * peer.perturbed_action[:, t])
+
+    def our_rollout(x: torch.Tensor) -> None:
+        draws.normal_(generator=g)
+        mppi._rollout_columns(x, mppi._fast_rollout(x, mppi._buffers.cand, SAMPLES))
+
+    calls = {"ours": lambda x: mppi.act(x), "ours_cem": lambda x: cem.act(x),
+             "pytorch_mppi": lambda x: peer.command(x[0]),
+             "peer_dynamics_only": peer_dynamics, "our_rollout_and_draws": our_rollout}
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    with torch.no_grad():
+        for seed in seeds:
+            for planner in (mppi, cem):
+                planner.reset(seed=seed)
+            torch.manual_seed(seed)
+            peer.reset()
+            obs, _ = env.reset(seed=seed)
+            for step in range(STEPS):
+                x = torch.as_tensor(obs, dtype=torch.float32)[None]
+                order = list(calls.items())
+                if step % 2:
+                    order.reverse()
+                action = None
+                for name, fn in order:
+                    if name in ("peer_dynamics_only", "our_rollout_and_draws") and step == 0:
+                        continue  # needs the peer's/our buffers of a first step
+                    start = time.perf_counter()
+                    out = fn(x)
+                    times[name].append(time.perf_counter() - start)
+                    if name == "ours":
+                        action = out
+                obs, _, terminated, truncated, _ = env.step(action[0].numpy())
+                if terminated or truncated:
+                    break
+    env.close()
+    med = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+    return {"ms_median": med,
+            "ratio_to_peer": {k: v / med["pytorch_mppi"] for k, v in med.items()},
+            "steps": len(times["ours"])}
+
+
 def latency(batch_sizes: list[int], repeats: int) -> list[dict]:
     """Planning ms per control step with a learned InvertedPendulum-sized world model."""
     from worldplan.envs.gym_tasks import make_task_model
@@ -180,11 +250,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 seeds, fewer repeats")
     parser.add_argument("--skip-latency", action="store_true",
                         help="only the side-by-side run (writes no JSON)")
+    parser.add_argument("--floor", action="store_true",
+                        help="only the per-step breakdown against pytorch_mppi (no JSON)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
     print(f"load average (1/5/15 min): {_loadavg()}")
+    if args.floor:
+        out = floor(seeds)
+        print(f"per control step, medians of {out['steps']} interleaved steps:")
+        for name, ms in out["ms_median"].items():
+            print(f"  {name:24s}{ms:8.3f} ms{out['ratio_to_peer'][name]:8.3f} x pytorch_mppi")
+        print(f"load average (1/5/15 min): {_loadavg()}")
+        return
     print(f"MPPI and CEM on Pendulum-v1, true dynamics, {SAMPLES} samples, horizon {HORIZON}, "
           f"{STEPS} steps, torch threads 1")
     side = mppi_side_by_side(seeds)

@@ -529,3 +529,86 @@ def test_callables_that_need_contiguous_rows_take_the_plain_loop() -> None:
     reference = MPPI(linear, quad, -1.0, 1.0, 5, samples=32, seed=3)
     torch.testing.assert_close(plan, reference.plan(state), rtol=1e-5, atol=1e-5)
     assert reference._fused
+
+
+def test_cem_kept_elites_are_shifted_in_time() -> None:
+    """The elites carried into the next control step are advanced by one step like the
+    warm start (last step repeated), all of them: the best one is the kept plan itself."""
+    planner = CEM(_pendulum_like, _angle_cost, -2.0, 2.0, 6, samples=64, elites=8,
+                  iterations=1, keep_elites=0.5, seed=0)
+    state = torch.tensor([[0.6, 0.8, 0.3], [-1.0, 0.0, -0.5]])
+    planner.act(state)
+    kept = planner._kept  # [B, 4, T, A]
+    assert kept.shape == (2, 4, 6, 1)
+    torch.testing.assert_close(kept[:, 0], planner.warm_start, rtol=0, atol=0)
+    torch.testing.assert_close(kept[:, :, -1], kept[:, :, -2], rtol=0, atol=0)
+    assert not torch.equal(kept[:, -1], kept[:, -2])  # four distinct elites
+
+
+def _two_actions(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return torch.stack([0.9 * x[:, 0] + 0.1 * u[:, 0], x[:, 1] + 0.2 * u[:, 1] - 0.05 * u[:, 0]],
+                       dim=-1)
+
+
+def _two_action_cost(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return (x**2).sum(-1) + 0.1 * (u**2).sum(-1)
+
+
+@pytest.mark.parametrize(("sigma", "control_cost", "include_mean"), [
+    (1.0, 1.0, True), (torch.tensor([0.5, 2.0]), 1.0, False),
+    (torch.tensor([[1.0, 0.3], [0.3, 0.5]]), 0.5, True), (2.0, 0.0, True)])
+def test_eager_mppi_update_equals_its_functional_form(sigma: object, control_cost: float,
+                                                      include_mean: bool) -> None:
+    """The buffered eager update gives the plan of the functional update (what
+    torch.compile traces) on the same draws: noise shaping, clipping, control cost and
+    weighting agree for scalar, diagonal and full covariances."""
+    planner = MPPI(_two_actions, _two_action_cost, [-1.0, -2.0], [1.0, 0.5], 6, samples=64,
+                   noise_sigma=sigma, control_cost=control_cost, include_mean=include_mean,
+                   temperature=0.3, seed=4)
+    state = X0[:, :2]
+    init = torch.rand(3, 6, 2, generator=torch.Generator().manual_seed(0)) * 0.5 - 0.25
+    with torch.no_grad():
+        planner._validate(state)
+        eager = planner._optimize_eager(state, init)
+        white = torch.randn(3, 64, 6, 2, generator=torch.Generator().manual_seed(4))
+        low, high = planner._bounds(state)
+        chol, sigma_inv = planner._mats(state)[:2]
+        reference = planner._update(state, init, white, low, high, chol, sigma_inv)
+    assert planner._fast is not None  # the buffered rollout ran
+    assert not torch.equal(reference, init)
+    torch.testing.assert_close(eager, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [CEM, MPPI])
+def test_fast_rollout_plans_like_the_general_rollout(cls: type) -> None:
+    """Planning through the preallocated column buffers gives the plans of the general
+    rollout (repeated rows, per-call layout), step after step with the warm start."""
+    def make() -> CEM | MPPI:
+        kw = {"elites": 8, "keep_elites": 0.5} if cls is CEM else {}
+        return cls(_pendulum_like, _angle_cost, -2.0, 2.0, 7, samples=48, seed=2,
+                   terminal_cost=lambda x: x[:, 2] ** 2, **kw)
+
+    fast, general = make(), make()
+    general._fast_rollout = lambda *args: None  # type: ignore[method-assign]
+    x = torch.tensor([[0.6, 0.8, 0.3], [-1.0, 0.0, -0.5]])
+    for _ in range(3):
+        a_fast, a_general = fast.act(x), general.act(x)
+        torch.testing.assert_close(a_fast, a_general, rtol=1e-6, atol=1e-6)
+        x = _pendulum_like(x, a_fast)
+    assert fast._fast is not None and general._fast is None
+
+
+def test_mppi_compile_failure_plans_eagerly_with_the_same_draws(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """When the compiled update fails, the call is planned eagerly from the same random
+    draws: the plan is that of an eager planner with the same seed, and so are the next."""
+    failing = MPPI(linear, quad, -1.0, 1.0, 5, samples=32, seed=3, compile=True)
+
+    def broken(*args: object) -> torch.Tensor:
+        raise RuntimeError("no compiler here")
+
+    failing._compiled_update = broken
+    eager = MPPI(linear, quad, -1.0, 1.0, 5, samples=32, seed=3)
+    for _ in range(2):
+        assert torch.equal(failing.act(X0), eager.act(X0))
+    assert not failing.compile and "running eagerly" in caplog.text

@@ -193,3 +193,32 @@ def test_a_forward_that_leaves_masks_unused_is_an_error() -> None:
         with drawn_masks(m._drops, (4, 8), 2, torch.zeros(1)):
             m.step(torch.zeros(4, 3), torch.zeros(4, 2))  # one step of two
     assert all(not d._queue for d in m._drops)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_and_tiny_second_moments_step_as_the_foreach_adam(dtype: torch.dtype) -> None:
+    """Entries whose gradient is always zero, or so small that the second moment is
+    subnormal, get the foreach Adam's values to the bit (the flat step's sqrt takes a
+    faster path for them), over many steps and for a larger eps."""
+    torch.manual_seed(0)
+    first = torch.randn(64, dtype=dtype)
+    first[16:32] = 1e-12 if dtype == torch.float32 else 1e-150  # tiny updates show
+    ref = [torch.nn.Parameter(first), torch.nn.Parameter(torch.randn(8, 8, dtype=dtype))]
+    flat = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    grad = torch.linspace(-1, 1, 64, dtype=dtype)  # the gradient of the first parameter
+    grad[:16] = 0.0  # never a gradient
+    grad[16:32] = 1e-20 if dtype == torch.float32 else 1e-158  # subnormal second moments
+    opts = (make_optimizer(ref, 1e-2), make_optimizer(flat, 1e-2, flat=True))
+    for i in range(30):
+        if i == 15:
+            for opt in opts:
+                opt.param_groups[0]["eps"] = 1e-3
+        for params, opt in zip((ref, flat), opts, strict=True):
+            opt.zero_grad(set_to_none=True)
+            loss = (params[0] * grad).sum() + (params[1] ** 2).sum()
+            loss.backward()
+            opt.step()
+    assert all(torch.equal(r, f) for r, f in zip(ref, flat, strict=True))
+    second = opts[1].exp_avg_sq[:64]
+    assert (second[:16] == 0).all() and (second[16:32] > 0).all()
+    assert (second[16:32] < torch.finfo(dtype).tiny).all()

@@ -287,11 +287,21 @@ class FlatAdam:
         self.exp_avg_sq.mul_(beta2)
         self.exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
         step_size = (lr / (1 - beta1 ** step)) * -1
-        denom = torch.sqrt(self.exp_avg_sq, out=self._denom)
-        # denom / bias_correction2_sqrt + eps in one pass (addcdiv: eps + 1 * denom / bc,
-        # the two roundings of the foreach Adam's div_ then add_)
-        torch.addcdiv(torch.tensor(eps, dtype=denom.dtype), denom,
-                      torch.tensor((1 - beta2 ** step) ** 0.5, dtype=denom.dtype), out=denom)
+        bc2 = (1 - beta2 ** step) ** 0.5
+        denom = self._denom
+        info = torch.finfo(denom.dtype)
+        if 2 * math.sqrt(info.tiny) / bc2 < eps * info.eps / 4:
+            # torch's sqrt takes several times longer on zeros (parameters that never had a
+            # gradient) than on normal numbers: raise the second moments to the smallest
+            # normal number first. The same bits: any v <= tiny gives sqrt(v) / bc2 below
+            # half a unit in the last place of eps, so denom = eps either way
+            torch.clamp(self.exp_avg_sq, min=info.tiny, out=denom).sqrt_()
+        else:
+            torch.sqrt(self.exp_avg_sq, out=denom)
+        # the foreach Adam's div_ then add_ with its Python scalars, in place: two vectorised
+        # passes (one addcdiv with two broadcast 0-dim operands takes the scalar loop, 3x
+        # their time, for the same two roundings)
+        denom.div_(bc2).add_(eps)
         self.flat.addcdiv_(self.exp_avg, denom, value=step_size)
         self._gathered = False
 

@@ -92,6 +92,13 @@ def as_bounds(action_low: BoundLike, action_high: BoundLike,
     return low, high
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """Is every element of ``x`` finite? A finite sum settles it in two small ops (NaN and
+    inf propagate into the sum); only a sum that overflowed needs the elementwise check,
+    which costs five (``isfinite`` is composite)."""
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def _check_int(name: str, value: int, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -106,6 +113,29 @@ def _check_positive(name: str, value: float, allow_zero: bool = False) -> float:
         raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, "
                          f"got {value}")
     return value
+
+
+class _Rollout:
+    """The preallocated trajectory buffer of the fast rollout and the views made once.
+
+    ``actions [A, T, M]`` is the caller's candidate buffer (``M = B * N``, problem-major);
+    the predicted states go into ``states [S, T, M]``. Both are column-major per step
+    (``[M, A]``/``[M, S]`` views with unit stride along the rows), so the user's elementwise
+    maths reads contiguous columns, and the running cost sees all ``T * M`` rows at once.
+    """
+
+    def __init__(self, actions: torch.Tensor, s: int, b: int, n: int) -> None:
+        a, t, m = actions.shape
+        self.actions, self.key = actions, (s, b, n)
+        self.states = torch.empty(s, t, m, device=actions.device, dtype=actions.dtype)
+        self.u_steps = actions.permute(1, 2, 0).unbind(0)  # T views [M, A]
+        self.x_steps = self.states.permute(1, 2, 0).unbind(0)  # T views [M, S]
+        self.x_first = self.states[:, 0].view(s, b, n)  # the start state of every candidate
+        self.xs = self.states.view(s, t * m).T  # [T*M, S], step-major rows
+        # (state view, action view, the next state's view or None at the last step)
+        self.steps = tuple(zip(self.x_steps, self.u_steps, (*self.x_steps[1:], None),
+                               strict=True))
+        self.us = actions.view(a, t * m).T
 
 
 class Planner:
@@ -185,7 +215,10 @@ class Planner:
         self._plan: torch.Tensor | None = None  # warm start [B, T, A]
         self._validated: tuple | None = None  # (state_dim, device, dtype) already checked
         self._bounds_cache: dict = {}
+        self._shift_index: dict = {}
         self._fused = True  # callables accept column-major views (see _rollout_impl)
+        self._fast: _Rollout | None = None  # buffers of _rollout_columns
+        self._discounts: dict = {}
 
     # -- public API -------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
@@ -219,13 +252,18 @@ class Planner:
             init = None
         if init is None:
             init = self._initial_plan(state)
-        with torch.enable_grad() if self._needs_grad else torch.no_grad():
-            plan = self._optimize(state.detach(), init.detach())
-        plan = torch.clamp(plan.detach(), low, high)
-        # clamped to finite bounds: NaN is the only non-finite value that can remain
-        if torch.isnan(plan).any():
-            raise ValueError(f"{type(self).__name__} produced a non-finite plan: the dynamics or "
-                             "cost returned NaN/inf along the way")
+        if self._needs_grad:
+            with torch.enable_grad():
+                plan = self._optimize(state.detach(), init.detach())
+        else:  # nothing is recorded under no_grad: no detached copies needed
+            with torch.no_grad():
+                plan = self._optimize(state, init)
+        if not self._returns_checked_plan:
+            plan = torch.clamp(plan.detach(), low, high)
+            # clamped to finite bounds: NaN is the only non-finite value that can remain
+            if torch.isnan(plan).any():
+                raise ValueError(f"{type(self).__name__} produced a non-finite plan: the "
+                                 "dynamics or cost returned NaN/inf along the way")
         self._plan = plan
         return plan
 
@@ -270,6 +308,9 @@ class Planner:
 
     # -- for subclasses -------------------------------------------------------------------
     _needs_grad = False
+    # Whether _optimize returns a plan already inside the bounds and free of NaN (raising
+    # itself otherwise), so that _solve need not clip and check it again.
+    _returns_checked_plan = False
     # Whether the planner can plan from a world model's ModelState (it only repeats rows
     # and calls the dynamics and costs); linearising planners need vector states.
     structured_states = True
@@ -284,8 +325,17 @@ class Planner:
         mid = (low + high) / 2
         return mid.expand(state.shape[0], self.horizon, self.action_dim).clone()
 
-    def _shift(self, plan: torch.Tensor) -> torch.Tensor:
-        return torch.cat([plan[:, 1:], plan[:, -1:]], dim=1)
+    def _shift(self, plan: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """``plan`` advanced by one step along its time axis ``dim`` (the last step
+        repeated): a new tensor, by one ``index_select`` with a cached index."""
+        t = plan.shape[dim]
+        key = (t, plan.device)
+        index = self._shift_index.get(key)
+        if index is None:
+            index = self._shift_index[key] = torch.cat([
+                torch.arange(1, t, device=plan.device),
+                torch.tensor([t - 1], device=plan.device)])
+        return plan.index_select(dim, index)
 
     def _bounds(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (like.device, like.dtype)
@@ -394,6 +444,58 @@ class Planner:
             total = total + self.discount ** t * self.terminal_cost(x)
         return total
 
+    def _fast_rollout(self, state: torch.Tensor, actions: torch.Tensor,
+                      n: int) -> _Rollout | None:
+        """The buffers of :meth:`_rollout_columns` for the candidate buffer ``actions
+        [A, T, B*n]`` from ``state [B, S]``, or None when the general rollout must run (a
+        latent, a ModelState, autograd, tracing, callables that refuse column-major views,
+        or a rollout above the fusing limit)."""
+        if (not self._fused or self.latent_dim > 0 or isinstance(state, ModelState)
+                or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or actions.shape[2] * actions.shape[1] * max(state.shape[1], actions.shape[0])
+                > _FUSE_LIMIT):
+            return None
+        key = (state.shape[1], state.shape[0], n)
+        fast = self._fast
+        if fast is None or fast.actions is not actions or fast.key != key:
+            fast = self._fast = _Rollout(actions, *key)
+        return fast
+
+    def _rollout_columns(self, state: torch.Tensor, fast: _Rollout) -> torch.Tensor:
+        """Objective ``[B, N]`` of the candidates in ``fast.actions [A, T, B*N]`` from
+        ``state [B, S]``: :meth:`_rollout_impl` without its per-call layout work (the
+        buffers and their views exist already; the start state is broadcast, not repeated).
+        No autograd, no latent."""
+        s, b, n = fast.key
+        fast.x_first.copy_(state.T.unsqueeze(-1))
+        dynamics = self.dynamics
+        for xc, u, x_next in fast.steps:
+            x = dynamics(xc, u)
+            if x_next is not None:
+                x_next.copy_(x)
+        step_cost = self.cost(fast.xs, fast.us)
+        if self.uncertainty is not None and self.uncertainty_weight > 0:
+            step_cost = step_cost + self.uncertainty_weight * self.uncertainty(fast.xs, fast.us)
+        t = len(fast.steps)
+        step_cost = step_cost.reshape(t, b * n)
+        if self.discount < 1.0:
+            total = self._discount_weights(t, state) @ step_cost
+        else:
+            total = step_cost.sum(0)
+        if self.terminal_cost is not None:
+            terminal = self.terminal_cost(x)
+            total = total + (terminal if self.discount == 1.0
+                             else self.discount ** t * terminal)
+        return total.view(b, n)
+
+    def _discount_weights(self, t: int, like: torch.Tensor) -> torch.Tensor:
+        """``[gamma^0 .. gamma^(t-1)]`` on ``like``'s device and dtype (cached)."""
+        key = (t, like.device, like.dtype, self.discount)
+        if key not in self._discounts:
+            self._discounts[key] = self.discount ** torch.arange(t, device=like.device,
+                                                                 dtype=like.dtype)
+        return self._discounts[key]
+
     def _rollout_loop(self, x: torch.Tensor, u_all: torch.Tensor,
                       z: torch.Tensor | None) -> torch.Tensor:
         """The reference rollout: dynamics and cost step by step (what ``torch.compile``
@@ -426,7 +528,7 @@ class Planner:
         if self.state_dim is not None and state.shape[1] != self.state_dim:
             raise ValueError(f"state has {state.shape[1]} components per row but the task "
                              f"and dynamics model have state_dim {self.state_dim}")
-        if not (state.is_finite() if structured else torch.isfinite(state).all()):
+        if not (state.is_finite() if structured else _all_finite(state)):
             raise ValueError("state contains NaN or inf")
         if structured and not self.structured_states:
             raise TypeError(f"{type(self).__name__} needs vector states [B, S]; plan through "
