@@ -223,9 +223,12 @@ def learners_config() -> HighwayConfig:
     the policy's own driving, 800 updates, the front-rear proximity, and the plan-aware
     world (``plan-head``) whose U is the spread of the trunk's sampled scenes seen from
     the ego's pose (``u_source="scene"``: the head's U pulled the policy back to the
-    recorded poses and cost it 34-46 points). About 10x the default preset's policy
-    compute."""
+    recorded poses and cost it 34-46 points). The stochastic trunk trains on for 600
+    updates on 10-step unrolls (``model.long_npred``), which raises the correlation of
+    its scene's cost with the true one from 0.64 to 0.75. About 10x the default
+    preset's policy compute."""
     config = HighwayConfig()
+    config.model.long_npred = 10
     config.policy = PolicyConfig(imitation_steps=1500, bptt_steps=800, horizon=30, burn_in=30,
                                  lr=3e-4, lam=0.05, u_every=1, u_source="scene",
                                  proximity="front-rear", ncond=10, world="plan-head",

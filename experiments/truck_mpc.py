@@ -425,7 +425,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="only print the markdown table of an existing mpc.json")
     args = ap.parse_args(argv)
     if args.table:
-        print(markdown_table(json.loads((args.out or args.run / "mpc.json").read_text())))
+        path = args.out or args.run / "mpc.json"
+        if not path.is_file():
+            ap.error(f"{path} does not exist: run without --table first")
+        print(markdown_table(json.loads(path.read_text())))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

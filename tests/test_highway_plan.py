@@ -174,8 +174,12 @@ def test_learners_preset_trains_through_the_plan_aware_world():
     assert p.lam > 0 and p.u_every == 1 and p.oracle_burn_in == 30
     assert p.u_source == "scene"  # the head's U hurt (docs/highway.md)
     assert "mpc" not in cfg.evaluate.methods and "mpur" in cfg.evaluate.methods
-    assert cfg.collect == TASK.presets["default"]().collect  # the default data and models
-    assert cfg.model == TASK.presets["default"]().model
+    assert cfg.collect == TASK.presets["default"]().collect  # the default data
+    # the default models, the stochastic one trained on for 600 updates on 10-step unrolls
+    default = TASK.presets["default"]().model
+    assert (cfg.model.long_npred, cfg.model.long_steps) == (10, 600) and default.long_npred == 0
+    default.long_npred = 10
+    assert cfg.model == default
 
 
 def test_scene_pool_caches_the_scene_the_world_would_roll_out():
