@@ -220,26 +220,33 @@ def train_policy_stage(config: HighwayConfig, run: Run) -> None:
 def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
                rng: np.random.Generator, ncond: int) -> dict:
     """The residual head ensemble on the stochastic trunk (trained once per run and
-    cached in ``checkpoints/plan-head.pt``), PPUU's hinge fitted on expert windows, and
-    the AUROC of U between recorded and unusual actions on validation windows."""
+    cached in ``checkpoints/plan-head.pt``; none when U comes from the trunk's own
+    sampled scenes), PPUU's hinge fitted on expert windows, and the AUROC of U between
+    recorded and unusual actions on validation windows."""
 
     p = config.policy
-    if p.u_source == "scene":
-        # U comes from the trunk's own sampled scenes and the frame is the trunk's: the
-        # head would be trained for nothing
-        torch.manual_seed(config.seed)
-        hrng = np.random.default_rng(config.seed + 7)
-        hinge = fit_hinge(trunk, None, view, sample, hrng, source="scene",
-                          samples=p.scene_samples)
-        metrics = {"u_source": "scene", **_u_auroc(trunk, None, view, ds, p, ncond, hrng, hinge)}
-        log.info("plan-aware world without a head: %s", metrics)
-        return {"trunk": trunk, "head": None, "hinge": hinge, "metrics": metrics}
+    torch.manual_seed(config.seed)
+    hrng = np.random.default_rng(config.seed + 7)
+    head, metrics = None, {}
+    if p.u_source != "scene":  # with "scene" the frame is the trunk's and U its samples'
+        head, metrics = _head_ensemble(config, run, ds, trunk, hrng)
+    hinge = fit_hinge(trunk, head, view, sample, hrng, source=p.u_source,
+                      samples=p.scene_samples)
+    metrics = {**metrics, "u_source": p.u_source,
+               **_u_auroc(trunk, head, view, ds, p, ncond, hrng, hinge)}
+    log.info("plan-aware world: %s", metrics)
+    return {"trunk": trunk, "head": head, "hinge": hinge, "metrics": metrics}
+
+
+def _head_ensemble(config: HighwayConfig, run: Run, ds, trunk, hrng: np.random.Generator
+                   ) -> tuple[PlanHeadEnsemble, dict]:
+    """The frozen head ensemble of this run's trunk and its training metrics: loaded from
+    ``checkpoints/plan-head.pt`` when its spec matches, else trained and saved there."""
+    p = config.policy
     path = run.checkpoints / "plan-head.pt"
     spec = {"members": p.head_members, "width": p.head_width, "steps": p.head_steps,
             "windows": p.head_windows, "horizon": p.head_horizon,
             "trunk_mtime": model_path(run, "stochastic").stat().st_mtime}
-    torch.manual_seed(config.seed)
-    hrng = np.random.default_rng(config.seed + 7)
     metrics: dict = {}
     if path.is_file() and (payload := load_checkpoint(path, required=("state_dict", "spec",
                                                                       "config"),
@@ -265,12 +272,7 @@ def _plan_head(config: HighwayConfig, run: Run, ds, trunk, view: View, sample,
     head.eval()
     for q in head.parameters():
         q.requires_grad_(False)
-    hinge = fit_hinge(trunk, head, view, sample, hrng, source=p.u_source,
-                      samples=p.scene_samples)
-    metrics = {**metrics, "u_source": p.u_source,
-               **_u_auroc(trunk, head, view, ds, p, ncond, hrng, hinge)}
-    log.info("plan head: %s", metrics)
-    return {"trunk": trunk, "head": head, "hinge": hinge, "metrics": metrics}
+    return head, metrics
 
 
 def _u_auroc(trunk, head: PlanHeadEnsemble | None, view: View, ds, p: PolicyConfig, ncond: int,

@@ -291,6 +291,15 @@ def test_quick_preset_runs_the_whole_pipeline(tmp_path) -> None:
     assert last["training"]["state"]["step"] == 3
     sto = metrics["train-model"]["stochastic"]
     assert sto["long_npred"] == 4 and sto["steps"] == 3
+    # the plan-aware world with the scene-spread U trains no head
+    assert run_cli(["highway", "train-policy", "--preset", "quick", "--run", str(run_dir),
+                    "--policy.world", "plan-head", "--policy.methods", "imitation", "mpur",
+                    "--policy.u-source", "scene", "--policy.scene-windows", "8",
+                    "--policy.lam", "0.05"]) == 0
+    plan = json.loads((run_dir / "metrics.json").read_text())["train-policy"]["plan_head"]
+    assert plan["u_source"] == "scene" and "pairs" not in plan
+    assert 0.0 <= plan["auroc_unusual_vs_recorded"] <= 1.0 and plan["u_recorded"] > 0
+    assert not (ckpt / "plan-head.pt").exists()
     drives = c["counterfactual_drives"]
     assert drives["drives"] > 0 and 0.0 < drives["collision_rate"] < 1.0
 
