@@ -15,9 +15,10 @@ evaluate      one episode per held-out car among the recorded (non-reactive) tra
 
 See docs/highway.md for the measured figures and what is not reached. The task is split
 into modules with one job each: highway_config (configs, presets, checks), highway_data
-(collect, train-model), highway_policy (train-policy), highway_evaluate (evaluate) and
-highway_shared (the loaders, costs and policy checkpoints they share); the reusable parts
-live in envs/highway/, worldmodels/, planners/policy/ and the other highway_* modules.
+(collect, train-model), highway_policy (train-policy), highway_evaluate (evaluate),
+highway_shared (the loaders, costs and policy checkpoints they share) and
+highway_policy_net (the policy network); the reusable parts live in envs/highway/,
+worldmodels/, planners/policy/ and the other highway_* modules.
 """
 
 from __future__ import annotations

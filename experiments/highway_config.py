@@ -147,8 +147,8 @@ class PolicyConfig:
     # costs the first convolution 13 input channels instead of 40. () = all channels
     history_channels: tuple[int, ...] = (1,)
     # the policy also sees each other car's speed relative to the ego (block matching
-    # between its last two frames; planners/policy/imitation.py). Off by default: it did
-    # not help imitation (seeds 0 / 1: 20.0 / 13.3 % against 26.7 / 10.0 %; docs/highway.md)
+    # between its last two frames; experiments/highway_policy_net.py). Off by default: it
+    # did not help imitation (seeds 0 / 1: 20.0 / 13.3 % against 26.7 / 10.0 %; docs/highway.md)
     relative_motion: bool = False
 
 

@@ -79,6 +79,17 @@ def _held_out_sets(config: HighwayConfig, run: Run, ds, rec: Recording):
     return sets
 
 
+def one_step_frame(model, states: torch.Tensor, frames: torch.Tensor, actions: torch.Tensor,
+                   device: torch.device) -> torch.Tensor:
+    """The model's next frame ``[B, C, H, W]`` (z = 0) from the last ``model.ncond`` of the
+    context ``states`` ``[B, K, 4]`` and ``frames`` ``[B, K, C, H, W]`` under ``actions``
+    ``[B, 2]``: what the evaluation compares with the frame that came."""
+    k = model.ncond
+    ms = model.reset(states[:, -k:].to(device), frames[:, -k:].to(device))
+    return model.advance(ms, actions.to(device),
+                         torch.zeros(len(states), model.z_dim, device=device)).image
+
+
 def evaluate_stage(config: HighwayConfig, run: Run) -> None:
     """Every method of ``evaluate.methods`` on the held-out cars of every held-out set
     (experiments/highway_eval.py); metrics.json, a markdown table, a video."""
@@ -116,9 +127,7 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
             return local_uncertainty(mc, sto, view)[:, 0]
 
         def predict(states, frames, actions):
-            return sto.step(states[:, -k:].to(device), actions.to(device),
-                            z=torch.zeros(len(states), sto.z_dim, device=device),
-                            image=frames[:, -k:].to(device))[1]
+            return one_step_frame(sto, states, frames, actions, device)
 
     common = {"sets": [(h.name, len(h.cars)) for h in sets], "ncond": ev.ncond,
               "max_steps": ev.max_steps, "u": bool(u_fn), "mc": ev.mc_samples,

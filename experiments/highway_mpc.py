@@ -73,7 +73,8 @@ class SceneCacheMPC:
         over ``n`` samples (None when ``n`` is 0), with gradients."""
 
         z = torch.zeros(len(ctx), actions.shape[1], self.model.z_dim)
-        states, frames = self.model.rollout(ctx, actions, z=z, images=fr)
+        traj = self.model.unroll(self.model.reset(ctx, fr), actions, z)
+        states, frames = traj.states, traj.images
         var = None
         if n:
             var = mc_uncertainty(self.model, ctx, actions, n=n, z=z, images=fr).image_var

@@ -84,7 +84,8 @@ def scene_rollout(trunk, context: torch.Tensor, frames: torch.Tensor, actions: t
     if trunk.z_dim:
         z = (trunk.sample_prior(b, t) if latent == "prior"
              else torch.zeros(b, t, trunk.z_dim))
-    return trunk.rollout(context[:, -k:], actions, z=z, images=to_unit(frames[:, -k:]))
+    traj = trunk.unroll(trunk.reset(context[:, -k:], to_unit(frames[:, -k:])), actions, z)
+    return traj.states, traj.images
 
 
 @torch.no_grad()

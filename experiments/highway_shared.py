@@ -23,9 +23,9 @@ from worldplan.experiments.highway_config import (
     PROXIMITY_FORMS,
     HighwayConfig,
 )
+from worldplan.experiments.highway_policy_net import ContextPolicy
 from worldplan.experiments.runs import Run
 from worldplan.planners.policy.checkpoint import check_policy, load_policy, read_policy
-from worldplan.planners.policy.imitation import ContextPolicy
 from worldplan.worldmodels.base import load_model
 from worldplan.worldmodels.contract import ModelState
 from worldplan.worldmodels.dataset import load_dataset
@@ -161,8 +161,9 @@ def posterior_fn(model):
 
 class LastContext:
     """A world model fed only the last ``model.ncond`` entries of a longer policy context:
-    ``reset`` and ``_features`` slice, ``advance`` moves the long window on by the
-    model's step from its last entries; everything else passes through."""
+    ``reset`` slices, ``advance`` moves the long window on by the model's step from its
+    last entries, ``posterior`` reads the model's latent from them; everything else
+    passes through."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -183,9 +184,10 @@ class LastContext:
         nxt = self.model.advance(self._last(ms), action, z)
         return ms.then(nxt.state, nxt.image)
 
-    def _features(self, context, frames):
-        k = self.model.ncond
-        return self.model._features(context[:, -k:], frames[:, -k:])
+    def posterior(self, ms: ModelState, next_state: torch.Tensor,
+                  next_image: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's posterior ``[B, Z]`` from the last ``model.ncond`` entries of ``ms``."""
+        return self.model.posterior(self._last(ms), next_state, next_image)
 
 
 def oracle_fn(view: View, dt: float):

@@ -68,7 +68,8 @@ def test_braking_brings_the_car_behind_closer_by_the_exact_distance() -> None:
     centroid = {}
     for accel in (0.0, -2.0):
         actions = torch.tensor([[[accel, 0.0]]]).repeat(1, horizon, 1)
-        states, imgs = m.rollout(ctx, actions, images=frames)
+        traj = m.unroll(m.reset(ctx, frames), actions)
+        states, imgs = traj.states, traj.images
         g = imgs[0, -1, 1].detach()
         centroid[accel] = float((g.sum(1) * rows).sum() / g.sum())
         expect = ctx[0, -1:]
@@ -88,7 +89,7 @@ def test_other_cars_do_not_react_and_gradients_reach_the_actions(tmp_path) -> No
     frames = torch.rand(2, 2, 3, 117, 24)
     z = torch.randn(2, 4, 3)
     actions = torch.zeros(2, 4, 2, requires_grad=True)
-    _, imgs = m.rollout(ctx, actions, z=z, images=frames)
+    imgs = m.unroll(m.reset(ctx, frames), actions, z).images
     # the next frame does not depend on the acceleration taken now (position moves by the
     # current speed), the one after does
     g0 = torch.autograd.grad(imgs[:, 0, 1].sum(), actions, retain_graph=True)[0]
@@ -116,7 +117,7 @@ def test_flow_prior_moves_the_other_cars_and_not_the_lanes() -> None:
     frame[0, 1, 30:38, 8:12] = 1.0  # a car ahead
     frame[0, 0, 40:44, 2] = 1.0  # a dash of lane marking
     ctx = torch.tensor([[[100.0, 9.25, speed, 0.0]]])
-    _, imgs = m.rollout(ctx, torch.zeros(1, horizon, 2), images=frame[:, None])
+    imgs = m.unroll(m.reset(ctx, frame[:, None]), torch.zeros(1, horizon, 2)).images
     rows = torch.arange(117, dtype=torch.float32)
 
     def centroid(img: torch.Tensor) -> float:
@@ -159,7 +160,7 @@ def test_cost_volume_prior_keeps_every_cars_own_velocity() -> None:
     ctx = torch.tensor([[[100.0 + v_ego * t * dt, 9.25, v_ego, 0.0] for t in (0, 1)]])
     frames = torch.stack([frame(0), frame(1)])[None]
     with torch.no_grad():
-        _, imgs = m.rollout(ctx, torch.zeros(1, horizon, 2), images=frames)
+        imgs = m.unroll(m.reset(ctx, frames), torch.zeros(1, horizon, 2)).images
     pred, true = imgs[0, -1, 1], frame(1 + horizon)[1]
     rows = torch.arange(117, dtype=torch.float32)
 
@@ -177,7 +178,7 @@ def test_cost_volume_prior_keeps_every_cars_own_velocity() -> None:
 
 
 def test_policy_sees_each_cars_speed_relative_to_the_ego() -> None:
-    from worldplan.planners.policy.imitation import ContextPolicy
+    from worldplan.experiments.highway_policy_net import ContextPolicy
 
     speeds, v_ego, dt = np.array([3.0, 9.0]), 6.0, 0.1
     start = np.array([[96.0, 5.55], [112.0, 9.25]])

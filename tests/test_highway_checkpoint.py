@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldplan.checkpoint import CheckpointError
+from worldplan.checkpoint import CheckpointError, save_checkpoint
 from worldplan.envs.highway import View
 from worldplan.experiments import highway as hw
 from worldplan.experiments import highway_config, highway_policy, highway_shared
@@ -97,3 +97,27 @@ def test_train_policy_checks_its_start_policy_before_training(run, monkeypatch) 
     cfg.policy.init_from = "mpur"  # named but absent: refused before any training too
     with pytest.raises(ValueError, match="init_from 'mpur': no such policy of seed 0"):
         hw.train_policy_stage(cfg, run)
+
+
+def test_a_checkpoint_written_before_the_network_moved_to_the_task_loads(run) -> None:
+    """A policy checkpoint names its network by the bare class name ``"ContextPolicy"``
+    (never a module path), as it did while the class lived in planners/policy: such a
+    payload, written by hand with the keys that module's network had, loads and acts."""
+    cfg = hw.quick_config()
+    ds = load_dataset(run.data / "dataset")
+    torch.manual_seed(3)
+    net = highway_shared.new_policy(cfg, ds, 2)
+    weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    assert sorted(weights) == [  # the parameters and buffers of the network as saved then
+        "action_mean", "action_std", "conv.0.bias", "conv.0.weight", "conv.2.bias",
+        "conv.2.weight", "conv.4.bias", "conv.4.weight", "head.1.bias", "head.1.weight",
+        "head.3.bias", "head.3.weight", "image_fc.bias", "image_fc.weight", "state_fc.bias",
+        "state_fc.weight", "state_mean", "state_std"]
+    save_checkpoint(highway_shared.policy_path(run, "svg", 0), {
+        "kind": "policy", "task": "highway", "class": "ContextPolicy",
+        "config": net.config(), "state_dict": weights,
+        "meta": highway_shared.policy_meta(cfg, "svg", 0)})
+    loaded = highway_shared.load_highway_policy(cfg, run, "svg", 0, ds, torch.device("cpu"), 2)
+    assert type(loaded).__module__ == "worldplan.experiments.highway_policy_net"
+    states, frames = torch.randn(4, 2, 4), torch.rand(4, 2, 3, 117, 24)
+    torch.testing.assert_close(loaded(states, frames), net.eval()(states, frames))

@@ -27,9 +27,10 @@ from worldplan.experiments.highway import (
     tracker_noise,
     train_policy_stage,
 )
+from worldplan.experiments.highway_policy_net import ContextPolicy
 from worldplan.experiments.runs import Run
 from worldplan.planners.policy.checkpoint import save_policy
-from worldplan.planners.policy.imitation import ContextPolicy, ImitationConfig, train_imitation
+from worldplan.planners.policy.imitation import ImitationConfig, train_imitation
 from worldplan.planners.policy.mpur import MPURConfig, UncertaintyStats, train_mpur
 from worldplan.worldmodels.dataset import write_dataset
 
@@ -156,16 +157,13 @@ class _ToyModel(torch.nn.Module):
         super().__init__()
         self.w = torch.nn.Parameter(torch.ones(()))
 
-    def step(self, ctx, action, z=None, image=None):
-        s = ctx[:, -1].clone()
-        s = torch.cat([s[:, :2], s[:, 2:3] + self.w * action[:, :1], s[:, 3:]], 1)
-        img = torch.zeros_like(image[:, -1])
-        img[:, 1, 40:50, 10:14] = torch.sigmoid(s[:, 2:3, None] - 2.0)
-        return s, img
-
     def advance(self, ms, action, z=None):
         # the model-state contract the learners drive (worldmodels/contract.py)
-        return ms.then(*self.step(ms.context, action, z, ms.frames))
+        s = ms.state.clone()
+        s = torch.cat([s[:, :2], s[:, 2:3] + self.w * action[:, :1], s[:, 3:]], 1)
+        img = torch.zeros_like(ms.image)
+        img[:, 1, 40:50, 10:14] = torch.sigmoid(s[:, 2:3, None] - 2.0)
+        return ms.then(s, img)
 
 
 def test_bptt_learner_lowers_the_predicted_cost_and_needs_uncertainty_for_lam() -> None:

@@ -18,7 +18,7 @@ from worldplan.experiments.highway_plan import (
     scene_rollout,
     unusual_actions,
 )
-from worldplan.planners.policy.imitation import ContextPolicy
+from worldplan.experiments.highway_policy_net import ContextPolicy
 from worldplan.planners.policy.mpur import burn_in, policy_rollout
 from worldplan.worldmodels.ego_motion import EgoMotionImageModel
 from worldplan.worldmodels.plan_uncertainty import PlanHeadEnsemble
@@ -441,7 +441,8 @@ def test_the_learners_drive_every_highway_world_through_the_model_state_contract
     for t in range(4):
         a = policy(ctx, fr)
         if kind == "trunk":
-            s, img = world.model.step(ctx[:, -2:], a, z=z[:, t], image=fr[:, -2:])
+            nxt = world.model.advance(world.model.reset(ctx[:, -2:], fr[:, -2:]), a, z[:, t])
+            s, img = nxt.state, nxt.image
         else:
             s, img = world.step(ctx, a)
         torch.testing.assert_close(a, actions[:, t])
@@ -465,3 +466,24 @@ def test_mper_learns_through_a_model_with_a_shorter_context_than_the_policy():
                         np.random.default_rng(0), progress=False)
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert any(not torch.equal(a, p) for a, p in zip(before, policy.parameters(), strict=True))
+
+
+def test_last_context_reads_the_models_latent_from_its_last_entries():
+    """LastContext's posterior (what MPER infers) is the model's own on the last
+    ``model.ncond`` entries of a longer policy context."""
+    from worldplan.experiments.highway_shared import LastContext
+    from worldplan.worldmodels.contract import ModelState
+
+    b = _with_future(_batch())
+    trunk = _trunk()
+    wrapped = LastContext(trunk)
+    fr = b["context_images"].float() / 255
+    long = ModelState(b["context"], fr)  # 3 entries; the trunk's context is 2
+    nxt = wrapped.advance(long, torch.zeros(3, 2), torch.zeros(3, 2))
+    assert nxt.context.shape == (3, 3, 4)  # the long window moved on
+    short = trunk.reset(b["context"][:, -2:], fr[:, -2:])
+    z = wrapped.posterior(long, nxt.state, nxt.image)
+    assert z.shape == (3, 2)
+    assert torch.equal(z, trunk.posterior(short, nxt.state, nxt.image))
+    assert torch.equal(z, wrapped.posterior(wrapped.reset(b["context"], fr), nxt.state,
+                                            nxt.image))

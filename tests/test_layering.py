@@ -7,6 +7,11 @@ are shared by every layer, and so are the modules of the namespace package itsel
 (``worldplan/checkpoint.py``: crash-safe files and checkpoints), which sit below every layer
 and import none of them. ``KNOWN_VIOLATIONS`` lists the edges still to be removed: it may
 only shrink (a listed edge that no longer exists fails too).
+
+Within the layers, a world model is used through its public calls only: no module reads a
+private member (``model._name``) of a ``WorldModel`` class from outside, so what a task
+needs of a model is a public method of the model (``ImageModel.features``,
+``posterior``), not a reach into its internals.
 """
 
 from __future__ import annotations
@@ -131,3 +136,70 @@ def test_bare_and_relative_imports_are_caught(tmp_path: Path) -> None:
         "import envs.highway\nfrom ..envs import maps\nfrom worldplan.envs import maps\n")
     assert bare_imports(tmp_path, ("planners",)) == [
         "planners/bad.py:1 envs.highway", "planners/bad.py:2 ..envs"]
+
+
+def _model_private_names(root: Path) -> set[str]:
+    """Private member names (``_name``: methods and ``self._name = ...`` attributes) of the
+    ``WorldModel`` classes in ``worldmodels/``, subclasses of subclasses included."""
+    classes: dict[str, tuple[list[str], set[str]]] = {}
+    for path in (root / "worldmodels").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            bases = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "")
+                     for b in node.bases]
+            names = set()
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef):
+                    names.add(sub.name)
+                elif (isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)
+                      and isinstance(sub.value, ast.Name) and sub.value.id == "self"):
+                    names.add(sub.attr)
+            classes[node.name] = (bases, {n for n in names
+                                          if n.startswith("_") and not n.startswith("__")})
+
+    def is_model(name: str, seen: tuple[str, ...] = ()) -> bool:
+        return name == "WorldModel" or (name in classes and name not in seen and any(
+            is_model(b, (*seen, name)) for b in classes[name][0]))
+
+    return {n for c, (_, names) in classes.items() if is_model(c) for n in names}
+
+
+def private_model_reads(root: Path = ROOT) -> list[str]:
+    """``file:line .name`` of each access to a world model's private member on anything but
+    ``self``, ``cls`` or ``super()``, in every package."""
+    private = _model_private_names(root)
+    found = []
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if not isinstance(node, ast.Attribute) or node.attr not in private:
+                    continue
+                owner = node.value
+                if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+                    continue
+                if (isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name)
+                        and owner.func.id == "super"):
+                    continue
+                found.append(f"{path.relative_to(root)}:{node.lineno} .{node.attr}")
+    return found
+
+
+def test_no_module_reads_a_world_models_private_members() -> None:
+    bad = private_model_reads()
+    assert not bad, ("give the model a public method for these, or restructure:\n  "
+                     + "\n  ".join(bad))
+
+
+def test_private_model_reads_are_caught(tmp_path: Path) -> None:
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+    (tmp_path / "worldmodels" / "m.py").write_text(
+        "class WorldModel:\n    def _inner(self):\n        self._cache = 1\n"
+        "        return self._cache\n\n\nclass Image(WorldModel):\n"
+        "    def _features(self):\n        return super()._inner()\n\n\n"
+        "class Helper:\n    def _private(self):\n        return 0\n")
+    (tmp_path / "experiments" / "task.py").write_text(
+        "def f(model, helper):\n    return model._features(), model._cache, helper._private()\n")
+    assert sorted(private_model_reads(tmp_path)) == ["experiments/task.py:2 ._cache",
+                                                     "experiments/task.py:2 ._features"]

@@ -206,11 +206,13 @@ def test_the_posterior_is_what_training_infers(kind: str) -> None:
     model = _model(kind, "cpu")
     ms = _start(model, 3, "cpu")
     nxt = model.advance(ms, torch.zeros(3, A), torch.zeros(3, model.z_dim))
-    feat = model._features(ms.context, ms.frames)
+    feat = model.features(ms)
     target = torch.cat([model.target_encoder(nxt.image),
                         model.norm_delta(nxt.state - ms.state)], -1)
     mu = model.latent.posterior(torch.cat([feat, target], -1)).chunk(2, -1)[0]
     torch.testing.assert_close(model.posterior(ms, nxt.state, nxt.image), mu)
+    with pytest.raises(TypeError, match="ModelState with frames"):
+        model.features(model.reset)  # a state, not the call that makes one
 
 
 # -- a plain dynamics callable as a model of the contract ------------------------------------

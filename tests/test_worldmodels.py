@@ -322,17 +322,22 @@ def test_image_model_trains_and_rolls_out(tmp_path: Path) -> None:
     m2 = load_model(tmp_path / "ck" / "last.pt")
     assert isinstance(m2, ImageModel) and m2.image_shape == (1, 8, 8)
     batch = ds.windows("test", 2, 3).get_batch([0, 1])
-    states, frames = m2.rollout(batch["context"], batch["actions"],
-                                images=batch["context_images"])
+    ms = m2.reset(batch["context"], batch["context_images"])
+    traj = m2.unroll(ms, batch["actions"])
+    states, frames = traj.states, traj.images
     assert states.shape == (2, 3, 3) and frames.shape == (2, 3, 1, 8, 8)
     assert frames.min() >= 0 and frames.max() <= 1
-    s1, f1 = m2.step(batch["context"], batch["actions"][:, 0], z=torch.zeros(2, 2),
-                     image=batch["context_images"])
-    assert s1.shape == (2, 3) and f1.shape == (2, 1, 8, 8)
-    with pytest.raises(ValueError, match="needs image"):
+    one = m2.advance(ms, batch["actions"][:, 0], z=torch.zeros(2, 2))
+    assert one.state.shape == (2, 3) and one.image.shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="needs frames"):
+        m2.reset(batch["context"])
+    with pytest.raises(ValueError, match=r"frames must have shape \[2, 2, 1, 8, 8\]"):
+        m2.reset(batch["context"], torch.zeros(2, 2, 3, 8, 8))
+    # one way to step an image model: the vector models' tensor calls name the contract
+    with pytest.raises(TypeError, match=r"model.advance\(model.reset\(context, frames\)"):
         m2.step(batch["context"], batch["actions"][:, 0])
-    with pytest.raises(ValueError, match=r"image must have shape \[2, 2, 1, 8, 8\]"):
-        m2.step(batch["context"], batch["actions"][:, 0], image=torch.zeros(2, 2, 3, 8, 8))
+    with pytest.raises(TypeError, match=r"model.unroll\(model.reset\(context, frames\)"):
+        m2.rollout(batch["context"], batch["actions"])
     u = mc_uncertainty(m2, batch["context"], batch["actions"], n=4,
                        images=batch["context_images"])
     assert u.image_var.shape == (2, 3, 1, 8, 8) and u.total(m2).shape == (2, 3)
@@ -433,9 +438,10 @@ def test_image_model_two_phase_warm_start(tmp_path: Path) -> None:
     warm = ImageModel.from_deterministic(det, z_dim=2, p_z=0.5, z_dropout="prior").eval()
     det.eval()
     a0, z0 = batch["actions"][:, 0], torch.randn(2, 2)
-    for x, y in zip(warm.step(batch["context"], a0, z=z0, image=batch["context_images"]),
-                    det.step(batch["context"], a0, image=batch["context_images"]), strict=True):
-        torch.testing.assert_close(x, y)
+    start = det.reset(batch["context"], batch["context_images"])
+    x, y = warm.advance(start, a0, z=z0), det.advance(start, a0)
+    torch.testing.assert_close(x.context, y.context)
+    torch.testing.assert_close(x.frames, y.frames)
     sto, hist = train_stochastic(det, ds, TrainConfig(epochs=0), cfg, z_dim=2, progress=False)
     assert isinstance(sto, ImageModel) and sto.z_dim == 2 and hist["stochastic"]["steps"] > 0
     with pytest.raises(TypeError, match="z_dim=0"):

@@ -1,18 +1,20 @@
 """Forward model on image + vector contexts (PPUU's setting: a 117x24 RGB occupancy
 crop around the ego car plus its 4-D state, ``ncond`` context frames).
 
-The call differs from the vector models by the frames (documented in
-docs/worldmodels.md):
+An image model is driven only through the model-state contract (worldmodels/contract.py,
+documented in docs/worldmodels.md)::
 
-- ``step(state, action, z=None, image=None) -> (next_state [B, S], next_image [B, C, H, W])``
-- ``rollout(context, actions, z=None, images=None) -> (states [B, T, S],
-  images [B, T, C, H, W])``
+    ms = model.reset(context [B, ncond, S], frames [B, ncond, C, H, W])
+    ms = model.advance(ms, action [B, A], z=None)      # ms.state [B, S], ms.image [B, C, H, W]
+    traj = model.unroll(ms, actions [B, T, A], z=None)  # traj.states, traj.images, traj.last
 
-``image`` is the last frame ``[B, C, H, W]`` (ncond == 1) or the context frames
-``[B, ncond, C, H, W]``; uint8 (0..255) or float in [0, 1]. Returned frames are float in
-[0, 1]. The state head predicts a normalised delta on the last state, the image head a
-residual on the last frame. With ``z_dim > 0`` the model is a conditional VAE with
-z-dropout like :class:`~worldmodels.stochastic.StochasticModel`.
+``frames`` are the context frames ``[B, ncond, C, H, W]`` (or the last frame
+``[B, C, H, W]`` when ncond == 1), uint8 (0..255) or float in [0, 1]; predicted frames are
+float in [0, 1]. The vector models' tensor calls ``step`` and ``rollout`` are refused
+with one line naming the contract's call. The state head predicts a normalised delta on
+the last state, the image head a residual on the last frame. With ``z_dim > 0`` the
+model is a conditional VAE with z-dropout like
+:class:`~worldmodels.stochastic.StochasticModel`.
 """
 
 from __future__ import annotations
@@ -214,26 +216,18 @@ class ImageModel(WorldModel):
         state, image = self._decode(context, frames, h)
         return state, image, feat
 
-    # -- the shared calls ----------------------------------------------------------------
-    def step(self, state: torch.Tensor, action: torch.Tensor, z: torch.Tensor | None = None,
-             image: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(next_state [B, S], next_image [B, C, H, W] in [0, 1])``; see the module doc."""
-        ctx = self._as_context(state)
-        B = ctx.shape[0]
-        self._check_action(action, B)
-        self._check_z(z, B, None)
-        frames = self._as_frames(image, B)
-        s, img, _ = self._one(ctx, frames, action, z)
-        return s, img.clamp(0.0, 1.0)
+    # -- the tensor calls of the vector models: one way to step an image model ------------
+    def step(self, state: torch.Tensor, action: torch.Tensor,
+             z: torch.Tensor | None = None) -> torch.Tensor:
+        """Refused: an image model steps through the contract (see the module doc)."""
+        raise TypeError(f"{self.kind} steps through the model-state contract: "
+                        "model.advance(model.reset(context, frames), action, z)")
 
     def rollout(self, context: torch.Tensor, actions: torch.Tensor,
-                z: torch.Tensor | None = None, images: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(states [B, T, S], images [B, T, C, H, W])`` from ``context`` ``[B, ncond, S]``,
-        context ``images`` ``[B, ncond, C, H, W]`` and ``actions`` ``[B, T, A]``: the tensors
-        of :meth:`unroll`."""
-        traj = self.unroll(self.reset(context, images), actions, z)
-        return traj.states, traj.images
+                z: torch.Tensor | None = None) -> torch.Tensor:
+        """Refused: an image model rolls out through the contract (see the module doc)."""
+        raise TypeError(f"{self.kind} rolls out through the model-state contract: "
+                        "model.unroll(model.reset(context, frames), actions, z)")
 
     # -- the model-state contract ----------------------------------------------------------
     def _context_frames(self, frames: torch.Tensor | None, batch: int) -> torch.Tensor:
@@ -244,13 +238,21 @@ class ImageModel(WorldModel):
         s, img, _ = self._one(ms.context, ms.frames, action, z)
         return s, img.clamp(0.0, 1.0)
 
+    def features(self, ms: ModelState) -> torch.Tensor:
+        """The encoding ``[B, hidden]`` of the model state ``ms`` (its context states and
+        frames, before the action): what the heads and the posterior read."""
+        if not isinstance(ms, ModelState) or ms.frames is None:
+            raise TypeError(f"features takes a ModelState with frames (from model.reset), "
+                            f"got {type(ms).__name__}")
+        return self._features(ms.context, ms.frames)
+
     def posterior(self, ms: ModelState, next_state: torch.Tensor,
                   next_image: torch.Tensor | None = None) -> torch.Tensor:
         if not self.z_dim:
             raise TypeError(f"{self.kind} has no latent (z_dim = 0): no posterior")
         if next_image is None:
             raise ValueError("an image model's posterior needs next_image [B, C, H, W]")
-        feat = self._features(ms.context, ms.frames)
+        feat = self.features(ms)
         target = torch.cat([self.target_encoder(to_unit(next_image)),
                             self.norm_delta(next_state - ms.state)], -1)
         mu, _ = self.latent.posterior(torch.cat([feat, target], -1)).chunk(2, -1)
@@ -296,8 +298,8 @@ class ImageModel(WorldModel):
         self.eval()
         n = batch["context"].shape[0]
         z = torch.zeros(n, self.z_dim) if self.z_dim else None
-        _, img = self.step(batch["context"], batch["actions"][:, 0], z=z,
-                           image=batch["context_images"])
+        img = self.advance(self.reset(batch["context"], batch["context_images"]),
+                           batch["actions"][:, 0], z).image
         self.train(was)
         target = to_unit(batch["target_images"][:, 0])
         pair = torch.cat([img, target], dim=-1)  # [n, C, H, 2W]
