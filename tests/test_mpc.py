@@ -612,3 +612,24 @@ def test_mppi_compile_failure_plans_eagerly_with_the_same_draws(
     for _ in range(2):
         assert torch.equal(failing.act(X0), eager.act(X0))
     assert not failing.compile and "running eagerly" in caplog.text
+
+
+@pytest.mark.parametrize("cls", [CEM, MPPI])
+def test_a_nan_cost_weighs_like_an_infinite_one(cls: type) -> None:
+    """A sample whose cost is NaN counts as one of cost +inf (MPPI: weight zero; CEM: never
+    an elite while a finite one is left), whether or not its plan would have won."""
+    def cost_with(bad: float):
+        def cost(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            c = quad(x, u)
+            return torch.where(u[:, 0] > 0.3, torch.full_like(c, bad), c)
+        return cost
+
+    kw = {"elites": 6, "iterations": 2} if cls is CEM else {}
+    nan_planner = cls(linear, cost_with(float("nan")), -1.0, 1.0, 5, samples=40, seed=3, **kw)
+    inf_planner = cls(linear, cost_with(float("inf")), -1.0, 1.0, 5, samples=40, seed=3, **kw)
+    plan_nan, plan_inf = nan_planner.plan(X0), inf_planner.plan(X0)
+    assert torch.isfinite(plan_nan).all()
+    torch.testing.assert_close(plan_nan, plan_inf, rtol=0, atol=0)
+    if cls is MPPI:  # the masked samples mattered: without them the plan differs
+        free = cls(linear, quad, -1.0, 1.0, 5, samples=40, seed=3).plan(X0)
+        assert not torch.equal(free, plan_nan)
