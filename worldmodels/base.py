@@ -92,15 +92,19 @@ class MCDropout(nn.Module):
     ``channelwise``: on ``[B, C, H, W]`` feature maps drop whole channels (as
     ``nn.Dropout2d``), one draw per channel instead of per pixel. Inside
     :meth:`WorldModel.pooled_masks` masks are cut from a pool drawn in bulk (fresh,
-    independent values for every call, far fewer generator calls).
+    independent values for every call, far fewer generator calls). ``inplace``: the input
+    is always a fresh intermediate nobody else holds (the output of the ``nn.ReLU`` before
+    it in a ``Sequential``), so without autograd the mask multiplies it in place instead
+    of allocating the product at every call.
     """
 
-    def __init__(self, p: float, channelwise: bool = False) -> None:
+    def __init__(self, p: float, channelwise: bool = False, inplace: bool = False) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {p}")
         self.p = float(p)
         self.channelwise = bool(channelwise)
+        self.inplace = bool(inplace)
         self.force = False
         self.frozen = False  # reuse one mask per input shape (see WorldModel.frozen_masks)
         self.pooled = False  # cut masks from a bulk draw (see WorldModel.pooled_masks)
@@ -117,10 +121,10 @@ class MCDropout(nn.Module):
         if queue and not self.frozen and not self.channelwise:
             mask = queue[-1]
             if mask.shape == x.shape and mask.dtype == x.dtype and mask.device == x.device:
-                return x * queue.pop()
+                return self._masked(x, queue.pop())
         shape = (*x.shape[:2], 1, 1) if self.channelwise and x.ndim == 4 else x.shape
         if self.frozen and self._mask is not None and self._mask.shape == shape:
-            return x * self._mask
+            return self._masked(x, self._mask)
         if self.pooled and not self.frozen:  # a frozen mask must not live in a pool
             mask = self._from_pool(shape, x)
         elif self.fast:
@@ -131,6 +135,12 @@ class MCDropout(nn.Module):
             mask = keep.to(x.dtype) * (1.0 / (1.0 - self.p))
         if self.frozen:
             self._mask = mask
+        return self._masked(x, mask)
+
+    def _masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x * mask``; in place on ``x`` for an ``inplace`` layer without autograd."""
+        if self.inplace and not torch.is_grad_enabled() and mask.dtype == x.dtype:
+            return x.mul_(mask)
         return x * mask
 
     def _from_pool(self, shape: tuple[int, ...] | torch.Size, x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +164,7 @@ def mlp(
     mods: list[nn.Module] = []
     width = inp
     for _ in range(layers):
-        mods += [nn.Linear(width, hidden), nn.ReLU(), MCDropout(dropout)]
+        mods += [nn.Linear(width, hidden), nn.ReLU(), MCDropout(dropout, inplace=True)]
         width = hidden
     if out is not None:
         mods.append(nn.Linear(width, out))
