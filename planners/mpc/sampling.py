@@ -185,14 +185,21 @@ class CEM(Planner):
         for it in range(self.iterations):
             n_total = self.samples + (kept.shape[1] if kept is not None else 0)
             buf = self._work(a, t, b, n_total, state)
-            if self.beta == 0:  # white noise straight into the buffer (randn's values)
-                white = buf.white.normal_(generator=g).permute(3, 2, 0, 1)
+            if self.beta == 0 and it == 0 and self._uniform is not None:
+                # one std for every entry (equal bounds): the draw at that std is randn()
+                # * std, value for value, and the samples one add away
+                white = buf.white.normal_(0.0, float(std0[0]), generator=g)
+                torch.add(white.permute(3, 2, 0, 1), mean.permute(2, 1, 0).unsqueeze(-1),
+                          out=buf.sampled)
             else:
-                white = colored_noise(self.beta, (b, self.samples, a), t, generator=g,
-                                      device=state.device,
-                                      dtype=state.dtype).permute(3, 2, 0, 1)
-            torch.mul(white, std.permute(2, 1, 0).unsqueeze(-1), out=buf.sampled)
-            buf.sampled.add_(mean.permute(2, 1, 0).unsqueeze(-1))
+                if self.beta == 0:  # white noise straight into the buffer (randn's values)
+                    white = buf.white.normal_(generator=g).permute(3, 2, 0, 1)
+                else:
+                    white = colored_noise(self.beta, (b, self.samples, a), t, generator=g,
+                                          device=state.device,
+                                          dtype=state.dtype).permute(3, 2, 0, 1)
+                torch.mul(white, std.permute(2, 1, 0).unsqueeze(-1), out=buf.sampled)
+                buf.sampled.add_(mean.permute(2, 1, 0).unsqueeze(-1))
             if it == self.iterations - 1:  # iCEM: the mean itself is a candidate
                 buf.first.copy_(mean.permute(2, 1, 0))
             if kept is not None:
