@@ -612,3 +612,72 @@ def test_mppi_compile_failure_plans_eagerly_with_the_same_draws(
     for _ in range(2):
         assert torch.equal(failing.act(X0), eager.act(X0))
     assert not failing.compile and "running eagerly" in caplog.text
+
+
+@pytest.mark.parametrize("cls", [CEM, MPPI])
+def test_a_nan_cost_weighs_like_an_infinite_one(cls: type) -> None:
+    """A sample whose cost is NaN counts as one of cost +inf (MPPI: weight zero; CEM: never
+    an elite while a finite one is left), whether or not its plan would have won."""
+    def cost_with(bad: float):
+        def cost(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            c = quad(x, u)
+            return torch.where(u[:, 0] > 0.3, torch.full_like(c, bad), c)
+        return cost
+
+    kw = {"elites": 6, "iterations": 2} if cls is CEM else {}
+    nan_planner = cls(linear, cost_with(float("nan")), -1.0, 1.0, 5, samples=40, seed=3, **kw)
+    inf_planner = cls(linear, cost_with(float("inf")), -1.0, 1.0, 5, samples=40, seed=3, **kw)
+    plan_nan, plan_inf = nan_planner.plan(X0), inf_planner.plan(X0)
+    assert torch.isfinite(plan_nan).all()
+    torch.testing.assert_close(plan_nan, plan_inf, rtol=0, atol=0)
+    if cls is MPPI:  # the masked samples mattered: without them the plan differs
+        free = cls(linear, quad, -1.0, 1.0, 5, samples=40, seed=3).plan(X0)
+        assert not torch.equal(free, plan_nan)
+
+
+def _reference_cem(planner: CEM, state: torch.Tensor, mean: torch.Tensor,
+                   kept: torch.Tensor | None, g: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """CEM in its straightforward form (white noise, equal bounds): ``(best plan, kept
+    elites)`` of one call from ``mean [B, T, A]``."""
+    low, high = planner._bounds(state)
+    b, t, a = mean.shape
+    std = planner.init_std * (high - low) / 2 * torch.ones(b, t, a)
+    n_keep = int(round(planner.keep_elites * planner.elites))
+    best, best_cost = None, None
+    for it in range(planner.iterations):
+        sampled = torch.randn(b, planner.samples, t, a, generator=g) * std[:, None] + mean[:, None]
+        if it == planner.iterations - 1:
+            sampled[:, 0] = mean
+        cand = sampled if kept is None else torch.cat([sampled, kept], 1)
+        cand = cand.clamp(float(low[0]), float(high[0]))
+        costs = planner.objective(state, cand)
+        elite_cost, order = costs.topk(planner.elites, dim=1, largest=False)
+        elite = torch.gather(cand, 1, order[..., None, None].expand(-1, -1, t, a))
+        if best is None:
+            best, best_cost = elite[:, 0], elite_cost[:, 0]
+        else:
+            better = elite_cost[:, 0] < best_cost
+            best = torch.where(better[:, None, None], elite[:, 0], best)
+            best_cost = torch.where(better, elite_cost[:, 0], best_cost)
+        kept = elite[:, :n_keep]
+        mean = planner.alpha * mean + (1 - planner.alpha) * elite.mean(1)
+        std = planner.alpha * std + (1 - planner.alpha) * elite.std(1, unbiased=False)
+    return best, kept
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_cem_plans_are_those_of_the_straightforward_form_to_the_bit(iterations: int) -> None:
+    """The buffered CEM (noise drawn at the initial std, candidates written in place, only
+    the kept elites gathered on the last iteration) gives the plans of the plain form."""
+    planner = CEM(_pendulum_like, _angle_cost, -2.0, 2.0, 6, samples=64, elites=8,
+                  iterations=iterations, keep_elites=0.5, seed=5, alpha=0.2)
+    g = torch.Generator().manual_seed(5)
+    state = torch.tensor([[0.6, 0.8, 0.3], [-1.0, 0.0, -0.5]])
+    mean, kept = torch.zeros(2, 6, 1), None
+    for _ in range(3):
+        action = planner.act(state)
+        best, kept = _reference_cem(planner, state, mean, kept, g)
+        torch.testing.assert_close(action, best[:, 0], rtol=0, atol=0)
+        mean, kept = planner._shift(best), planner._shift(kept, dim=2)
+        state = _pendulum_like(state, action)

@@ -79,6 +79,40 @@ def test_model_dynamics_of_an_ensemble_and_a_single_model() -> None:
     assert isinstance(planner, MPPI) and planner.act(x[:2]).shape == (2, 1)
 
 
+@pytest.mark.parametrize("name", ["cem", "mppi", "gradient", "ilqr"])
+def test_build_planner_refuses_a_model_of_another_size_before_any_work(name: str) -> None:
+    tm = make_task_model("Pendulum-v1")  # 3-D states, 1-D actions
+    calls = []
+
+    def counting(model: torch.nn.Module) -> tuple:
+        dyn, latent, unc = model_dynamics(model)
+
+        def wrapped(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            return dyn(x, u)
+        wrapped.__wrapped__ = dyn  # type: ignore[attr-defined]
+        return wrapped, latent, unc
+
+    dyn, _, unc = counting(Ensemble(4, 1, k=2, hidden=8))
+    with pytest.raises(ValueError, match="4-D states but the task's state_dim is 3"):
+        build_planner(name, dyn, tm, MPCSettings(horizon=4, samples=16), uncertainty=unc)
+    dyn, _, _ = counting(DeterministicModel(3, 2, hidden=8))
+    with pytest.raises(ValueError, match="2-D actions but the task's action bounds are 1-D"):
+        build_planner(name, dyn, tm, MPCSettings(horizon=4, samples=16))
+    assert calls == []
+    for field, value in (("horizon", -2), ("samples", -5), ("iterations", -1)):
+        if field == "samples" and name in ("gradient", "ilqr"):
+            continue  # no population
+        with pytest.raises(ValueError, match=f"{field} must be at least"):
+            build_planner(name, model_dynamics(DeterministicModel(3, 1, hidden=8))[0], tm,
+                          MPCSettings(**{"horizon": 4, field: value}))
+    planner = build_planner(name, model_dynamics(DeterministicModel(3, 1, hidden=8))[0], tm,
+                            MPCSettings(horizon=4, samples=16))
+    assert planner.state_dim == 3
+    with pytest.raises(ValueError, match="state_dim 3"):
+        planner.act(torch.zeros(2, 4))
+
+
 def test_lqr_terminal_cost_of_a_linear_model() -> None:
     tm = make_task_model("InvertedPendulum-v5")
     a = torch.eye(4) + 0.04 * torch.tensor([[0, 0, 1, 0], [0, 0, 0, 1], [0, -1, 0, 0],

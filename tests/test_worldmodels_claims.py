@@ -247,6 +247,39 @@ def test_pooled_masks_are_fresh_per_call_and_reproducible() -> None:
     assert ((ratio > 0.8) & (ratio < 1.25)).all(), ratio
 
 
+@pytest.mark.parametrize("kind", ["deterministic", "ensemble"])
+def test_pooled_masks_multiply_in_place_only_without_autograd(kind: str) -> None:
+    """Without autograd a pooled mask multiplies the ReLU's output in place: the same MC
+    rollout, to the bit, as the layers that allocate the product; with autograd the
+    product is a new tensor (the ReLU's backward needs its output)."""
+    from worldplan.worldmodels.base import MCDropout
+    from worldplan.worldmodels.ensemble import Ensemble
+
+    torch.manual_seed(0)
+    m = (DeterministicModel(3, 2, hidden=16, dropout=0.3) if kind == "deterministic"
+         else Ensemble(3, 2, k=3, hidden=16, dropout=0.3)).eval()
+    drops = [d for d in m.modules() if isinstance(d, MCDropout)]
+    assert drops and all(d.inplace for d in drops)
+    s, acts = torch.randn(4, 3), torch.randn(4, 5, 2)
+
+    def run(inplace: bool) -> torch.Tensor:
+        for d in drops:
+            d.inplace = inplace
+        torch.manual_seed(7)
+        with torch.no_grad():
+            return mc_uncertainty(m, s, acts, n=3).var
+
+    assert torch.equal(run(False), run(True))
+    x = torch.rand(6, 16)
+    with m.pooled_masks(calls=2, layers=drops):
+        drops[0].force = True
+        with torch.no_grad():
+            assert drops[0](x) is x  # in place
+        y = torch.rand(6, 16, requires_grad=True).relu()
+        assert drops[0](y) is not y
+        drops[0].force = False
+
+
 def test_training_optimiser_choice_and_the_fast_masks_on_vector_models_only() -> None:
     from worldplan.worldmodels.base import MCDropout
     from worldplan.worldmodels.ensemble import Ensemble

@@ -98,7 +98,7 @@ class DeterministicModel(WorldModel):
         self.encoder = mlp(self.ncond * self.state_dim, hidden, layers, dropout)
         self.action_embed = nn.Linear(self.action_dim, hidden)
         self.decoder = nn.Sequential(
-            nn.ReLU(), MCDropout(dropout),
+            nn.ReLU(), MCDropout(dropout, inplace=True),
             mlp(hidden, hidden, layers - 1, dropout, out=self.state_dim),
         )
         self.use_fast_masks()

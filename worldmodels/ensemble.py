@@ -221,7 +221,7 @@ def _batched_mlp(k: int, inp: int, hidden: int, layers: int, dropout: float,
     mods: list[nn.Module] = []
     width = inp
     for _ in range(layers):
-        mods += [BatchedLinear(k, width, hidden), nn.ReLU(), MCDropout(dropout)]
+        mods += [BatchedLinear(k, width, hidden), nn.ReLU(), MCDropout(dropout, inplace=True)]
         width = hidden
     if out is not None:
         mods.append(BatchedLinear(k, width, out))
@@ -255,7 +255,7 @@ class Ensemble(WorldModel):
         self.encoder = _batched_mlp(k, self.ncond * self.state_dim, hidden, layers, dropout)
         self.action_embed = BatchedLinear(k, self.action_dim, hidden)
         self.decoder = nn.Sequential(
-            nn.ReLU(), MCDropout(dropout),
+            nn.ReLU(), MCDropout(dropout, inplace=True),
             _batched_mlp(k, hidden, hidden, layers - 1, dropout, out=self.state_dim),
         )
         self.use_fast_masks()

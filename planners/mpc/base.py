@@ -130,7 +130,8 @@ class _Rollout:
         self.states = torch.empty(s, t, m, device=actions.device, dtype=actions.dtype)
         self.u_steps = actions.permute(1, 2, 0).unbind(0)  # T views [M, A]
         self.x_steps = self.states.permute(1, 2, 0).unbind(0)  # T views [M, S]
-        self.x_first = self.states[:, 0].view(s, b, n)  # the start state of every candidate
+        # the start state of every candidate, [B, S, N] (a state's [B, S, 1] view copies in)
+        self.x_first = self.states[:, 0].view(s, b, n).permute(1, 0, 2)
         self.xs = self.states.view(s, t * m).T  # [T*M, S], step-major rows
         # (state view, action view, the next state's view or None at the last step)
         self.steps = tuple(zip(self.x_steps, self.u_steps, (*self.x_steps[1:], None),
@@ -255,6 +256,8 @@ class Planner:
         if self._needs_grad:
             with torch.enable_grad():
                 plan = self._optimize(state.detach(), init.detach())
+        elif not torch.is_grad_enabled():  # the caller's no_grad (no context to enter)
+            plan = self._optimize(state, init)
         else:  # nothing is recorded under no_grad: no detached copies needed
             with torch.no_grad():
                 plan = self._optimize(state, init)
@@ -467,7 +470,7 @@ class Planner:
         buffers and their views exist already; the start state is broadcast, not repeated).
         No autograd, no latent."""
         s, b, n = fast.key
-        fast.x_first.copy_(state.T.unsqueeze(-1))
+        fast.x_first.copy_(state.unsqueeze(-1))
         dynamics = self.dynamics
         for xc, u, x_next in fast.steps:
             x = dynamics(xc, u)

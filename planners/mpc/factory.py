@@ -113,11 +113,15 @@ def build_planner(name: str, dynamics: Dynamics, task: PlanningTask, settings: M
 
     ``terminal_cost`` replaces the task's own (e.g. :func:`lqr_terminal_cost`); the
     ``uncertainty`` penalty is used only when the resolved ``uncertainty_weight`` is > 0.
+    A task that declares ``state_dim`` passes it on, so that a world model of another
+    state (or action) size is refused here, before any planning.
     """
     s = resolve_settings(settings, name, task_defaults)
+    task_s = getattr(task, "state_dim", None)
     common: dict[str, Any] = dict(terminal_cost=terminal_cost or task.terminal_cost, seed=seed,
                                   latent_dim=latent_dim,
-                                  z_samples=s.z_samples if latent_dim else 1)
+                                  z_samples=s.z_samples if latent_dim else 1,
+                                  state_dim=task_s if isinstance(task_s, int) else None)
     if uncertainty is not None and s.uncertainty_weight > 0:
         common.update(uncertainty=uncertainty, uncertainty_weight=s.uncertainty_weight)
     args = (dynamics, task.cost, task.action_low, task.action_high, s.horizon)
@@ -150,7 +154,8 @@ def model_dynamics(model: torch.nn.Module) -> ModelDynamics:
     For an :class:`Ensemble` the uncertainty is the members' variance of the next state in
     units of the model's delta std, summed over the state; the planners evaluate it right
     before stepping the same ``(state, action)``, so the members' mean is cached for that
-    step instead of running the members twice.
+    step instead of running the members twice. The callables carry the model's
+    ``state_dim``/``action_dim`` (the planners check them against the task's).
     """
     for p in model.parameters():
         p.requires_grad_(False)
@@ -171,6 +176,10 @@ def model_dynamics(model: torch.nn.Module) -> ModelDynamics:
             preds = model.rollout_members(x, u[:, None])[:, :, 0]  # [K, B, S]
             cache[:] = [x, u, preds.mean(0)]
             return (preds.var(0) / model.delta_std**2).sum(-1)
+    for fn in (dynamics, uncertainty):
+        if fn is not None:  # what planners.mpc.base.model_dims reads
+            fn.state_dim = getattr(model, "state_dim", None)  # type: ignore[attr-defined]
+            fn.action_dim = getattr(model, "action_dim", None)  # type: ignore[attr-defined]
     return ModelDynamics(dynamics, latent, uncertainty)
 
 

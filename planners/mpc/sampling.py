@@ -62,6 +62,17 @@ def _clip_(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tens
     return torch.maximum(torch.minimum(x, high, out=x), low, out=x)
 
 
+def _has_nan(plan: torch.Tensor) -> bool:
+    """Does ``plan`` hold a NaN? Its sum is NaN then (one small op), confirmed elementwise
+    (bounds near the float range could overflow the sum into inf - inf)."""
+    return math.isnan(float(plan.sum())) and bool(torch.isnan(plan).any())
+
+
+def _all_non_finite() -> ValueError:
+    return ValueError("MPPI: every sampled plan had a non-finite cost; the dynamics or cost "
+                      "returned NaN/inf")
+
+
 def _uniform_bounds(low: torch.Tensor, high: torch.Tensor) -> tuple[float, float] | None:
     """``(low, high)`` as Python floats when every action dimension has the same bounds
     (one ``clamp_`` with scalar bounds clips a whole buffer), else None."""
@@ -174,14 +185,21 @@ class CEM(Planner):
         for it in range(self.iterations):
             n_total = self.samples + (kept.shape[1] if kept is not None else 0)
             buf = self._work(a, t, b, n_total, state)
-            if self.beta == 0:  # white noise straight into the buffer (randn's values)
-                white = buf.white.normal_(generator=g).permute(3, 2, 0, 1)
+            if self.beta == 0 and it == 0 and self._uniform is not None:
+                # one std for every entry (equal bounds): the draw at that std is randn()
+                # * std, value for value, and the samples one add away
+                white = buf.white.normal_(0.0, float(std0[0]), generator=g)
+                torch.add(white.permute(3, 2, 0, 1), mean.permute(2, 1, 0).unsqueeze(-1),
+                          out=buf.sampled)
             else:
-                white = colored_noise(self.beta, (b, self.samples, a), t, generator=g,
-                                      device=state.device,
-                                      dtype=state.dtype).permute(3, 2, 0, 1)
-            torch.mul(white, std.permute(2, 1, 0).unsqueeze(-1), out=buf.sampled)
-            buf.sampled.add_(mean.permute(2, 1, 0).unsqueeze(-1))
+                if self.beta == 0:  # white noise straight into the buffer (randn's values)
+                    white = buf.white.normal_(generator=g).permute(3, 2, 0, 1)
+                else:
+                    white = colored_noise(self.beta, (b, self.samples, a), t, generator=g,
+                                          device=state.device,
+                                          dtype=state.dtype).permute(3, 2, 0, 1)
+                torch.mul(white, std.permute(2, 1, 0).unsqueeze(-1), out=buf.sampled)
+                buf.sampled.add_(mean.permute(2, 1, 0).unsqueeze(-1))
             if it == self.iterations - 1:  # iCEM: the mean itself is a candidate
                 buf.first.copy_(mean.permute(2, 1, 0))
             if kept is not None:
@@ -195,17 +213,23 @@ class CEM(Planner):
                 costs = self._rollout_columns(state, fast)
             else:
                 costs = self._rollout_cost(state, buf.cand_rows)
-            costs = costs.nan_to_num_(float("inf"))  # [B, N]
-            elite_cost, order = costs.topk(self.elites, dim=1, largest=False)
+            # [B, N]; topk ranks a NaN cost above +inf: a NaN plan is never picked first
+            # while a finite one is left (and a NaN best cost raises below)
+            last = it == self.iterations - 1
+            n_pick = self.elites
+            if last and self.return_best:  # only the best and the kept elites are read
+                n_pick = max(n_keep, 1)
+            elite_cost, order = costs.topk(n_pick, dim=1, largest=False)
             elite = torch.gather(buf.cand_rows, 1, order[..., None, None].expand(-1, -1, t, a))
             if it == 0:  # anything beats the +inf start (a row left at +inf raises below)
                 best, best_cost = elite[:, 0], elite_cost[:, 0]
+                if not last:  # a NaN best must lose to any later finite cost
+                    best_cost = best_cost.nan_to_num(float("inf"))
             else:
                 better = elite_cost[:, 0] < best_cost
                 best = torch.where(better[:, None, None], elite[:, 0], best)
                 best_cost = torch.where(better, elite_cost[:, 0], best_cost)
             kept = elite[:, :n_keep] if n_keep > 0 else None
-            last = it == self.iterations - 1
             if last and self.return_best:  # the mean and std die with this call
                 break
             mean = alpha * mean + rest * elite.mean(1)
@@ -214,7 +238,7 @@ class CEM(Planner):
             std = alpha * std + rest * elite.std(1, unbiased=False)
             if self.min_std > 0 and bool((std < self.min_std * half).all()):
                 break
-        # nan_to_num left +inf (a NaN cost) as the only non-finite value: the maximum says it
+        # a row whose best cost is +inf or NaN (every sample non-finite): the maximum says it
         if not float(best_cost.amax()) < float("inf"):
             raise ValueError("CEM: every sampled plan had a non-finite cost; the dynamics or "
                              "cost returned NaN/inf")
@@ -351,20 +375,18 @@ class MPPI(Planner):
     def _optimize(self, state: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
         plan = self._optimize_compiled(state, init) if self.compile else None
         if plan is None:
-            plan = self._optimize_eager(state, init)
-        # a row whose samples all had a NaN/inf cost gets NaN weights, hence a NaN plan;
-        # its sum is then NaN (one small op; confirmed elementwise, as bounds near the
-        # float range could overflow the sum into inf - inf)
-        if math.isnan(float(plan.sum())) and bool(torch.isnan(plan).any()):
-            raise ValueError("MPPI: every sampled plan had a non-finite cost; the dynamics "
-                             "or cost returned NaN/inf")
+            return self._optimize_eager(state, init)  # checks its plans itself
+        if _has_nan(plan):
+            raise _all_non_finite()
         return plan
 
     def _optimize_eager(self, state: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
         """The iterations in preallocated buffers: per update one draw into the noise
         buffer, the candidates written into the rollout's action buffer, the fast rollout,
         and two batched products (control cost folded into the logits, weighted noise
-        added to the plan); no per-sample Python work, no copies of the samples."""
+        added to the plan); no per-sample Python work, no copies of the samples. A NaN
+        cost is masked out (it weighs nothing) only when the new plan comes out NaN: the
+        plan's sum, needed for that check anyway, says so."""
         b, t, a = init.shape
         k = self.samples
         buf = self._buffers
@@ -398,7 +420,9 @@ class MPPI(Planner):
             else:
                 costs = self._rollout_cost(state, cand4.permute(2, 3, 1, 0))
             logits = costs.view(b, 1, k)
-            plan_at = plan.transpose(1, 2).reshape(b, a * t, 1)  # [B, A*T, 1], noise order
+            # [B, A*T, 1] in the noise's order (for one action the plan's own layout)
+            plan_at = (plan.reshape(b, t, 1) if a == 1
+                       else plan.transpose(1, 2).reshape(b, a * t, 1))
             if self.control_cost > 0:  # -S / lambda - c * sum_t U_t^T Sigma^-1 eps_t
                 if self._equal_std is not None:  # Sigma^-1 = I / std^2: into the factor
                     scaled, weight = plan_at.view(b, 1, a * t), self.control_cost
@@ -410,9 +434,14 @@ class MPPI(Planner):
                                        beta=-1.0 / self.temperature, alpha=-weight)
             else:
                 logits = logits * (-1.0 / self.temperature)
-            # a NaN cost weighs nothing; softmax subtracts the row maximum itself
-            weights = torch.softmax(logits.nan_to_num_(nan=float("-inf")), dim=2)
-            plan = torch.baddbmm(plan_at, buf.eps_bk, weights.view(b, k, 1))
+            # softmax subtracts the row maximum itself
+            new = torch.baddbmm(plan_at, buf.eps_bk, torch.softmax(logits, dim=2).view(b, k, 1))
+            if _has_nan(new):  # a NaN cost (rare): it weighs nothing, the update again
+                weights = torch.softmax(logits.nan_to_num_(nan=float("-inf")), dim=2)
+                new = torch.baddbmm(plan_at, buf.eps_bk, weights.view(b, k, 1))
+                if _has_nan(new):  # a row whose samples all had a NaN/inf cost
+                    raise _all_non_finite()
+            plan = new
             # back to [B, T, A] (a plain view for one action)
             plan = plan.view(b, t, 1) if a == 1 else plan.view(b, a, t).transpose(1, 2)
             if uniform is not None:
