@@ -313,7 +313,7 @@ def main() -> None:
 
         def mc_img(im=im, ib=ib, ia=ia) -> None:
             with torch.no_grad():
-                mc_uncertainty(im, ib["context"], ia, n=10, images=ib["context_images"])
+                mc_uncertainty(im, im.reset(ib["context"], ib["context_images"]), ia, n=10)
 
         rows.append({"what": f"30-step rollout x10 MC samples, batch 6, image ncond={ncond} "
                              "(ms, no grad)",

@@ -121,9 +121,9 @@ def evaluate_stage(config: HighwayConfig, run: Run) -> None:
 
         def u_fn(states, frames, actions):
             z = torch.zeros(len(states), 1, sto.z_dim)
-            mc = mc_uncertainty(sto, states[:, -k:].to(device), actions[:, None].to(device),
-                                n=max(ev.mc_samples, 2), z=z.to(device),
-                                images=frames[:, -k:].to(device))
+            start = sto.reset(states[:, -k:].to(device), frames[:, -k:].to(device))
+            mc = mc_uncertainty(sto, start, actions[:, None].to(device),
+                                n=max(ev.mc_samples, 2), z=z.to(device))
             return local_uncertainty(mc, sto, view)[:, 0]
 
         def predict(states, frames, actions):

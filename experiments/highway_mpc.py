@@ -73,11 +73,12 @@ class SceneCacheMPC:
         over ``n`` samples (None when ``n`` is 0), with gradients."""
 
         z = torch.zeros(len(ctx), actions.shape[1], self.model.z_dim)
-        traj = self.model.unroll(self.model.reset(ctx, fr), actions, z)
+        start = self.model.reset(ctx, fr)
+        traj = self.model.unroll(start, actions, z)
         states, frames = traj.states, traj.images
         var = None
         if n:
-            var = mc_uncertainty(self.model, ctx, actions, n=n, z=z, images=fr).image_var
+            var = mc_uncertainty(self.model, start, actions, n=n, z=z).image_var
         return states, frames, var
 
     def cost(self, states: torch.Tensor, frames: torch.Tensor, var: torch.Tensor | None

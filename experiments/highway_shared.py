@@ -128,7 +128,7 @@ def uncertainty_fn(model, n: int, view: View):
         # one sampled network per MC sample for the whole rollout: several times cheaper
         # on a CPU than fresh masks per step, and still a variance over dropout networks
         k = base.ncond
-        mc = mc_uncertainty(base, context[:, -k:], actions, n=n, z=z, images=frames[:, -k:],
+        mc = mc_uncertainty(base, base.reset(context[:, -k:], frames[:, -k:]), actions, n=n, z=z,
                             masks="trajectory")
         return local_uncertainty(mc, base, view)
 

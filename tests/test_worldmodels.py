@@ -338,8 +338,8 @@ def test_image_model_trains_and_rolls_out(tmp_path: Path) -> None:
         m2.step(batch["context"], batch["actions"][:, 0])
     with pytest.raises(TypeError, match=r"model.unroll\(model.reset\(context, frames\)"):
         m2.rollout(batch["context"], batch["actions"])
-    u = mc_uncertainty(m2, batch["context"], batch["actions"], n=4,
-                       images=batch["context_images"])
+    u = mc_uncertainty(m2, m2.reset(batch["context"], batch["context_images"]),
+                       batch["actions"], n=4)
     assert u.image_var.shape == (2, 3, 1, 8, 8) and u.total(m2).shape == (2, 3)
     assert m2.preview(batch).shape == (3, 16, 16)
     err = evaluate_horizon_error(m2, ds, "test", horizon=3)

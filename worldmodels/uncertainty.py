@@ -35,17 +35,16 @@ class MCUncertainty(NamedTuple):
 
 def mc_uncertainty(model: WorldModel, context: torch.Tensor | ModelState,
                    actions: torch.Tensor, n: int = 10, z: torch.Tensor | None = None,
-                   images: torch.Tensor | None = None,
                    generator: torch.Generator | None = None,
                    masks: str = "step") -> MCUncertainty:
     """Roll ``model`` out ``n`` times with dropout on, the same ``z`` and actions for every
     sample, batched (the batch is repeated ``n`` times, one forward pass per step).
 
-    The start is a :class:`ModelState` (``model.reset(...)``), or ``context``
-    ``[B, ncond, S]`` (or ``[B, S]``) with, for an image model, its context ``images``;
-    ``actions`` ``[B, T, A]``, ``z`` ``[B, T, Z]`` or ``[B, Z]`` (drawn once from the prior
-    when None for a stochastic model). Differentiable with respect to ``actions`` (and the
-    start). The model's train/eval mode is left unchanged.
+    The start is a :class:`ModelState` (``model.reset(context, frames)``; the only form an
+    image model takes), or for a vector model its ``context`` ``[B, ncond, S]`` (or
+    ``[B, S]``); ``actions`` ``[B, T, A]``, ``z`` ``[B, T, Z]`` or ``[B, Z]`` (drawn once
+    from the prior when None for a stochastic model). Differentiable with respect to
+    ``actions`` (and the start). The model's train/eval mode is left unchanged.
     ``masks``: ``step`` draws fresh dropout masks at every step (PPUU); ``trajectory``
     keeps each sample's masks for the whole rollout (one sampled network per sample;
     several times cheaper on CPU, where drawing masks dominates).
@@ -56,7 +55,7 @@ def mc_uncertainty(model: WorldModel, context: torch.Tensor | ModelState,
         raise TypeError(f"model must be a WorldModel, got {type(model).__name__}")
     if not isinstance(n, int) or n < 2:
         raise ValueError(f"n (MC samples) must be an int >= 2, got {n!r}")
-    start = context if isinstance(context, ModelState) else model.reset(context, images)
+    start = context if isinstance(context, ModelState) else model.reset(context)
     if not isinstance(actions, torch.Tensor) or actions.ndim != 3:
         raise ValueError(f"actions must be a [B, T, A] tensor, got "
                          f"{list(getattr(actions, 'shape', []))}")
