@@ -463,3 +463,20 @@ def test_custom_image_key_and_impossible_windows(tmp_path: Path) -> None:
         ds.windows("train", 0, 1)
     with pytest.raises(ValueError, match="dt must be a positive number"):
         write_dataset(tmp_path / "g", eps, task="t", dt=0.0, image_key="frames")
+
+
+def test_training_without_a_validation_split_says_so(tmp_path: Path, caplog) -> None:
+    """No val windows: the epoch line says there is no validation split (not "val nan")
+    and best.pt follows the training loss."""
+    eps = toy_episodes(n=8, T=10)
+    path = write_dataset(tmp_path / "noval", eps, task="toy", dt=0.1, seed=0,
+                         split={"train": 1.0, "val": 0.0, "test": 0.0})
+    torch.manual_seed(0)
+    m = DeterministicModel(3, 2, ncond=1, hidden=16, dropout=0.0)
+    with caplog.at_level("INFO", logger="worldplan.worldmodels.training"):
+        hist = train_model(m, load_dataset(path), TrainConfig(epochs=2, batch_size=16, seed=0),
+                           checkpoint_dir=tmp_path / "ck", progress=False)
+    epochs = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    assert len(epochs) == 2 and all("no validation split" in e for e in epochs)
+    assert not any("nan" in e for e in epochs)
+    assert np.isfinite(hist["best_val"]) and (tmp_path / "ck" / "best.pt").is_file()

@@ -596,8 +596,10 @@ def train_model(
                     writer.add_scalar(f"{tag}/train_loss", train_loss, epoch)
                     writer.add_scalar(f"{tag}/val_loss", val_loss, epoch)
                     _log_images(writer, model, val_w or train_w, tag, epoch, device)
-                log.info("%s epoch %d: train %.5g val %.5g", model.kind, epoch, train_loss,
-                         val_loss)
+                # no validation split (e.g. a model-based RL loop that trains on all data)
+                val_text = f"{val_loss:.5g}" if val_w is not None else "- (no validation split)"
+                log.info("%s epoch %d: train %.5g val %s", model.kind, epoch, train_loss,
+                         val_text)
                 save("last.pt")
                 if improved:
                     save("best.pt", {"val_loss": monitor, "epoch": epoch})
